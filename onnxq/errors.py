@@ -1,0 +1,31 @@
+"""The error tree: every failure a user can cause is an ``OnnxqError`` with a one-line message."""
+
+from __future__ import annotations
+
+
+class OnnxqError(Exception):
+    """Base class of every error onnxq raises on purpose (bad input, impossible request)."""
+
+
+class ConfigError(OnnxqError, ValueError):
+    """An impossible or contradictory configuration."""
+
+
+class DataError(OnnxqError, ValueError):
+    """Calibration or evaluation data that does not fit the model."""
+
+
+class ModelError(OnnxqError, ValueError):
+    """A model that cannot be loaded, checked, run or saved."""
+
+
+class AdapterError(OnnxqError):
+    """No adapter can handle the given object or file, or the adapter failed."""
+
+
+class CalibrationError(OnnxqError):
+    """Calibration could not produce ranges for the tensors the plan needs."""
+
+
+class QuantizationError(OnnxqError):
+    """The graph rewrite failed."""
