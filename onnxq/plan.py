@@ -1,0 +1,215 @@
+"""QuantPlan: which nodes get quantized, which stay float, and why.
+
+The plan is policy, decided before any ONNX Runtime quantizer runs. It is plain data: it goes
+into the report and round-trips to JSON.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx
+
+from .config import Mode, QuantConfig
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+
+# Dynamic quantization: ORT rewrites these (Gemm is decomposed into MatMul + Add beforehand).
+DYNAMIC_OP_TYPES = ("MatMul", "Attention", "LSTM")
+# Recurrent and other ops that the user may ask for but ORT's dynamic quantizer leaves alone.
+DYNAMIC_UNSUPPORTED = ("GRU", "RNN")
+
+# Transformer policy. Int8 everywhere destroys encoder outputs (see DESIGN.md): what int8 handles
+# well is the linear layers, whose weights dominate size and compute. Everything that computes
+# statistics (LayerNorm, Softmax), has a heavy-tailed or huge range (residual stream, attention
+# scores, the -3.4e38 attention mask) or a sharp non-linearity (GELU) stays float.
+TRANSFORMER_MARKERS = ("Softmax", "LayerNormalization", "SkipLayerNormalization", "Attention",
+                       "MultiHeadAttention")
+TRANSFORMER_OP_TYPES = ("MatMul", "Gemm")
+
+# A calibrated range beyond this magnitude is a sentinel (mask fill, -inf stand-in), not data:
+# quantizing it would map every real value of the tensor to one integer.
+SENTINEL_MAGNITUDE = 1e30
+
+
+@dataclass(frozen=True)
+class NodeDecision:
+    """Why one node is or is not quantized."""
+
+    name: str
+    op_type: str
+    quantize: bool
+    reason: str
+
+
+@dataclass
+class QuantPlan:
+    """What the rewrite must do; produced by :func:`make_plan`, refined by :func:`refine_plan`.
+
+    Attributes:
+        mode: "static" or "dynamic".
+        op_types: op types handed to the quantizer.
+        decisions: one entry per node of the graph.
+        tensors_to_calibrate: activation tensors whose ranges static mode needs.
+        no_output_quantization_op_types: op types whose outputs stay float (inputs quantized).
+        notes: sentences for the user (e.g. why Conv stays float in dynamic mode).
+    """
+
+    mode: str
+    op_types: list[str]
+    decisions: list[NodeDecision]
+    tensors_to_calibrate: list[str] = field(default_factory=list)
+    no_output_quantization_op_types: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nodes_to_quantize(self) -> list[str]:
+        """Names of the nodes handed to the quantizer."""
+        return [d.name for d in self.decisions if d.quantize]
+
+    @property
+    def float_nodes(self) -> list[str]:
+        """Names of nodes of a quantizable op type that the plan keeps in float."""
+        return [d.name for d in self.decisions if not d.quantize and d.op_type in self.op_types]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantPlan:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["decisions"] = [NodeDecision(**d) for d in data.get("decisions", [])]
+        return cls(**data)
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """True when ``name`` equals one of ``patterns`` or matches it as a glob."""
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def is_transformer(model: onnx.ModelProto) -> bool:
+    """A graph with attention-style ops (Softmax, LayerNormalization, Attention)."""
+    return any(node.op_type in TRANSFORMER_MARKERS for node in model.graph.node)
+
+
+def constant_names(model: onnx.ModelProto) -> set[str]:
+    """Tensors that do not depend on the model's inputs: initializers and Constant outputs."""
+    names = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" or (node.op_type == "DequantizeLinear" and node.input[0] in names):
+            names.update(node.output)
+    return names
+
+
+def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types: Iterable[str]) -> QuantPlan:
+    """Decide, per node, whether it is quantized, from the config and the graph's structure.
+
+    Args:
+        model: the prepared float model (named nodes, shapes inferred).
+        config: the user's configuration.
+        supported_op_types: op types the rewrite backend can quantize in this mode.
+    """
+    supported = set(supported_op_types)
+    notes: list[str] = []
+    no_output_quant: list[str] = []
+    constants = constant_names(model)
+    transformer = config.transformer_policy and is_transformer(model)
+
+    if config.mode is Mode.DYNAMIC:
+        op_types = set(DYNAMIC_OP_TYPES) & supported
+        if config.quantize_conv_dynamic:
+            op_types.add("Conv")
+        elif any(n.op_type == "Conv" for n in model.graph.node):
+            notes.append("Conv layers stay float in dynamic mode: ONNX Runtime's ConvInteger is slower "
+                         "than float Conv on CPU. Use static mode to quantize them.")
+    elif transformer:
+        op_types = set(TRANSFORMER_OP_TYPES) & supported
+        no_output_quant = ["MatMul", "Gemm"]
+        notes.append("Transformer graph: only linear layers (MatMul/Gemm with constant weights) are int8; "
+                     "LayerNorm, Softmax, GELU, residual Adds and attention scores stay float.")
+    else:
+        op_types = set(supported)
+    if config.op_types is not None:
+        unknown = sorted(set(config.op_types) - supported)
+        if unknown:
+            notes.append(f"op types not quantizable in {config.mode.value} mode, ignored: {', '.join(unknown)}")
+        op_types = set(config.op_types) & supported
+    op_types -= set(config.exclude_op_types)
+
+    decisions = [_decide(node, config, op_types, constants, transformer) for node in model.graph.node]
+    if config.mode is Mode.DYNAMIC:
+        skipped = sorted({n.op_type for n in model.graph.node if n.op_type in DYNAMIC_UNSUPPORTED})
+        if skipped:
+            notes.append(f"{', '.join(skipped)} stay float: ONNX Runtime has no dynamic int8 kernel for them.")
+    plan = QuantPlan(mode=config.mode.value, op_types=sorted(op_types), decisions=decisions,
+                     no_output_quantization_op_types=no_output_quant, notes=notes)
+    if config.mode is Mode.STATIC:
+        plan.tensors_to_calibrate = _activation_tensors(model, plan, constants)
+    return plan
+
+
+def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], constants: set[str],
+            transformer: bool) -> NodeDecision:
+    def decision(quantize: bool, reason: str) -> NodeDecision:
+        return NodeDecision(node.name, node.op_type, quantize, reason)
+
+    if node.op_type not in op_types:
+        return decision(False, "op type not quantized in this mode")
+    if matches(node.name, config.exclude_nodes):
+        return decision(False, "excluded by the user")
+    if config.include_nodes and not matches(node.name, config.include_nodes):
+        return decision(False, "not in the user's include list")
+    if transformer and node.op_type in TRANSFORMER_OP_TYPES and node.input[1] not in constants:
+        return decision(False, "activation x activation product (attention scores): stays float")
+    if config.mode is Mode.DYNAMIC and node.op_type == "MatMul" and node.input[1] not in constants:
+        return decision(False, "MatMul without a constant weight")
+    return decision(True, "quantized")
+
+
+def _activation_tensors(model: onnx.ModelProto, plan: QuantPlan, constants: set[str]) -> list[str]:
+    """Float activation inputs/outputs of the nodes to quantize (what static QDQ needs ranges for)."""
+    types = _elem_types(model)
+    chosen = set(plan.nodes_to_quantize)
+    no_out = set(plan.no_output_quantization_op_types)
+    tensors: dict[str, None] = {}
+    for node in model.graph.node:
+        if node.name not in chosen:
+            continue
+        names = list(node.input) + ([] if node.op_type in no_out else list(node.output))
+        for name in names:
+            if name and name not in constants and types.get(name, onnx.TensorProto.FLOAT) in _FLOAT_TYPES:
+                tensors[name] = None
+    return list(tensors)
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    graph = model.graph
+    infos = list(graph.value_info) + list(graph.input) + list(graph.output)
+    return {vi.name: vi.type.tensor_type.elem_type for vi in infos if vi.type.HasField("tensor_type")}
+
+
+def refine_plan(plan: QuantPlan, model: onnx.ModelProto, ranges: Any) -> QuantPlan:
+    """Keep float every node touching a tensor whose calibrated range holds a sentinel value.
+
+    ``ranges`` maps tensor names to objects with ``low``/``high``. Returns a new plan.
+    """
+    huge = {name for name in plan.tensors_to_calibrate
+            if name in ranges and max(abs(ranges[name].low), abs(ranges[name].high)) > SENTINEL_MAGNITUDE}
+    if not huge:
+        return plan
+    by_name = {n.name: n for n in model.graph.node}
+    decisions = []
+    for d in plan.decisions:
+        node = by_name.get(d.name)
+        touched = node is not None and d.quantize and huge & (set(node.input) | set(node.output))
+        decisions.append(NodeDecision(d.name, d.op_type, False, "range holds a sentinel value (|x| > 1e30), "
+                                      "e.g. an attention-mask fill: stays float") if touched else d)
+    new = QuantPlan(plan.mode, plan.op_types, decisions, [], list(plan.no_output_quantization_op_types),
+                    plan.notes + [f"{len(huge)} tensor(s) hold sentinel values (|x| > 1e30) and stay float."])
+    new.tensors_to_calibrate = _activation_tensors(model, new, constant_names(model))
+    return new

@@ -1,0 +1,118 @@
+"""Prepare a float model for calibration and rewrite: opset, node names, shapes, basic optimisation."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from .config import Mode, QuantConfig
+from .errors import ModelError, QuantizationError
+from .model import ensure_opset, load_model
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute) needs opset 13
+
+
+def prepare(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
+    """Return a new model ready for planning: opset >= 13, every node named, shapes inferred,
+    ORT's basic optimisations applied (BatchNorm folding, constant folding, ...).
+
+    ORT's own pre-processing (symbolic shape inference) is tried first; when it fails, as it does
+    on some exported transformers, ONNX shape inference plus ORT basic optimisation is used.
+    """
+    model = ensure_opset(model, MIN_OPSET)
+    _name_nodes(model)
+    try:
+        from .rewrite import preprocess
+
+        model = preprocess(model)
+    except QuantizationError as exc:
+        logger.warning("%s; falling back to ONNX shape inference + ORT basic optimisation", exc)
+        model = _basic_optimise(_infer_shapes(model))
+    if config.mode is Mode.DYNAMIC:
+        _decompose_gemm(model)
+    _name_nodes(model)
+    return _infer_shapes(model)
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name (exclusion lists and reports refer to names)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for index, node in enumerate(model.graph.node):
+        if node.name and node.name in taken:
+            continue
+        name = f"{node.op_type}_{index}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # models > 2 GB or with unknown custom ops
+        logger.warning("ONNX shape inference failed (%s); continuing without it", str(exc).splitlines()[0])
+        return model
+
+
+def _basic_optimise(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ORT basic graph optimisations (constant folding, BN folding), written to a private folder."""
+    with tempfile.TemporaryDirectory(prefix="onnxq-opt-") as tmp:
+        source, target = Path(tmp) / "in.onnx", Path(tmp) / "opt.onnx"
+        large = model.ByteSize() > 2**31 - 1024
+        onnx.save_model(model, source, save_as_external_data=large, location="in.onnx.data")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(target)
+        if large:
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             "opt.onnx.data")
+        try:
+            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from exc
+        return load_model(target, check=False)
+
+
+def _decompose_gemm(model: onnx.ModelProto) -> None:
+    """Rewrite ``Gemm(A, W, C)`` with constant W as ``MatMul(A, W') + C`` in place.
+
+    ORT's dynamic quantizer has an integer kernel for MatMul but not for Gemm.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = np.ascontiguousarray(weight.T)
+        weight_name = f"{node.input[1]}_matmul"
+        model.graph.initializer.append(numpy_helper.from_array(weight, weight_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [product], name=node.name))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]],
+                                          name=f"{node.name}_bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _drop_unused_initializers(model)
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)

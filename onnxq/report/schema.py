@@ -1,0 +1,383 @@
+"""The validation report as plain data: dataclasses that round-trip to JSON and print as text.
+
+JSON conventions (``schema_version`` 1):
+
+* Non-finite floats are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"`` so that the file
+  is strict JSON (``json.loads`` in any language reads it). An SQNR of ``"inf"`` means the quantized
+  output is bit-identical to the float output. Reading accepts these strings (any case, also
+  ``"Infinity"``) as well as plain numbers for every float field.
+* Unknown keys are ignored when reading, so a file written by a newer onnxq with extra fields still
+  loads; a file with a *higher* ``schema_version`` than this onnxq knows is refused.
+* ``config`` is copied as given; numpy scalars/arrays, enums, paths and sets in it are converted to
+  plain JSON values (and non-finite floats to the strings above, which are not converted back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._atomic import write_text_atomic
+from ..errors import ConfigError, DataError
+
+SCHEMA_VERSION = 1
+
+#: Metrics of :class:`OutputMetrics` where a larger value is better (the others: smaller is better).
+HIGHER_IS_BETTER = frozenset({"cosine", "min_cosine", "sqnr_db", "top1_agreement", "top5_agreement"})
+LOWER_IS_BETTER = frozenset({"max_abs_error", "mean_abs_error"})
+
+_NONFINITE_IN = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf,
+                 "-inf": -math.inf, "-infinity": -math.inf, "nan": math.nan}
+
+
+@dataclass
+class OutputMetrics:
+    """How close one quantized model output stays to the float output, over all evaluation samples.
+
+    Attributes:
+        name: the graph output name.
+        max_abs_error: largest ``|float - quant|`` over every element.
+        mean_abs_error: mean ``|float - quant|`` over every element.
+        cosine: mean over samples (axis 0) of the cosine similarity of the flattened outputs;
+            two all-zero samples count as 1.
+        min_cosine: the worst sample's cosine similarity.
+        sqnr_db: ``10 * log10(sum(float^2) / sum((float - quant)^2))``; ``inf`` when identical.
+        top1_agreement: for class scores ``[N, C]``: fraction of samples whose argmax agrees.
+        top5_agreement: for class scores with ``C >= 5``: fraction of samples where the float
+            top-1 class is within the quantized top 5.
+    """
+
+    name: str
+    max_abs_error: float
+    mean_abs_error: float
+    cosine: float
+    min_cosine: float
+    sqnr_db: float
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
+
+
+@dataclass
+class LatencyMetrics:
+    """Median latency of one batch, float versus quantized, in milliseconds.
+
+    Attributes:
+        float_ms: median float latency.
+        quant_ms: median quantized latency.
+        speedup: ``float_ms / quant_ms``.
+        batch_size: samples in the timed batch.
+        threads: intra-op threads requested; ``None`` means ONNX Runtime's default.
+        runs: timed runs per model (after warm-up).
+    """
+
+    float_ms: float
+    quant_ms: float
+    speedup: float
+    batch_size: int
+    threads: int | None
+    runs: int
+
+
+@dataclass
+class Report:
+    """Everything onnxq knows about how a quantized model compares with its float original.
+
+    Attributes:
+        outputs: per-output closeness metrics, in the float model's output order.
+        samples: number of evaluation samples compared.
+        float_size_bytes: size of the float model (with external data).
+        quant_size_bytes: size of the quantized model.
+        size_ratio: ``float_size_bytes / quant_size_bytes``.
+        latency: timing of one batch, or ``None`` when not measured.
+        float_accuracy: top-1 accuracy of the float model against the labels, if any.
+        quant_accuracy: top-1 accuracy of the quantized model against the labels, if any.
+        mode: quantization mode (filled by the caller).
+        config: the configuration used, as a JSON-able dict (filled by the caller).
+        notes: human-readable remarks, e.g. ``"Conv left in float: ..."``.
+        float_nodes: names of the nodes the plan kept in float.
+        schema_version: version of this JSON layout.
+    """
+
+    outputs: list[OutputMetrics]
+    samples: int
+    float_size_bytes: int
+    quant_size_bytes: int
+    size_ratio: float
+    latency: LatencyMetrics | None = None
+    float_accuracy: float | None = None
+    quant_accuracy: float | None = None
+    mode: str | None = None
+    config: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    float_nodes: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    # ---------------------------------------------------------------- queries
+
+    def worst(self, metric: str = "cosine") -> OutputMetrics:
+        """Return the output that is worst on ``metric``.
+
+        Lowest value for similarity metrics (``cosine``, ``min_cosine``, ``sqnr_db``,
+        ``top1_agreement``, ``top5_agreement``), highest for errors (``max_abs_error``,
+        ``mean_abs_error``). NaN counts as worst; outputs where the metric is ``None`` are skipped.
+
+        Raises:
+            ConfigError: unknown metric, or no output has a value for it.
+        """
+        if metric not in HIGHER_IS_BETTER and metric not in LOWER_IS_BETTER:
+            known = ", ".join(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER))
+            raise ConfigError(f"unknown metric {metric!r}; known: {known}")
+        candidates = [o for o in self.outputs if getattr(o, metric) is not None]
+        if not candidates:
+            raise ConfigError(f"no output of the report has a value for {metric!r}")
+        sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
+
+        def badness_key(o: OutputMetrics) -> tuple[int, float]:
+            value = float(getattr(o, metric))
+            return (0, 0.0) if math.isnan(value) else (1, sign * value)
+
+        return min(candidates, key=badness_key)
+
+    # ---------------------------------------------------------------- JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (non-finite floats as ``"inf"``/``"-inf"``/``"nan"``)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Build a Report from :meth:`to_dict` output (or the parsed JSON file).
+
+        Raises:
+            DataError: the dict is not a report, misses a field, or has a newer schema version.
+        """
+        if not isinstance(data, dict):
+            raise DataError(f"a report must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise DataError(f"report schema_version {version!r} is not supported "
+                            f"(this onnxq reads up to {SCHEMA_VERSION})")
+        try:
+            outputs = [_output_from_dict(o) for o in _require(data, "outputs", "report")]
+            latency_raw = data.get("latency")
+            return cls(
+                outputs=outputs,
+                samples=int(_require(data, "samples", "report")),
+                float_size_bytes=int(_require(data, "float_size_bytes", "report")),
+                quant_size_bytes=int(_require(data, "quant_size_bytes", "report")),
+                size_ratio=_to_float(_require(data, "size_ratio", "report")),
+                latency=None if latency_raw is None else _latency_from_dict(latency_raw),
+                float_accuracy=_to_optional_float(data.get("float_accuracy")),
+                quant_accuracy=_to_optional_float(data.get("quant_accuracy")),
+                mode=data.get("mode"),
+                config=data.get("config"),
+                notes=[str(n) for n in data.get("notes") or []],
+                float_nodes=[str(n) for n in data.get("float_nodes") or []],
+                schema_version=SCHEMA_VERSION,
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"malformed report: {exc}") from exc
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int | None = 2) -> str:
+        """Serialise to strict JSON; also write it atomically to ``path`` when given.
+
+        Returns:
+            The JSON text.
+        """
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        if path is not None:
+            write_text_atomic(path, text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike[str]) -> Report:
+        """Read a report from JSON text or from a JSON file.
+
+        A ``str`` whose first non-blank character is ``{`` is parsed as JSON text; any other
+        ``str`` or path-like is read as a file.
+
+        Raises:
+            DataError: the file is missing or the text is not a valid report.
+        """
+        if isinstance(text_or_path, str) and text_or_path.lstrip().startswith("{"):
+            text = text_or_path
+        else:
+            path = os.fspath(text_or_path)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as exc:
+                raise DataError(f"cannot read report file {path!r}: {exc.strerror or exc}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"report is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    # ---------------------------------------------------------------- text
+
+    def format(self) -> str:
+        """Return the human-readable summary the CLI prints (an aligned table plus totals)."""
+        lines: list[str] = []
+        title = f"onnxq report ({self.mode})" if self.mode else "onnxq report"
+        lines.append(f"{title}: {self.samples} samples")
+        header = ("output", "cosine", "min cosine", "SQNR dB", "max abs", "top-1 agr.")
+        rows = [(o.name, format_number(o.cosine, ".6f"), format_number(o.min_cosine, ".6f"),
+                 format_number(o.sqnr_db, ".2f"), format_number(o.max_abs_error, ".4g"),
+                 format_percent(o.top1_agreement)) for o in self.outputs]
+        lines.extend(_table(header, rows))
+        lines.append(f"size:     {format_bytes(self.float_size_bytes)} -> "
+                     f"{format_bytes(self.quant_size_bytes)} (x{format_number(self.size_ratio, '.2f')})")
+        if self.latency is not None:
+            lat = self.latency
+            threads = "ORT default" if lat.threads is None else str(lat.threads)
+            lines.append(f"latency:  float {format_number(lat.float_ms, '.3f')} ms vs quant "
+                         f"{format_number(lat.quant_ms, '.3f')} ms "
+                         f"(x{format_number(lat.speedup, '.2f')} speedup; batch {lat.batch_size}, "
+                         f"threads {threads}, median of {lat.runs})")
+        if self.float_accuracy is not None or self.quant_accuracy is not None:
+            lines.append(f"accuracy: {format_percent(self.float_accuracy)} -> "
+                         f"{format_percent(self.quant_accuracy)}")
+        if self.float_nodes:
+            shown = ", ".join(self.float_nodes[:8])
+            more = f", ... (+{len(self.float_nodes) - 8})" if len(self.float_nodes) > 8 else ""
+            lines.append(f"float nodes ({len(self.float_nodes)}): {shown}{more}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+# ------------------------------------------------------------------------- formatting helpers
+
+def format_number(value: float | None, spec: str) -> str:
+    """Format a float with ``spec``; ``None`` as ``-`` and infinities as ``inf``/``-inf``."""
+    if value is None:
+        return "-"
+    value = float(value)
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return format(value, spec)
+
+
+def format_percent(value: float | None) -> str:
+    """Format a fraction in [0, 1] as a percentage with two decimals; ``None`` as ``-``."""
+    if value is None:
+        return "-"
+    value = float(value)
+    return "nan" if math.isnan(value) else f"{100.0 * value:.2f}%"
+
+
+def format_bytes(n: int) -> str:
+    """Format a byte count with a binary unit (B, KiB, MiB, GiB)."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024.0 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024.0
+    raise AssertionError("unreachable")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return " | ".join([first, *rest]).rstrip()
+
+    out = [line(header), "-+-".join("-" * w for w in widths)]
+    out.extend(line(r) for r in rows)
+    return out
+
+
+# ------------------------------------------------------------------------- JSON helpers
+
+def _jsonable(value: Any) -> Any:
+    """Turn ``value`` into plain JSON values (non-finite floats become strings)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return [_jsonable(v) for v in sorted(value, key=str)]
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    raise DataError(f"cannot store a {type(value).__name__} in a report")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in _NONFINITE_IN:
+            return _NONFINITE_IN[key]
+        raise DataError(f"expected a number, got the string {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _to_optional_float(value: Any) -> float | None:
+    return None if value is None else _to_float(value)
+
+
+def _require(data: dict[str, Any], key: str, what: str) -> Any:
+    if not isinstance(data, dict):
+        raise DataError(f"{what} must be a JSON object, got {type(data).__name__}")
+    if key not in data:
+        raise DataError(f"{what} is missing the field {key!r}")
+    return data[key]
+
+
+def _output_from_dict(data: dict[str, Any]) -> OutputMetrics:
+    return OutputMetrics(
+        name=str(_require(data, "name", "output metrics")),
+        max_abs_error=_to_float(_require(data, "max_abs_error", "output metrics")),
+        mean_abs_error=_to_float(_require(data, "mean_abs_error", "output metrics")),
+        cosine=_to_float(_require(data, "cosine", "output metrics")),
+        min_cosine=_to_float(_require(data, "min_cosine", "output metrics")),
+        sqnr_db=_to_float(_require(data, "sqnr_db", "output metrics")),
+        top1_agreement=_to_optional_float(data.get("top1_agreement")),
+        top5_agreement=_to_optional_float(data.get("top5_agreement")),
+    )
+
+
+def _latency_from_dict(data: dict[str, Any]) -> LatencyMetrics:
+    threads = data.get("threads")
+    return LatencyMetrics(
+        float_ms=_to_float(_require(data, "float_ms", "latency")),
+        quant_ms=_to_float(_require(data, "quant_ms", "latency")),
+        speedup=_to_float(_require(data, "speedup", "latency")),
+        batch_size=int(_require(data, "batch_size", "latency")),
+        threads=None if threads is None else int(threads),
+        runs=int(_require(data, "runs", "latency")),
+    )
+

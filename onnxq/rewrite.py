@@ -1,0 +1,129 @@
+"""The graph rewrite: the only module that calls ``onnxruntime.quantization``.
+
+onnxq decides what to quantize (``plan``) and with which ranges (``calibration``); this module
+hands both to ONNX Runtime's quantizers and returns the rewritten model in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization.calibrate import CalibrationMethod as OrtCalibrationMethod
+from onnxruntime.quantization.calibrate import TensorData, TensorsData
+from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType
+from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from .calibration.ranges import Ranges
+from .config import QuantConfig
+from .config import QuantType as OnnxqQuantType
+from .errors import QuantizationError
+from .plan import QuantPlan
+
+logger = logging.getLogger(__name__)
+
+_QUANT_TYPES = {OnnxqQuantType.UINT8: QuantType.QUInt8, OnnxqQuantType.INT8: QuantType.QInt8}
+
+
+def static_op_types() -> frozenset[str]:
+    """Op types ORT's QDQ quantizer knows how to quantize (its QDQ and QLinear registries)."""
+    return frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
+
+
+def dynamic_op_types() -> frozenset[str]:
+    """Op types ORT's dynamic (integer ops) quantizer rewrites."""
+    return frozenset(IntegerOpsRegistry)
+
+
+def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ORT's quantization pre-processing: symbolic + ONNX shape inference and basic optimisation.
+
+    Runs in a private temporary folder, so nothing is left in the current directory.
+
+    Raises:
+        QuantizationError: when ORT's pre-processing fails (the caller falls back).
+    """
+    from .model import load_model
+
+    with tempfile.TemporaryDirectory(prefix="onnxq-pre-") as tmp:
+        out = Path(tmp) / "preprocessed.onnx"
+        large = model.ByteSize() > 2**31 - 1024
+        try:
+            quant_pre_process(model, out, save_as_external_data=large, all_tensors_to_one_file=True,
+                              external_data_location="preprocessed.onnx.data" if large else None)
+        except Exception as exc:  # symbolic shape inference raises many kinds of errors
+            raise QuantizationError(f"ONNX Runtime pre-processing failed: {_first_line(exc)}") from exc
+        return load_model(out, check=False)
+
+
+def tensors_data(ranges: Ranges, names: list[str] | None = None) -> TensorsData:
+    """Our ``Ranges`` as ORT's ``TensorsData`` (numpy float32 scalars, as ORT requires)."""
+    selected = ranges.tensors if names is None else {n: ranges.tensors[n] for n in names}
+    data = {name: TensorData(lowest=np.float32(r.low), highest=np.float32(r.high))
+            for name, r in selected.items()}
+    return TensorsData(OrtCalibrationMethod.MinMax, data)
+
+
+def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
+                    config: QuantConfig) -> onnx.ModelProto:
+    """QDQ-quantize ``plan.nodes_to_quantize`` with our calibrated ``ranges``."""
+    missing = [t for t in plan.tensors_to_calibrate if t not in ranges]
+    if missing:
+        raise QuantizationError(f"no calibration range for {len(missing)} tensor(s), e.g. {missing[0]!r}")
+    extra_options = {
+        "ActivationSymmetric": config.activation_type is OnnxqQuantType.INT8,
+        "WeightSymmetric": True,
+        "OpTypesToExcludeOutputQuantization": list(plan.no_output_quantization_op_types),
+        "ForceQuantizeNoInputCheck": False,
+    }
+    quantizer = QDQQuantizer(
+        model,
+        config.per_channel,
+        config.reduce_range,
+        _QUANT_TYPES[config.weight_type],
+        _QUANT_TYPES[config.activation_type],
+        tensors_data(ranges),
+        list(plan.nodes_to_quantize),
+        list(plan.float_nodes),
+        list(plan.op_types),
+        extra_options,
+    )
+    return _run(quantizer, "static")
+
+
+def quantize_dynamic(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfig) -> onnx.ModelProto:
+    """Dynamic quantization: int8 weights, uint8 activations quantized at run time by ORT."""
+    quantizer = ONNXQuantizer(
+        model,
+        config.per_channel,
+        config.reduce_range,
+        QuantizationMode.IntegerOps,
+        False,
+        _QUANT_TYPES[config.weight_type],
+        QuantType.QUInt8,  # ORT's dynamic activations are always uint8
+        None,
+        list(plan.nodes_to_quantize),
+        list(plan.float_nodes),
+        list(plan.op_types),
+        {"MatMulConstBOnly": True},
+    )
+    return _run(quantizer, "dynamic")
+
+
+def _run(quantizer: ONNXQuantizer | QDQQuantizer, mode: str) -> onnx.ModelProto:
+    try:
+        quantizer.quantize_model()
+    except Exception as exc:
+        raise QuantizationError(f"ONNX Runtime {mode} quantizer failed: {_first_line(exc)}") from exc
+    return quantizer.model.model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,466 @@
+"""Float-versus-quantized comparison: streamed per-output metrics, accuracy, size and latency.
+
+Both models run in ONNX Runtime on the same evaluation batches. Only one batch of outputs is held
+at a time; the metrics are exact running sums (float64) and so do not depend on the batch size.
+
+Conventions:
+    * Axis 0 of every output is the sample axis: the per-sample cosine flattens the rest.
+      A rank-0 output counts as one sample per batch.
+    * "Class scores" are floating outputs of shape ``[N, C]`` with ``C >= 2``; top-k agreement and
+      accuracy are computed for those only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ._progress import progress as _progress
+from .errors import ConfigError, DataError, ModelError
+from .report.schema import LatencyMetrics, OutputMetrics, Report
+from .runtime import create_session, run
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AccuracyAccumulator",
+    "OutputAccumulator",
+    "check_same_io",
+    "compare_outputs",
+    "is_class_scores",
+    "label_indices",
+    "measure_latency",
+    "validate",
+]
+
+_WARMUP_RUNS = 3
+_NUMERIC_KINDS = "biuf"
+
+
+def is_class_scores(array: np.ndarray) -> bool:
+    """Whether an output looks like class scores: floating, shape ``[N, C]`` with ``C >= 2``."""
+    array = np.asarray(array)
+    return array.ndim == 2 and array.shape[1] >= 2 and np.issubdtype(array.dtype, np.floating)
+
+
+class OutputAccumulator:
+    """Streaming float-versus-quantized metrics for one output.
+
+    Call :meth:`update` once per batch with the float (reference) and quantized (candidate)
+    outputs, then :meth:`result`. Sums are kept in float64, so the result does not depend on how
+    the samples were split into batches (up to float64 rounding).
+
+    Args:
+        name: the output name reported in the metrics.
+    """
+
+    def __init__(self, name: str = "output") -> None:
+        self.name = name
+        self.samples = 0
+        self._elements = 0
+        self._sum_abs = 0.0
+        self._max_abs = 0.0
+        self._signal = 0.0
+        self._noise = 0.0
+        self._cos_sum = 0.0
+        self._cos_min = math.inf
+        self._num_classes: int | None = None  # set while the output keeps looking like class scores
+        self._topk_enabled: bool | None = None
+        self._top1 = 0
+        self._top5 = 0
+
+    def update(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """Add one batch of outputs (axis 0 = samples).
+
+        Raises:
+            ModelError: the two outputs differ in shape or are not numeric.
+        """
+        ref = np.asarray(reference)
+        cand = np.asarray(candidate)
+        if ref.shape != cand.shape:
+            raise ModelError(f"output {self.name!r}: float shape {ref.shape} but quantized shape "
+                             f"{cand.shape}")
+        for kind, arr in (("float", ref), ("quantized", cand)):
+            if arr.dtype.kind not in _NUMERIC_KINDS:
+                raise ModelError(f"output {self.name!r}: the {kind} model returns non-numeric "
+                                 f"values ({arr.dtype})")
+        n = ref.shape[0] if ref.ndim >= 1 else 1
+        if n == 0:
+            return
+        self._update_topk(ref, cand)
+
+        r = ref.astype(np.float64, copy=False).reshape(n, -1)
+        c = cand.astype(np.float64, copy=False).reshape(n, -1)
+        diff = r - c
+        abs_diff = np.abs(diff)
+        if abs_diff.size:
+            self._max_abs = float(np.max([self._max_abs, abs_diff.max()]))  # propagates NaN
+            self._sum_abs += float(abs_diff.sum())
+        self._elements += abs_diff.size
+
+        rr = np.einsum("ij,ij->i", r, r)
+        cc = np.einsum("ij,ij->i", c, c)
+        rc = np.einsum("ij,ij->i", r, c)
+        self._signal += float(rr.sum())
+        self._noise += float(np.einsum("ij,ij->", diff, diff))
+        cos = _cosines(rr, cc, rc, identical=np.all(diff == 0, axis=1))
+        self._cos_sum += float(cos.sum())
+        self._cos_min = float(np.min([self._cos_min, cos.min()]))
+        self.samples += n
+
+    def _update_topk(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        scores = is_class_scores(ref)
+        if self._topk_enabled is None:
+            self._topk_enabled = scores
+            self._num_classes = ref.shape[1] if scores else None
+        elif self._topk_enabled and (not scores or ref.shape[1] != self._num_classes):
+            logger.warning("output %r changed shape between batches; top-k agreement not computed",
+                           self.name)
+            self._topk_enabled = False
+        if not self._topk_enabled:
+            return
+        ref_top = np.argmax(ref, axis=1)
+        self._top1 += int(np.count_nonzero(ref_top == np.argmax(cand, axis=1)))
+        if self._num_classes is not None and self._num_classes >= 5:
+            # float's top-1 is in the quantized top-5 iff fewer than 5 classes score strictly higher.
+            at = cand[np.arange(cand.shape[0]), ref_top]
+            higher = np.count_nonzero(cand > at[:, None], axis=1)
+            self._top5 += int(np.count_nonzero((higher < 5) & ~np.isnan(at)))
+
+    @property
+    def is_class_scores(self) -> bool:
+        """Whether every batch so far looked like class scores ``[N, C]``."""
+        return bool(self._topk_enabled)
+
+    def result(self) -> OutputMetrics:
+        """Return the metrics over every sample seen.
+
+        Raises:
+            DataError: no sample was added.
+        """
+        if self.samples == 0:
+            raise DataError(f"output {self.name!r}: no samples were compared")
+        if self._noise == 0.0:
+            sqnr = math.inf
+        elif self._signal == 0.0:
+            sqnr = -math.inf
+        else:
+            sqnr = 10.0 * math.log10(self._signal / self._noise)
+        top1 = top5 = None
+        if self._topk_enabled:
+            top1 = self._top1 / self.samples
+            if self._num_classes is not None and self._num_classes >= 5:
+                top5 = self._top5 / self.samples
+        return OutputMetrics(
+            name=self.name,
+            max_abs_error=self._max_abs,
+            mean_abs_error=self._sum_abs / self._elements if self._elements else 0.0,
+            cosine=self._cos_sum / self.samples,
+            min_cosine=self._cos_min,
+            sqnr_db=sqnr,
+            top1_agreement=top1,
+            top5_agreement=top5,
+        )
+
+
+class AccuracyAccumulator:
+    """Streaming top-1 accuracy of class scores ``[N, C]`` against labels.
+
+    Labels may be class indices (``[N]`` or ``[N, 1]``, integer or integral floats) or one-hot /
+    soft labels ``[N, C]`` (their argmax is the class).
+    """
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.total = 0
+
+    def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        """Add one batch of scores and labels.
+
+        Raises:
+            DataError: the labels do not fit the scores.
+        """
+        scores = np.asarray(scores)
+        if scores.ndim != 2:
+            raise DataError(f"accuracy needs class scores [N, C], got shape {scores.shape}")
+        truth = label_indices(labels, scores.shape[0], scores.shape[1])
+        self.correct += int(np.count_nonzero(np.argmax(scores, axis=1) == truth))
+        self.total += scores.shape[0]
+
+    def result(self) -> float | None:
+        """Return the fraction of correct samples, or ``None`` when none was seen."""
+        return self.correct / self.total if self.total else None
+
+
+def label_indices(labels: np.ndarray, num_samples: int, num_classes: int) -> np.ndarray:
+    """Turn a batch of labels into a ``[N]`` int64 array of class indices.
+
+    Raises:
+        DataError: wrong number of labels, or labels that are not class indices.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape == (num_samples, num_classes) and num_classes > 1:
+        return np.argmax(labels, axis=1)
+    if labels.size != num_samples:
+        raise DataError(f"{labels.size} labels for {num_samples} samples (label shape "
+                        f"{labels.shape})")
+    flat = labels.reshape(-1)
+    if flat.dtype.kind in "iu":
+        return flat.astype(np.int64, copy=False)
+    if flat.dtype.kind == "f" and np.all(np.isfinite(flat)) and np.all(flat == np.round(flat)):
+        return flat.astype(np.int64)
+    raise DataError(f"labels must be integer class indices or one-hot rows, got {flat.dtype} "
+                    f"values such as {flat[:3].tolist()}")
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, *,
+                    name: str = "output") -> OutputMetrics:
+    """Compare one float output with its quantized counterpart (axis 0 = samples).
+
+    Args:
+        reference: the float model's output.
+        candidate: the quantized model's output, same shape.
+        name: name put in the returned metrics.
+
+    Returns:
+        The metrics of this single batch, as :class:`OutputAccumulator` would compute them.
+
+    Raises:
+        ModelError: the shapes differ or the values are not numeric.
+    """
+    acc = OutputAccumulator(name)
+    acc.update(reference, candidate)
+    return acc.result()
+
+
+def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
+             quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
+             batch_size: int = 8, limit: int | None = None, latency: bool = True,
+             latency_runs: int = 20, threads: int | None = None, progress: bool = False) -> Report:
+    """Run the float and the quantized model on the same data and compare them.
+
+    Args:
+        float_model: the float model, or a path to it.
+        quant_model: the quantized model, or a path to it.
+        data: evaluation data: anything :func:`onnxq.feeds.load_data` accepts (labels under
+            its labels key), or a ``Dataset``, which keeps its own batch size. Any other object
+            with a ``batches()`` method yielding ``(inputs, labels)`` is used as is.
+        batch_size: samples per batch when ``data`` is not a Dataset yet.
+        limit: compare at most this many samples (ignored for a Dataset-like object that is not
+            an ``onnxq.feeds.Dataset``).
+        latency: also time both models on the first evaluation batch.
+        latency_runs: timed runs per model (after 3 warm-up runs); the median is reported.
+        threads: ONNX Runtime intra-op threads for both models; ``None``: ORT's default.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        A :class:`~onnxq.report.Report` with per-output metrics, sample count, sizes, latency and,
+        when the data has labels and an output is class scores, both accuracies.
+
+    Raises:
+        ModelError: the models differ in input or output names, cannot run, or disagree in shape.
+        DataError: the data does not fit the model or holds no sample.
+        ConfigError: ``latency_runs`` < 1 while ``latency`` is on.
+    """
+    from .feeds import Dataset, load_data
+    from .model import load_model, model_size
+
+    if latency and latency_runs < 1:
+        raise ConfigError(f"latency_runs must be >= 1, got {latency_runs}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1 or None, got {threads}")
+
+    # ONNX Runtime is the judge of validity here (contrib ops, float16 ...); skip onnx's checker.
+    float_proto = load_model(float_model, check=False)
+    quant_proto = load_model(quant_model, check=False)
+    check_same_io(float_proto, quant_proto)
+    output_names = [o.name for o in float_proto.graph.output]
+
+    if isinstance(data, Dataset):  # keep its batching; apply only a limit
+        dataset = data if limit is None else load_data(data, float_proto, limit=limit)
+    elif callable(getattr(data, "batches", None)):  # any other Dataset-like object, as is
+        dataset = data
+    else:
+        dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
+    float_session = create_session(_session_source(float_model, float_proto), threads=threads)
+    quant_session = create_session(_session_source(quant_model, quant_proto), threads=threads)
+    del float_proto, quant_proto  # the sessions hold their own copies
+
+    notes: list[str] = []
+    accumulators = {name: OutputAccumulator(name) for name in output_names}
+    skipped: set[str] = set()
+    float_acc = AccuracyAccumulator()
+    quant_acc = AccuracyAccumulator()
+    accuracy_output: str | None = None
+    labels_seen = False
+    first_inputs: dict[str, np.ndarray] | None = None
+    samples = 0
+
+    batches = _progress(dataset.batches(), desc="validate", enabled=progress,
+                        total=getattr(dataset, "num_batches", None))
+    for batch_index, (inputs, labels) in enumerate(batches):
+        float_out = run(float_session, inputs, output_names)
+        quant_out = run(quant_session, inputs, output_names)
+        if first_inputs is None:
+            first_inputs = inputs
+        samples += _batch_samples(inputs)
+        for name, ref, cand in zip(output_names, float_out, quant_out):
+            if name in skipped:
+                continue
+            if batch_index == 0 and not _is_numeric(ref, cand):
+                skipped.add(name)
+                notes.append(f"output {name!r} is not numeric ({np.asarray(ref).dtype}); "
+                             "not compared")
+                logger.warning("output %r is not numeric; not compared", name)
+                continue
+            accumulators[name].update(ref, cand)
+        if labels is not None:
+            if not labels_seen:  # the first batch with labels picks the output to score
+                labels_seen = True
+                accuracy_output = next((n for n, ref in zip(output_names, float_out)
+                                        if n not in skipped and is_class_scores(ref)), None)
+            if accuracy_output is not None:
+                i = output_names.index(accuracy_output)
+                float_acc.update(float_out[i], labels)
+                quant_acc.update(quant_out[i], labels)
+        del float_out, quant_out
+
+    if first_inputs is None:
+        raise DataError("the evaluation data holds no batch")
+    if labels_seen and accuracy_output is None:
+        notes.append("labels were given but no output looks like class scores [N, C]; "
+                     "accuracy not computed")
+        logger.warning("labels given but no output is class scores; accuracy not computed")
+
+    latency_metrics = None
+    if latency:
+        latency_metrics = measure_latency(float_session, quant_session, first_inputs,
+                                          output_names, runs=latency_runs, threads=threads)
+
+    float_bytes = model_size(float_model)
+    quant_bytes = model_size(quant_model)
+    report = Report(
+        outputs=[accumulators[n].result() for n in output_names if n not in skipped],
+        samples=samples,
+        float_size_bytes=int(float_bytes),
+        quant_size_bytes=int(quant_bytes),
+        size_ratio=float_bytes / quant_bytes if quant_bytes else math.inf,
+        latency=latency_metrics,
+        float_accuracy=float_acc.result(),
+        quant_accuracy=quant_acc.result(),
+        notes=notes,
+    )
+    if report.outputs:
+        worst = report.worst("cosine")
+        logger.info("validated %d samples; worst output %r: cosine %.6f, SQNR %.2f dB",
+                    samples, worst.name, worst.cosine, worst.sqnr_db)
+    return report
+
+
+def measure_latency(float_session: Any, quant_session: Any, feeds: Mapping[str, np.ndarray],
+                    output_names: list[str], *, runs: int = 20,
+                    threads: int | None = None) -> LatencyMetrics:
+    """Time both sessions on one batch: 3 warm-up runs, then ``runs`` interleaved timed runs.
+
+    Args:
+        float_session: the float model's ``InferenceSession``.
+        quant_session: the quantized model's ``InferenceSession``.
+        feeds: one batch of inputs.
+        output_names: outputs to fetch.
+        runs: timed runs per model; the median is reported.
+        threads: the intra-op thread count the sessions were built with (recorded only).
+
+    Returns:
+        Median latencies in milliseconds and ``speedup = float_ms / quant_ms``.
+    """
+    if runs < 1:
+        raise ConfigError(f"latency runs must be >= 1, got {runs}")
+    feeds = dict(feeds)
+    for _ in range(_WARMUP_RUNS):
+        run(float_session, feeds, output_names)
+        run(quant_session, feeds, output_names)
+    float_times: list[float] = []
+    quant_times: list[float] = []
+    for _ in range(runs):  # interleaved so that clock or load drift hits both models alike
+        float_times.append(_timed(float_session, feeds, output_names))
+        quant_times.append(_timed(quant_session, feeds, output_names))
+    float_ms = statistics.median(float_times)
+    quant_ms = statistics.median(quant_times)
+    return LatencyMetrics(
+        float_ms=float_ms,
+        quant_ms=quant_ms,
+        speedup=float_ms / quant_ms if quant_ms > 0 else math.inf,
+        batch_size=_batch_samples(feeds),
+        threads=threads,
+        runs=runs,
+    )
+
+
+def check_same_io(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> None:
+    """Check that two models have the same graph input and output names.
+
+    Graph inputs that are initializers (older IR versions list them) are not counted.
+
+    Raises:
+        ModelError: naming the names found in only one of the models.
+    """
+    for what, f_names, q_names in (("inputs", _input_names(float_model), _input_names(quant_model)),
+                                   ("outputs", [o.name for o in float_model.graph.output],
+                                    [o.name for o in quant_model.graph.output])):
+        only_f = [n for n in f_names if n not in set(q_names)]
+        only_q = [n for n in q_names if n not in set(f_names)]
+        if only_f or only_q:
+            raise ModelError(f"the float and quantized models have different {what}: only in "
+                             f"float {only_f}, only in quantized {only_q}")
+
+
+def _input_names(model: onnx.ModelProto) -> list[str]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
+def _session_source(original: Any, proto: onnx.ModelProto) -> Any:
+    """A path lets ORT read external data itself; otherwise the loaded proto."""
+    return original if isinstance(original, (str, os.PathLike)) else proto
+
+
+def _is_numeric(*arrays: Any) -> bool:
+    return all(np.asarray(a).dtype.kind in _NUMERIC_KINDS for a in arrays)
+
+
+def _batch_samples(inputs: Mapping[str, np.ndarray]) -> int:
+    """Samples in a batch: the leading dimension of the first input that has one."""
+    for value in inputs.values():
+        arr = np.asarray(value)
+        if arr.ndim >= 1:
+            return int(arr.shape[0])
+    return 1
+
+
+def _cosines(rr: np.ndarray, cc: np.ndarray, rc: np.ndarray, *,
+             identical: np.ndarray) -> np.ndarray:
+    """Per-sample cosine from squared norms and dot products.
+
+    Identical samples (all-zero pairs included) give exactly 1; a zero sample against a non-zero
+    one gives 0; NaN propagates.
+    """
+    denom = np.sqrt(rr * cc)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        cos = np.where(denom > 0, rc / np.where(denom > 0, denom, 1.0), 0.0)
+    cos = np.clip(cos, -1.0, 1.0)
+    cos = np.where(np.isnan(denom) | np.isnan(rc), np.nan, cos)
+    return np.where(identical, 1.0, cos)
+
+
+def _timed(session: Any, feeds: dict[str, np.ndarray], output_names: list[str]) -> float:
+    start = time.perf_counter()
+    run(session, feeds, output_names)
+    return (time.perf_counter() - start) * 1000.0
