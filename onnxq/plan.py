@@ -43,6 +43,7 @@ class NodeDecision:
     op_type: str
     quantize: bool
     reason: str
+    candidate: bool = True  #: the backend could quantize this op type in this mode
 
 
 @dataclass
@@ -73,7 +74,7 @@ class QuantPlan:
     @property
     def float_nodes(self) -> list[str]:
         """Names of nodes of a quantizable op type that the plan keeps in float."""
-        return [d.name for d in self.decisions if not d.quantize and d.op_type in self.op_types]
+        return [d.name for d in self.decisions if not d.quantize and d.candidate]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -141,7 +142,7 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types
         op_types = set(config.op_types) & supported
     op_types -= set(config.exclude_op_types)
 
-    decisions = [_decide(node, config, op_types, constants, transformer) for node in model.graph.node]
+    decisions = [_decide(node, config, op_types, supported, constants, transformer) for node in model.graph.node]
     if config.mode is Mode.DYNAMIC:
         skipped = sorted({n.op_type for n in model.graph.node if n.op_type in DYNAMIC_UNSUPPORTED})
         if skipped:
@@ -153,13 +154,18 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types
     return plan
 
 
-def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], constants: set[str],
-            transformer: bool) -> NodeDecision:
+def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], supported: set[str],
+            constants: set[str], transformer: bool) -> NodeDecision:
     def decision(quantize: bool, reason: str) -> NodeDecision:
-        return NodeDecision(node.name, node.op_type, quantize, reason)
+        return NodeDecision(node.name, node.op_type, quantize, reason, node.op_type in supported)
 
+    if node.op_type not in supported:
+        return decision(False, "op type not quantizable in this mode")
+    if node.op_type in config.exclude_op_types:
+        return decision(False, "op type excluded by the user")
     if node.op_type not in op_types:
-        return decision(False, "op type not quantized in this mode")
+        policy = "transformer policy: stays float" if transformer else "op type not selected"
+        return decision(False, policy)
     if matches(node.name, config.exclude_nodes):
         return decision(False, "excluded by the user")
     if config.include_nodes and not matches(node.name, config.include_nodes):
@@ -208,7 +214,7 @@ def refine_plan(plan: QuantPlan, model: onnx.ModelProto, ranges: Any) -> QuantPl
         node = by_name.get(d.name)
         touched = node is not None and d.quantize and huge & (set(node.input) | set(node.output))
         decisions.append(NodeDecision(d.name, d.op_type, False, "range holds a sentinel value (|x| > 1e30), "
-                                      "e.g. an attention-mask fill: stays float") if touched else d)
+                                      "e.g. an attention-mask fill: stays float", d.candidate) if touched else d)
     new = QuantPlan(plan.mode, plan.op_types, decisions, [], list(plan.no_output_quantization_op_types),
                     plan.notes + [f"{len(huge)} tensor(s) hold sentinel values (|x| > 1e30) and stay float."])
     new.tensors_to_calibrate = _activation_tensors(model, new, constant_names(model))

@@ -249,6 +249,7 @@ def _kl_divergences(abs_counts: np.ndarray, abs_edges: np.ndarray, *, other_side
     hist /= hist.sum()
     n = hist.size
     cum = np.concatenate(([0.0], np.cumsum(hist)))
+    tail = np.concatenate((np.cumsum(hist[::-1])[::-1], [0.0]))  # tail[k] = sum(hist[k:])
     nonzero = np.concatenate(([0], np.cumsum(hist > 0)))
     plogp = np.concatenate(([0.0], np.cumsum(_xlogx(hist))))
     kept = np.arange(1, n + 1)
@@ -262,17 +263,19 @@ def _kl_divergences(abs_counts: np.ndarray, abs_edges: np.ndarray, *, other_side
     chunk = max(1, _ENTROPY_CHUNK_CELLS // width)
     for start in range(0, valid.size, chunk):
         rows = valid[start:start + chunk]
-        divergence[rows] = _kl_chunk(kept[rows], levels[rows], width, cum, nonzero, plogp, hist)
+        divergence[rows] = _kl_chunk(kept[rows], levels[rows], width, cum, tail, nonzero, plogp, hist)
     return divergence
 
 
-def _kl_chunk(kept: np.ndarray, levels: np.ndarray, width: int, cum: np.ndarray, nonzero: np.ndarray,
-              plogp: np.ndarray, hist: np.ndarray) -> np.ndarray:
+def _kl_chunk(kept: np.ndarray, levels: np.ndarray, width: int, cum: np.ndarray, tail: np.ndarray,
+              nonzero: np.ndarray, plogp: np.ndarray, hist: np.ndarray) -> np.ndarray:
     """KL divergences for one chunk of candidates (``kept`` bins, ``levels`` groups each).
 
     Group ``j`` of a candidate covers the bins ``[j * kept // levels, (j + 1) * kept // levels)``;
     groups past ``levels`` are empty. ``Q_j`` (mass) and ``nz_j`` (non-zero bins) come from the
-    cumulative sums ``cum`` and ``nonzero`` at the group bounds.
+    cumulative sums ``cum`` and ``nonzero`` at the group bounds. The last group, which also
+    receives the clipped mass, is summed from the tail sums ``tail`` instead: a tiny last group
+    far out in the tail would lose its digits to cancellation in ``cum[b] - cum[a]``.
     """
     rows = np.arange(kept.size)
     kept_f = kept.astype(np.float64)
@@ -294,13 +297,14 @@ def _kl_chunk(kept: np.ndarray, levels: np.ndarray, width: int, cum: np.ndarray,
         # the last group also receives the clipped mass; its non-zero count may grow by one
         last = levels - 1
         last_mass, last_count = mass[rows, last], count[rows, last]
-        outliers = np.maximum(1.0 - cum[kept], 0.0)
+        outliers = tail[kept]
+        exact_mass = tail[index[rows, last]] - outliers
         last_bin = hist[kept - 1]
         new_count = last_count + ((last_bin == 0) & (outliers > 0))
         old_term = np.where(last_mass > 0, last_mass * np.log(last_mass / np.maximum(last_count, 1.0)), 0.0)
-        new_mass = last_mass + outliers
-        new_term = np.where(new_mass > 0, new_mass * np.log(last_mass / np.maximum(new_count, 1.0)), 0.0)
+        new_mass = exact_mass + outliers
+        new_term = np.where(new_mass > 0, new_mass * np.log(exact_mass / np.maximum(new_count, 1.0)), 0.0)
         cross += new_term - old_term                                # -inf: clipped mass onto Q = 0
         p_entropy = plogp[kept] - _xlogx(last_bin) + _xlogx(last_bin + outliers)
-        kl = p_entropy - cross + np.log(cum[kept])
+        kl = p_entropy - cross + np.log1p(-outliers)
     return np.where(np.isfinite(kl), np.maximum(kl, 0.0), np.inf)

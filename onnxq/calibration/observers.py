@@ -33,6 +33,7 @@ _MIN_WIDTH = 2.0**-1000
 #: Beyond this many old bins the exact integer re-binning gives way to proportional re-binning.
 _INT_SAFE = float(1 << 52)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 @dataclass
@@ -423,7 +424,7 @@ def _bin_values(values: np.ndarray, lo: float, width: float, bins: int) -> np.nd
     inv = 1.0 / width
     offset = lo * inv
     use_float32 = (values.dtype == np.float32 and abs(offset) <= _FLOAT32_SAFE_OFFSET
-                   and np.finfo(np.float32).tiny <= inv <= _FLOAT32_MAX)
+                   and _FLOAT32_TINY <= inv <= _FLOAT32_MAX)
     counts = np.zeros(bins, dtype=np.int64)
     dtype = np.float32 if use_float32 else np.float64
     buffer = np.empty(min(_CHUNK, values.size), dtype=dtype)
@@ -529,9 +530,9 @@ def _finish(low: float, high: float) -> tuple[float, float]:
     low = max(low, -_FLOAT32_MAX)
     high = min(high, _FLOAT32_MAX)
     low32, high32 = np.float32(low), np.float32(high)
-    if low32 > low:
+    if float(low32) > low:  # compare as Python floats: numpy would compare in float32
         low32 = np.nextafter(low32, np.float32(-np.inf))
-    if high32 < high:
+    if float(high32) < high:
         high32 = np.nextafter(high32, np.float32(np.inf))
     if not low32 < high32:  # both rounded to 0 (sub-float32 magnitudes)
         high32 = np.nextafter(np.float32(0.0), np.float32(1.0))

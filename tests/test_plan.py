@@ -1,0 +1,59 @@
+"""QuantPlan: node selection rules and JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from builders import tiny_cnn, tiny_encoder
+
+from onnxq import QuantConfig
+from onnxq.calibration.ranges import TensorRange
+from onnxq.plan import QuantPlan, is_transformer, make_plan, matches, refine_plan
+from onnxq.prepare import prepare
+from onnxq.rewrite import dynamic_op_types, static_op_types
+
+
+@pytest.mark.parametrize(("name", "patterns", "expected"), [
+    ("conv1", ["conv1"], True), ("conv1", ["conv*"], True), ("conv12", ["conv?"], False),
+    ("layer.3/attn", ["layer.[0-3]/*"], True), ("fc", [], False),
+])
+def test_matches_names_and_globs(name, patterns, expected):
+    assert matches(name, patterns) is expected
+
+
+def test_plan_round_trips_through_json():
+    model = prepare(tiny_cnn(), QuantConfig())
+    plan = make_plan(model, QuantConfig(exclude_nodes=("fc",)), supported_op_types=static_op_types())
+    again = QuantPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan and again.float_nodes == ["fc"]
+
+
+def test_transformer_detection():
+    assert is_transformer(tiny_encoder()) and not is_transformer(tiny_cnn())
+
+
+def test_dynamic_plan_keeps_only_weight_matmuls():
+    config = QuantConfig(mode="dynamic")
+    model = prepare(tiny_encoder(), config)
+    plan = make_plan(model, config, supported_op_types=dynamic_op_types())
+    assert set(plan.nodes_to_quantize) == {"q_proj", "k_proj", "v_proj", "o_proj", "ffn_up", "ffn_down"}
+    assert plan.tensors_to_calibrate == []
+
+
+def test_unknown_op_types_are_reported():
+    config = QuantConfig(op_types=("Conv", "NoSuchOp"))
+    plan = make_plan(prepare(tiny_cnn(), config), config, supported_op_types=static_op_types())
+    assert plan.op_types == ["Conv"] and any("NoSuchOp" in note for note in plan.notes)
+
+
+def test_refine_keeps_sentinel_tensors_float():
+    config = QuantConfig(transformer_policy=False)
+    model = prepare(tiny_encoder(), config)
+    plan = make_plan(model, config, supported_op_types=static_op_types())
+    assert "mask_add" in plan.nodes_to_quantize
+    ranges = {name: TensorRange(-1.0, 1.0) for name in plan.tensors_to_calibrate}
+    ranges["madd"] = TensorRange(-3.4e38, 0.0)
+    refined = refine_plan(plan, model, ranges)
+    assert "mask_add" in refined.float_nodes and "madd" not in refined.tensors_to_calibrate
+    assert refine_plan(plan, model, {n: TensorRange(-1.0, 1.0) for n in plan.tensors_to_calibrate}) is plan
