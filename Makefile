@@ -25,7 +25,7 @@ demo: $(VENV)/.core-installed
 	@mkdir -p $(DEMO_OUT)
 	$(BIN)/onnxq quantize examples/data/digits_cnn.onnx -o $(DEMO_OUT)/digits_cnn_int8.onnx \
 		--calib examples/data/digits_calib.npz --eval examples/data/digits_eval.npz \
-		--method entropy --report $(DEMO_OUT)/digits_report.json
+		--report $(DEMO_OUT)/digits_report.json
 
 test: $(VENV)/.core-installed
 	$(BIN)/python -m pytest -q
