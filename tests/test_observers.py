@@ -102,6 +102,13 @@ def test_nan_and_inf_are_skipped_and_counted(cls):
 
 
 @pytest.mark.parametrize("cls", [MinMaxObserver, HistogramObserver])
+def test_float64_beyond_float32_range_counts_as_nonfinite(cls):
+    observer = cls()
+    observer.update(np.array([1e300, -1.0, 2.0, -1e39]))
+    assert (observer.min, observer.max, observer.count, observer.nonfinite) == (-1.0, 2.0, 2, 2)
+
+
+@pytest.mark.parametrize("cls", [MinMaxObserver, HistogramObserver])
 def test_empty_and_all_nan_leave_observer_empty(cls):
     observer = cls()
     observer.update(np.zeros((0, 3), dtype=np.float32))
@@ -169,7 +176,7 @@ def test_histogram_first_batch_matches_numpy():
     assert np.abs(observer.counts - expected).sum() <= 2
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 0), (np.float32, 10)])
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 2), (np.float32, 10)])
 def test_histogram_growth_merges_old_bins_exactly(dtype, tolerance):
     rng = np.random.default_rng(1)
     batches = [(rng.normal(scale=s, size=20_000) + c).astype(dtype)
@@ -180,8 +187,9 @@ def test_histogram_growth_merges_old_bins_exactly(dtype, tolerance):
     data = np.concatenate(batches).astype(np.float64)
     assert observer.counts.sum() == data.size == observer.count
     expected, _ = np.histogram(data, bins=observer.edges)
-    # old bins fold exactly into new ones; float32 binning may move a value within rounding
-    # distance of an edge to the neighbouring bin
+    # old bins fold exactly into new ones. Only values on an edge may differ: the first batch's
+    # minimum sits on the first grid's lower edge, which the re-computed edges here miss by a
+    # rounding error; float32 binning may also move a value within rounding distance of an edge
     assert np.abs(observer.counts - expected).sum() <= tolerance
     width = observer.edges[1] - observer.edges[0]
     for q in (0.01, 0.25, 0.5, 0.75, 0.99):

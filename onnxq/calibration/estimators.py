@@ -34,13 +34,15 @@ def entropy_range(counts: np.ndarray, edges: np.ndarray, *, num_quantized_bins: 
     were non-zero. The ``t`` with the smallest ``KL(P || Q)`` wins. All candidates are
     evaluated at once from cumulative sums (no per-candidate Python loop).
 
-    As in NVIDIA's pytorch-quantization, the first ``|x|`` bin is given the count of the second
-    before the search: it holds the exact zeros, which every range represents without error,
+    As in NVIDIA's pytorch-quantization, the first ``|x|`` bin is cut down to the count of the
+    second before the search: it holds the exact zeros, which every range represents without error,
     and a spike of them (post-ReLU tensors are often half zeros) would otherwise dominate the
     divergence and drag the threshold far down. Groups are split evenly (``j * i // n``, not
     ``i // n`` bins per group with the remainder in the last group as in ONNX Runtime), and
     there is no epsilon smoothing: a candidate whose last group is empty while it receives
-    clipped mass has infinite divergence.
+    clipped mass has infinite divergence. Thresholds below the median of ``|x|`` are not
+    candidates: KL cannot see the shape of what is clipped, so a ``P`` that is nothing but the
+    clipped mass in one bin would otherwise win with divergence 0.
 
     Args:
         counts: histogram counts, shape ``(n,)``.
@@ -244,8 +246,8 @@ def _kl_divergences(abs_counts: np.ndarray, abs_edges: np.ndarray, *, other_side
     Entry ``i - 1`` belongs to the threshold ``abs_edges[i]`` (the first ``i`` bins kept).
     """
     hist = abs_counts.astype(np.float64)
-    if hist.size > 1:
-        hist[0] = hist[1]  # 0 is exact in every range: do not let a spike of zeros (ReLU) dominate
+    if hist.size > 1 and hist[1:].sum() > 0:
+        hist[0] = min(hist[0], hist[1])  # 0 is exact in every range: a spike of zeros must not dominate
     hist /= hist.sum()
     n = hist.size
     cum = np.concatenate(([0.0], np.cumsum(hist)))
@@ -256,7 +258,9 @@ def _kl_divergences(abs_counts: np.ndarray, abs_edges: np.ndarray, *, other_side
     levels = _quantized_bins(kept, abs_edges[1:], other_side=other_side,
                              num_quantized_bins=num_quantized_bins, num_levels=num_levels)
     divergence = np.full(n, np.inf)
-    valid = np.flatnonzero(kept >= levels)
+    # a threshold below the median of |x| is never sane; excluding it also rules out the
+    # degenerate candidates whose P is one spike of clipped mass (KL 0 against any Q)
+    valid = np.flatnonzero((kept >= levels) & (cum[1:] >= 0.5))
     if valid.size == 0:
         return divergence
     width = int(levels.max()) + 1

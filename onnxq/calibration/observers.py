@@ -6,7 +6,8 @@ disjoint data can be combined with ``merge`` and saved with ``to_dict`` (JSON-re
 ``compute_range`` turns an observer into the ``(low, high)`` range a tensor is quantized with.
 
 Values that are not finite are never part of the statistics: NaN and +-inf are skipped and
-counted in ``nonfinite``.
+counted in ``nonfinite``, and so are float64 values beyond the float32 range, which no float32
+quantization scale can hold.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import CalibrationMethod, QuantConfig
+from ..config import CalibrationMethod, QuantConfig, QuantType
 from ..errors import CalibrationError
 from . import estimators
 
@@ -28,8 +29,10 @@ logger = logging.getLogger(__name__)
 _CHUNK = 1 << 17
 #: Largest ``|lo| / width`` (in bins) for which bin indices are computed in float32.
 _FLOAT32_SAFE_OFFSET = float(1 << 17)
-#: Smallest bin width; keeps ``1 / width`` finite for absurdly narrow float64 data.
-_MIN_WIDTH = 2.0**-1000
+#: Smallest bin width (below float32's smallest step), so that width ratios stay finite.
+_MIN_WIDTH = 2.0**-160
+#: Smallest bin width relative to the magnitude of the data, so that float64 edges stay distinct.
+_MIN_RELATIVE_WIDTH = 2.0**-40
 #: Beyond this many old bins the exact integer re-binning gives way to proportional re-binning.
 _INT_SAFE = float(1 << 52)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -46,8 +49,8 @@ class _Batch:
     nonfinite: int
 
 
-def _finite_batch(values: np.ndarray) -> _Batch | None:
-    """Flatten ``values`` to float32/float64 and drop NaN and +-inf (``None`` when nothing is left)."""
+def _finite_batch(values: np.ndarray) -> _Batch:
+    """Flatten ``values`` to float32/float64 and drop NaN, +-inf and float64 beyond float32's range."""
     flat = np.asarray(values).reshape(-1)
     if flat.dtype != np.float32 and flat.dtype != np.float64:
         small = flat.dtype.kind == "f" and flat.dtype.itemsize < 4
@@ -56,8 +59,8 @@ def _finite_batch(values: np.ndarray) -> _Batch | None:
         return _Batch(flat, math.inf, -math.inf, 0)
     low, high = float(flat.min()), float(flat.max())
     nonfinite = 0
-    if not (math.isfinite(low) and math.isfinite(high)):  # a NaN or an inf somewhere: slow path
-        finite = np.isfinite(flat)
+    if not -_FLOAT32_MAX <= low <= high <= _FLOAT32_MAX:  # NaN, inf or huge float64: slow path
+        finite = np.abs(flat) <= _FLOAT32_MAX           # False for NaN
         kept = int(np.count_nonzero(finite))
         nonfinite = flat.size - kept
         flat = flat[finite]
@@ -409,7 +412,7 @@ def _new_grid(low: float, high: float, bins: int) -> tuple[float, float]:
     than on the top edge, which a later growth could turn into an inner edge.
     """
     width = (high / bins - low / bins) * (1.0 + 2.0**-19)
-    return low, (width if width > _MIN_WIDTH else _MIN_WIDTH)
+    return low, max(width, _MIN_WIDTH, max(abs(low), abs(high)) * _MIN_RELATIVE_WIDTH)
 
 
 def _point_grid(value: float, bins: int) -> tuple[float, float]:
@@ -455,7 +458,9 @@ def _redistribute(counts: np.ndarray, lo: float, width: float, new_lo: float, ne
     """
     ratio = new_width / width
     shift = (lo - new_lo) / width
-    factor, offset = round(ratio), round(shift) if math.isfinite(shift) else 0
+    if not (math.isfinite(ratio) and math.isfinite(shift)):
+        raise CalibrationError("histogram grids too far apart to merge")
+    factor, offset = round(ratio), round(shift)
     if (factor >= 1 and abs(ratio - factor) <= 1e-9 * factor and abs(shift - offset) <= 1e-6
             and abs(offset) < _INT_SAFE and factor < _INT_SAFE):
         target = np.clip((np.arange(counts.size, dtype=np.int64) + offset) // factor, 0, bins - 1)
@@ -512,7 +517,9 @@ def compute_range(observer: MinMaxObserver | HistogramObserver, config: QuantCon
         return _finish(data_min, data_max)
     counts, edges = observer.counts, observer.edges
     if method is CalibrationMethod.ENTROPY:
-        low, high = estimators.entropy_range(counts, edges)
+        # symmetric int8 activations spend half their 256 levels on each side of zero
+        symmetric = config.activation_type is QuantType.INT8
+        low, high = estimators.entropy_range(counts, edges, num_quantized_bins=128 if symmetric else None)
     elif method is CalibrationMethod.PERCENTILE:
         low, high = estimators.percentile_range(counts, edges, config.percentile)
     elif method is CalibrationMethod.MSE:
