@@ -87,18 +87,24 @@ def quantize(model: ModelLike, calibration: Any = None, *, config: QuantConfig |
         QuantResult with the quantized model, the plan and the validation report.
     """
     config = config or QuantConfig()
+    if config.mode is Mode.STATIC and ranges is None and calibration is None:
+        raise ConfigError("static quantization needs calibration data (calibration=...) "
+                          "or ranges; use mode='dynamic' to quantize without data")
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     float_model = load_model(model)
     prepared = prepare(float_model, config)
+    # check every data source before any long work starts
+    needs_calibration = config.mode is Mode.STATIC and ranges is None
+    calib_data = _dataset(calibration, prepared, config) if needs_calibration else None
+    eval_source = evaluation if evaluation is not None else calibration
+    eval_data = (load_data(eval_source, float_model, batch_size=config.batch_size)
+                 if eval_source is not None else None)
 
     if config.mode is Mode.STATIC:
         plan = make_plan(prepared, config, supported_op_types=rewrite.static_op_types())
         if ranges is None:
-            if calibration is None:
-                raise ConfigError("static quantization needs calibration data (calibration=...) "
-                                  "or ranges; use mode='dynamic' to quantize without data")
-            data = _dataset(calibration, prepared, config)
-            ranges = _ranges(prepared, plan, data, config, progress=progress, cache_dir=cache_dir)
+            assert calib_data is not None  # checked above
+            ranges = _ranges(prepared, plan, calib_data, config, progress=progress, cache_dir=cache_dir)
         plan = refine_plan(plan, prepared, ranges)
         quantized = rewrite.quantize_static(prepared, plan, ranges, config)
     else:
@@ -107,8 +113,8 @@ def quantize(model: ModelLike, calibration: Any = None, *, config: QuantConfig |
     for note in plan.notes:
         logger.info(note)
 
-    report = _report(float_model, quantized, evaluation if evaluation is not None else calibration,
-                     config, plan, progress=progress, latency=latency, threads=threads)
+    report = _report(float_model, quantized, eval_data, config, plan, progress=progress, latency=latency,
+                     threads=threads)
     if evaluation is None and calibration is not None:
         report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
     return QuantResult(model=quantized, report=report, plan=plan, ranges=ranges, source=source)
@@ -135,7 +141,7 @@ def _ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: Quan
     return ranges
 
 
-def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Any, config: QuantConfig,
+def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Dataset | None, config: QuantConfig,
             plan: QuantPlan, *, progress: bool, latency: bool, threads: int | None) -> Report:
     from .validate import validate
 

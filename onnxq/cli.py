@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from enum import IntEnum
 from pathlib import Path
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except OnnxqError as exc:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"onnxq: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
     except KeyboardInterrupt:
@@ -137,7 +138,7 @@ def _configure_logging(quiet: bool, debug: bool) -> None:
 def _check_output_path(output: str, *inputs: str | None) -> None:
     out = Path(output)
     for path in inputs:
-        if path and Path(path).exists() and out.exists() and out.resolve() == Path(path).resolve():
+        if path and Path(output).resolve() == Path(path).resolve():
             raise ConfigError(f"refusing to overwrite the input {path}: choose another output path")
     if out.is_dir():
         raise ConfigError(f"output {output} is a directory: give a file name")
@@ -148,9 +149,10 @@ def _check_output_path(output: str, *inputs: str | None) -> None:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .api import quantize
 
-    _check_output_path(args.output, args.model)
+    inputs = (args.model, args.calib, args.eval)
+    _check_output_path(args.output, *inputs)
     if args.report:
-        _check_output_path(args.report, args.model)
+        _check_output_path(args.report, *inputs, args.output)
     config = QuantConfig(
         mode=args.mode, method=args.method, percentile=args.percentile, num_bins=args.bins,
         per_channel=not args.per_tensor, activation_type=args.activation_type, reduce_range=args.reduce_range,

@@ -6,8 +6,11 @@ hands both to ONNX Runtime's quantizers and returns the rewritten model in memor
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +54,9 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     from .model import load_model
 
-    with tempfile.TemporaryDirectory(prefix="onnxq-pre-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="onnxq-pre-") as tmp, _working_directory(tmp):
+        # chdir: when symbolic shape inference fails, ORT dumps the model and its weights
+        # (sym_shape_infer_temp.onnx + a uuid-named .data file) into the working directory
         out = Path(tmp) / "preprocessed.onnx"
         large = model.ByteSize() > 2**31 - 1024
         try:
@@ -60,6 +65,16 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
         except Exception as exc:  # symbolic shape inference raises many kinds of errors
             raise QuantizationError(f"ONNX Runtime pre-processing failed: {_first_line(exc)}") from exc
         return load_model(out, check=False)
+
+
+@contextlib.contextmanager
+def _working_directory(path: str) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def tensors_data(ranges: Ranges, names: list[str] | None = None) -> TensorsData:
@@ -121,6 +136,7 @@ def _run(quantizer: ONNXQuantizer | QDQQuantizer, mode: str) -> onnx.ModelProto:
         quantizer.quantize_model()
     except Exception as exc:
         raise QuantizationError(f"ONNX Runtime {mode} quantizer failed: {_first_line(exc)}") from exc
+    quantizer.model.topological_sort()  # ORT sorts only when it saves to a file itself
     return quantizer.model.model
 
 

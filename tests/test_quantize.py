@@ -187,3 +187,22 @@ def test_sentinel_ranges_stay_float():
     quantized_inputs = {n.input[0] for n in result.model.graph.node if n.op_type == "QuantizeLinear"}
     assert not set(huge) & quantized_inputs
     assert np.isfinite(result.report.outputs[0].cosine)
+
+
+def test_failed_preprocessing_falls_back_and_leaves_nothing(cnn, tmp_path, monkeypatch, caplog):
+    """ORT's symbolic shape inference fails on some exported transformers and dumps files into the
+    working directory; onnxq falls back to ONNX shape inference + ORT basic optimisation."""
+    import onnxq.rewrite
+
+    def failing_pre_process(model, output, **kwargs):
+        with open("sym_shape_infer_temp.onnx", "wb") as dump:  # what ORT does on failure
+            dump.write(b"junk")
+        raise Exception("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(onnxq.rewrite, "quant_pre_process", failing_pre_process)
+    monkeypatch.chdir(tmp_path)
+    result = onnxq.quantize(cnn, cnn_data(16), latency=False)
+    assert "Incomplete symbolic shape inference" in caplog.text
+    assert "BatchNormalization" not in op_types(result.model), "basic optimisation folded the BatchNorm"
+    assert result.report.outputs[0].cosine > 0.99
+    assert list(tmp_path.iterdir()) == []
