@@ -11,6 +11,7 @@ from typing import Any
 import onnx
 
 from . import rewrite
+from .adapters import adapter_for_data, adapter_for_object, adapter_for_path
 from .calibration.ranges import RangeCache, Ranges
 from .calibration.runner import collect_ranges, range_settings
 from .config import Mode, QuantConfig
@@ -22,9 +23,6 @@ from .prepare import prepare
 from .report import Report
 
 logger = logging.getLogger(__name__)
-
-ModelLike = str | os.PathLike[str] | onnx.ModelProto
-
 
 @dataclass
 class QuantResult:
@@ -48,32 +46,40 @@ class QuantResult:
         return save_model(self.model, path, protect=[self.source] if self.source else [])
 
 
-def calibrate(model: ModelLike, calibration: Any, *, config: QuantConfig | None = None,
-              progress: bool = False, cache_dir: str | os.PathLike[str] | None = None) -> Ranges:
+def calibrate(model: Any, calibration: Any, *, config: QuantConfig | None = None,
+              progress: bool = False, cache_dir: str | os.PathLike[str] | None = None,
+              example_inputs: Any = None, export_options: dict[str, Any] | None = None) -> Ranges:
     """Calibrate the activation ranges that static quantization of ``model`` needs.
 
     Args:
-        model: ONNX path or ModelProto.
+        model: ONNX path or ModelProto, or a framework model exported by an adapter.
         calibration: anything :func:`onnxq.feeds.load_data` accepts (dict of arrays, .npz, folder, ...).
         config: quantization config (method, bins, percentile, samples, batch size).
         progress: show a progress bar.
         cache_dir: reuse / store ranges keyed by model hash + data hash + settings.
+        example_inputs: export inputs for a framework model.
+        export_options: adapter export options.
     """
     config = config or QuantConfig()
-    prepared = prepare(load_model(model), config)
+    float_model, _ = resolve_model(model, example_inputs=example_inputs, data=calibration,
+                                   export_options=export_options)
+    calibration = resolve_data(calibration, [i.name for i in float_model.graph.input])
+    prepared = prepare(float_model, config)
     plan = make_plan(prepared, config, supported_op_types=rewrite.static_op_types())
     data = _dataset(calibration, prepared, config)
     return _ranges(prepared, plan, data, config, progress=progress, cache_dir=cache_dir)
 
 
-def quantize(model: ModelLike, calibration: Any = None, *, config: QuantConfig | None = None,
+def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None = None,
              evaluation: Any = None, ranges: Ranges | None = None, progress: bool = False,
              cache_dir: str | os.PathLike[str] | None = None, latency: bool = True,
-             threads: int | None = None) -> QuantResult:
-    """Quantize a float ONNX model and validate it against the float model.
+             threads: int | None = None, example_inputs: Any = None,
+             export_options: dict[str, Any] | None = None, allow_pickle: bool = False) -> QuantResult:
+    """Quantize a float model and validate it against the float model.
 
     Args:
-        model: ONNX path or ModelProto (never modified).
+        model: ONNX path or ModelProto (never modified), or a framework model / model file
+            (``nn.Module``, ``.pt2``, Keras model, ``.keras``...) exported by an installed adapter.
         calibration: calibration data for static mode (anything ``load_data`` accepts).
         config: what to quantize and how; defaults to static U8S8 per-channel MinMax.
         evaluation: held-out data for the report; defaults to the calibration data.
@@ -82,6 +88,10 @@ def quantize(model: ModelLike, calibration: Any = None, *, config: QuantConfig |
         cache_dir: calibration cache folder.
         latency: measure float vs quantized latency in the report.
         threads: ORT intra-op threads for the latency measurement.
+        example_inputs: inputs for a framework model's export (default: taken from the
+            calibration data by the adapter).
+        export_options: adapter options (input/output names, dynamic axes, opset, ...).
+        allow_pickle: let an adapter load pickled model files (runs code from the file).
 
     Returns:
         QuantResult with the quantized model, the plan and the validation report.
@@ -91,7 +101,11 @@ def quantize(model: ModelLike, calibration: Any = None, *, config: QuantConfig |
         raise ConfigError("static quantization needs calibration data (calibration=...) "
                           "or ranges; use mode='dynamic' to quantize without data")
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
-    float_model = load_model(model)
+    float_model, export_notes = resolve_model(model, example_inputs=example_inputs, data=calibration,
+                                              export_options=export_options, allow_pickle=allow_pickle)
+    input_names = [i.name for i in float_model.graph.input]
+    calibration = resolve_data(calibration, input_names)
+    evaluation = resolve_data(evaluation, input_names)
     prepared = prepare(float_model, config)
     # check every data source before any long work starts
     needs_calibration = config.mode is Mode.STATIC and ranges is None
@@ -115,9 +129,41 @@ def quantize(model: ModelLike, calibration: Any = None, *, config: QuantConfig |
 
     report = _report(float_model, quantized, eval_data, config, plan, progress=progress, latency=latency,
                      threads=threads)
+    report.notes[:0] = export_notes
     if evaluation is None and calibration is not None:
         report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
     return QuantResult(model=quantized, report=report, plan=plan, ranges=ranges, source=source)
+
+
+def resolve_model(model: Any, *, example_inputs: Any = None, data: Any = None,
+                  export_options: dict[str, Any] | None = None,
+                  allow_pickle: bool = False) -> tuple[onnx.ModelProto, list[str]]:
+    """An ONNX model from an ONNX path/proto, a framework model file, or a framework model object.
+
+    Returns:
+        The float ONNX model and notes about the export (exporter used, fallbacks, error vs framework).
+    """
+    if isinstance(model, onnx.ModelProto):
+        return load_model(model), []
+    obj = model
+    if isinstance(model, (str, os.PathLike)):
+        adapter = adapter_for_path(model)
+        if adapter is None:
+            return load_model(model), []
+        obj = adapter.load(Path(model), allow_pickle=allow_pickle)
+    else:
+        adapter = adapter_for_object(model)
+    result = adapter.export(obj, example_inputs=example_inputs, data=data, **(export_options or {}))
+    notes = [f"Exported with {result.exporter} (opset {result.opset})"
+             + (f"; max |framework - ONNX Runtime| = {result.max_abs_error:.3g}"
+                if result.max_abs_error is not None else "")] + list(result.notes)
+    return load_model(result.model), notes
+
+
+def resolve_data(data: Any, input_names: list[str]) -> Any:
+    """Framework data (DataLoader, tf.data, tensors) through its adapter; anything else unchanged."""
+    adapter = adapter_for_data(data)
+    return data if adapter is None else adapter.to_feeds(data, input_names)
 
 
 def _dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Dataset:

@@ -78,7 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "(keyed by model hash, data hash and settings)")
     q.add_argument("--threads", type=int, metavar="T", help="ORT threads for the latency measurement")
     q.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    q.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickled framework model files (this runs code from the file)")
     q.set_defaults(func=_cmd_quantize)
+
+    e = sub.add_parser("export", parents=[common], help="export a framework model file to ONNX",
+                       description="Export a PyTorch (.pt2, TorchScript .pt) or Keras (.keras, .h5, SavedModel) "
+                                   "model to ONNX through an installed adapter, checking ONNX Runtime against "
+                                   "the framework's outputs.")
+    e.add_argument("model", metavar="MODEL", help="framework model file or folder")
+    e.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
+    e.add_argument("--data", metavar="DATA", help="example inputs (.npz etc.) when the file does not carry them")
+    e.add_argument("--opset", type=int, help="ONNX opset to export with (default: the adapter's)")
+    e.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickled model files (this runs code from the file)")
+    e.set_defaults(func=_cmd_export)
 
     v = sub.add_parser("validate", parents=[common], help="compare a quantized model with its float model",
                        description="Run both models on the same data and report per-output closeness, "
@@ -164,7 +178,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         raise ConfigError("static quantization needs calibration data: pass --calib DATA "
                           "(or --mode dynamic, which needs none)")
     result = quantize(args.model, args.calib, config=config, evaluation=args.eval, progress=not args.quiet,
-                      cache_dir=args.cache_dir, latency=not args.no_latency, threads=args.threads)
+                      cache_dir=args.cache_dir, latency=not args.no_latency, threads=args.threads,
+                      allow_pickle=args.allow_pickle)
     written = result.save(args.output)
     if args.report:
         result.report.to_json(args.report)
@@ -173,6 +188,22 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         quantized = len(result.plan.nodes_to_quantize)
         print(f"\n{quantized} node(s) quantized, {len(result.plan.float_nodes)} kept in float")
         print(f"wrote {written}" + (f" and {args.report}" if args.report else ""))
+    return ExitCode.OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .api import resolve_model
+    from .model import save_model
+
+    _check_output_path(args.output, args.model, args.data)
+    options = {"opset": args.opset} if args.opset else {}
+    model, notes = resolve_model(args.model, data=args.data, export_options=options,
+                                 allow_pickle=args.allow_pickle)
+    written = save_model(model, args.output, protect=[args.model])
+    if not args.quiet:
+        for note in notes:
+            print(note)
+        print(f"wrote {written}")
     return ExitCode.OK
 
 
