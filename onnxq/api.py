@@ -18,7 +18,7 @@ from .config import Mode, QuantConfig
 from .errors import ConfigError
 from .feeds import Dataset, load_data
 from .model import load_model, model_hash, model_size, save_model
-from .plan import QuantPlan, make_plan, refine_plan
+from .plan import QuantPlan, is_transformer, make_plan, refine_plan
 from .prepare import prepare
 from .report import Report
 
@@ -118,6 +118,9 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         plan = make_plan(prepared, config, supported_op_types=rewrite.static_op_types())
         if ranges is None:
             assert calib_data is not None  # checked above
+            # SmoothQuant needs the calibration data and changes which tensors need ranges, so it
+            # runs only when we calibrate here (ranges passed in were made for the unsmoothed model)
+            prepared, plan = _smooth(prepared, plan, calib_data, config, progress=progress)
             ranges = _ranges(prepared, plan, calib_data, config, progress=progress, cache_dir=cache_dir)
         plan = refine_plan(plan, prepared, ranges)
         quantized = rewrite.quantize_static(prepared, plan, ranges, config)
@@ -133,6 +136,16 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     if evaluation is None and calibration is not None:
         report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
     return QuantResult(model=quantized, report=report, plan=plan, ranges=ranges, source=source)
+
+
+def _smooth(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,
+            progress: bool) -> tuple[onnx.ModelProto, QuantPlan]:
+    """SmoothQuant on transformer graphs (float-equivalent); a no-op when off or not a transformer."""
+    if config.smooth_alpha is None or not (config.transformer_policy and is_transformer(model)):
+        return model, plan
+    from .smooth import smooth
+
+    return smooth(model, plan, data, alpha=config.smooth_alpha, progress=progress)
 
 
 def resolve_model(model: Any, *, example_inputs: Any = None, data: Any = None,

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-transformer-policy", action="store_true",
                    help="on transformer graphs, quantize every supported op (ORT's default) instead of "
                         "only the linear layers")
+    q.add_argument("--smooth-alpha", type=float, default=0.75, metavar="A",
+                   help="SmoothQuant strength for transformer linear layers (default 0.75): moves activation "
+                        "outliers into the weights before calibration, float-equivalent")
+    q.add_argument("--no-smooth", action="store_true", help="disable SmoothQuant on transformer graphs")
     q.add_argument("--quantize-conv", action="store_true",
                    help="dynamic mode: also quantize Conv (ConvInteger, usually slower than float on CPU)")
     q.add_argument("--eval", metavar="DATA", help="held-out evaluation data (default: the calibration data)")
@@ -173,6 +177,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         op_types=tuple(args.op_types) if args.op_types else None, exclude_nodes=tuple(args.exclude),
         exclude_op_types=tuple(args.exclude_op), include_nodes=tuple(args.include),
         transformer_policy=not args.no_transformer_policy, quantize_conv_dynamic=args.quantize_conv,
+        smooth_alpha=None if args.no_smooth else args.smooth_alpha,
         samples=args.samples, batch_size=args.batch_size, shuffle=args.shuffle, seed=args.seed)
     if config.mode is Mode.STATIC and not args.calib:
         raise ConfigError("static quantization needs calibration data: pass --calib DATA "

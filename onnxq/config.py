@@ -58,6 +58,8 @@ class QuantConfig:
         transformer_policy: keep the tensors that int8 destroys in transformer graphs
             (LayerNorm, Softmax, GELU, residual Adds, attention masks) in float; ``False`` hands
             every supported op to the quantizer as ORT's defaults do.
+        smooth_alpha: SmoothQuant migration strength for transformer linear layers; ``None``
+            disables. Static mode with the transformer policy only (see :mod:`onnxq.smooth`).
         quantize_conv_dynamic: in dynamic mode also quantize Conv (ConvInteger is slower than
             float on CPU, so it is off by default).
         samples: use at most this many calibration samples (``None``: all).
@@ -81,6 +83,7 @@ class QuantConfig:
     exclude_op_types: tuple[str, ...] = ()
     include_nodes: tuple[str, ...] = ()
     transformer_policy: bool = True
+    smooth_alpha: float | None = 0.75
     quantize_conv_dynamic: bool = False
     samples: int | None = None
     batch_size: int = 8
@@ -107,6 +110,8 @@ class QuantConfig:
             raise ConfigError(f"num_bins must be at least 128, got {self.num_bins}")
         if not 0.0 < self.averaging_constant <= 1.0:
             raise ConfigError(f"averaging_constant must be in (0, 1], got {self.averaging_constant}")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ConfigError(f"smooth_alpha must be in [0, 1] or None, got {self.smooth_alpha}")
         if self.samples is not None and self.samples < 1:
             raise ConfigError(f"samples must be at least 1, got {self.samples}")
         if self.batch_size < 1:

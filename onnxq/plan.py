@@ -150,7 +150,7 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types
     plan = QuantPlan(mode=config.mode.value, op_types=sorted(op_types), decisions=decisions,
                      no_output_quantization_op_types=no_output_quant, notes=notes)
     if config.mode is Mode.STATIC:
-        plan.tensors_to_calibrate = _activation_tensors(model, plan, constants)
+        plan.tensors_to_calibrate = activation_tensors(model, plan, constants)
     return plan
 
 
@@ -177,7 +177,7 @@ def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], suppo
     return decision(True, "quantized")
 
 
-def _activation_tensors(model: onnx.ModelProto, plan: QuantPlan, constants: set[str]) -> list[str]:
+def activation_tensors(model: onnx.ModelProto, plan: QuantPlan, constants: set[str]) -> list[str]:
     """Float activation inputs/outputs of the nodes to quantize (what static QDQ needs ranges for)."""
     types = _elem_types(model)
     chosen = set(plan.nodes_to_quantize)
@@ -217,5 +217,5 @@ def refine_plan(plan: QuantPlan, model: onnx.ModelProto, ranges: Any) -> QuantPl
                                       "e.g. an attention-mask fill: stays float", d.candidate) if touched else d)
     new = QuantPlan(plan.mode, plan.op_types, decisions, [], list(plan.no_output_quantization_op_types),
                     plan.notes + [f"{len(huge)} tensor(s) hold sentinel values (|x| > 1e30) and stay float."])
-    new.tensors_to_calibrate = _activation_tensors(model, new, constant_names(model))
+    new.tensors_to_calibrate = activation_tensors(model, new, constant_names(model))
     return new
