@@ -186,16 +186,18 @@ def _dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Datase
 
 def _ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,
             progress: bool, cache_dir: str | os.PathLike[str] | None) -> Ranges:
-    cache = RangeCache(cache_dir) if cache_dir is not None else None
+    if cache_dir is None:  # hashing the model and every sample is only worth it for the cache
+        return collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
+    cache = RangeCache(cache_dir)
     key_model, key_data = model_hash(model), data.fingerprint()
-    if cache is not None and key_data is not None:
+    if key_data is not None:
         cached = cache.get(key_model, key_data, range_settings(config))
         if cached is not None and all(t in cached for t in plan.tensors_to_calibrate):
             logger.info("calibration ranges loaded from the cache")
             return cached
     ranges = collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
     ranges.model_hash, ranges.data_hash = key_model, key_data
-    if cache is not None and key_data is not None:
+    if key_data is not None:
         cache.put(ranges)
     return ranges
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import onnx
 
-from .config import Mode, QuantConfig
+from .config import Mode, QuantConfig, QuantType
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
 
@@ -57,6 +57,9 @@ class QuantPlan:
         tensors_to_calibrate: activation tensors whose ranges static mode needs.
         no_output_quantization_op_types: op types whose outputs stay float (inputs quantized).
         notes: sentences for the user (e.g. why Conv stays float in dynamic mode).
+        fold_activations: the quantizer folds Relu/Clip into the producer's output quantization
+            (asymmetric activations), so the pre-activation tensor needs no calibration.
+        range_aliases: tensor -> tensor whose range it borrows (the folded pre-activations).
     """
 
     mode: str
@@ -65,6 +68,8 @@ class QuantPlan:
     tensors_to_calibrate: list[str] = field(default_factory=list)
     no_output_quantization_op_types: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    fold_activations: bool = False
+    range_aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def nodes_to_quantize(self) -> list[str]:
@@ -148,10 +153,9 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types
         if skipped:
             notes.append(f"{', '.join(skipped)} stay float: ONNX Runtime has no dynamic int8 kernel for them.")
     plan = QuantPlan(mode=config.mode.value, op_types=sorted(op_types), decisions=decisions,
-                     no_output_quantization_op_types=no_output_quant, notes=notes)
-    if config.mode is Mode.STATIC:
-        plan.tensors_to_calibrate = activation_tensors(model, plan, constants)
-    return plan
+                     no_output_quantization_op_types=no_output_quant, notes=notes,
+                     fold_activations=config.activation_type is QuantType.UINT8)
+    return set_calibration_targets(plan, model)
 
 
 def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], supported: set[str],
@@ -175,6 +179,45 @@ def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], suppo
     if config.mode is Mode.DYNAMIC and node.op_type == "MatMul" and node.input[1] not in constants:
         return decision(False, "MatMul without a constant weight")
     return decision(True, "quantized")
+
+
+def set_calibration_targets(plan: QuantPlan, model: onnx.ModelProto) -> QuantPlan:
+    """Fill ``plan.tensors_to_calibrate`` and ``plan.range_aliases`` from its decisions (static mode).
+
+    A Relu/Clip that ORT folds into its producer (asymmetric activations) makes the
+    pre-activation tensor's range unused: it borrows the activation's range instead of being
+    tapped, which saves the largest tensors of a CNN from calibration.
+    """
+    if plan.mode != Mode.STATIC.value:
+        return plan
+    tensors = activation_tensors(model, plan, constant_names(model))
+    aliases = _folded_activation_inputs(model, plan) if plan.fold_activations else {}
+    plan.tensors_to_calibrate = [t for t in tensors if t not in aliases]
+    plan.range_aliases = aliases
+    return plan
+
+
+def _folded_activation_inputs(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, str]:
+    """Pre-activation tensor -> activation output, for the Relu/Clip nodes ORT will remove
+    (same conditions as ``QDQQuantizer.try_replacing_upstream_output``)."""
+    graph = model.graph
+    chosen = set(plan.nodes_to_quantize)
+    consumers: dict[str, int] = {}
+    producer: dict[str, str] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+        for name in node.output:
+            producer[name] = node.name
+    boundary = {i.name for i in graph.input} | {o.name for o in graph.output}
+    aliases = {}
+    for node in graph.node:
+        if node.op_type not in ("Relu", "Clip") or node.name not in chosen:
+            continue
+        source = node.input[0]
+        if consumers.get(source) == 1 and source not in boundary and producer.get(source) in chosen:
+            aliases[source] = node.output[0]
+    return aliases
 
 
 def activation_tensors(model: onnx.ModelProto, plan: QuantPlan, constants: set[str]) -> list[str]:
@@ -215,7 +258,6 @@ def refine_plan(plan: QuantPlan, model: onnx.ModelProto, ranges: Any) -> QuantPl
         touched = node is not None and d.quantize and huge & (set(node.input) | set(node.output))
         decisions.append(NodeDecision(d.name, d.op_type, False, "range holds a sentinel value (|x| > 1e30), "
                                       "e.g. an attention-mask fill: stays float", d.candidate) if touched else d)
-    new = QuantPlan(plan.mode, plan.op_types, decisions, [], list(plan.no_output_quantization_op_types),
-                    plan.notes + [f"{len(huge)} tensor(s) hold sentinel values (|x| > 1e30) and stay float."])
-    new.tensors_to_calibrate = activation_tensors(model, new, constant_names(model))
-    return new
+    new = replace(plan, decisions=decisions,
+                  notes=plan.notes + [f"{len(huge)} tensor(s) hold sentinel values (|x| > 1e30) and stay float."])
+    return set_calibration_targets(new, model)

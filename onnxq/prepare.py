@@ -32,7 +32,7 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
     try:
         from .rewrite import preprocess
 
-        model = preprocess(model)
+        model = preprocess(model, symbolic=not shapes_complete(model))
     except QuantizationError as exc:
         logger.warning("%s; falling back to ONNX shape inference + ORT basic optimisation", exc)
         model = _basic_optimise(_infer_shapes(model))
@@ -40,6 +40,16 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
         _decompose_gemm(model)
     _name_nodes(model)
     return _infer_shapes(model)
+
+
+def shapes_complete(model: onnx.ModelProto) -> bool:
+    """True when ONNX shape inference gives every node output a type and a rank."""
+    inferred = _infer_shapes(model)
+    graph = inferred.graph
+    known = {vi.name for vi in list(graph.value_info) + list(graph.output)
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
+             and vi.type.tensor_type.HasField("shape")}
+    return all(name in known for node in graph.node for name in node.output if name)
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:

@@ -44,10 +44,15 @@ def dynamic_op_types() -> frozenset[str]:
     return frozenset(IntegerOpsRegistry)
 
 
-def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
+def preprocess(model: onnx.ModelProto, *, symbolic: bool = True) -> onnx.ModelProto:
     """ORT's quantization pre-processing: symbolic + ONNX shape inference and basic optimisation.
 
     Runs in a private temporary folder, so nothing is left in the current directory.
+
+    Args:
+        model: the float model.
+        symbolic: run ORT's symbolic shape inference (slow to import: sympy, and torch when it is
+            installed); only needed where ONNX shape inference leaves tensors without a shape.
 
     Raises:
         QuantizationError: when ORT's pre-processing fails (the caller falls back).
@@ -60,7 +65,10 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
         out = Path(tmp) / "preprocessed.onnx"
         large = model.ByteSize() > 2**31 - 1024
         try:
-            quant_pre_process(model, out, save_as_external_data=large, all_tensors_to_one_file=True,
+            # a copy: without symbolic inference ORT moves the caller's initializers to external data
+            work = onnx.ModelProto()
+            work.CopyFrom(model)
+            quant_pre_process(work, out, skip_symbolic_shape=not symbolic, save_as_external_data=large, all_tensors_to_one_file=True,
                               external_data_location="preprocessed.onnx.data" if large else None)
         except Exception as exc:  # symbolic shape inference raises many kinds of errors
             raise QuantizationError(f"ONNX Runtime pre-processing failed: {_first_line(exc)}") from exc
@@ -77,9 +85,15 @@ def _working_directory(path: str) -> Iterator[None]:
         os.chdir(previous)
 
 
-def tensors_data(ranges: Ranges, names: list[str] | None = None) -> TensorsData:
-    """Our ``Ranges`` as ORT's ``TensorsData`` (numpy float32 scalars, as ORT requires)."""
-    selected = ranges.tensors if names is None else {n: ranges.tensors[n] for n in names}
+def tensors_data(ranges: Ranges, aliases: dict[str, str] | None = None) -> TensorsData:
+    """Our ``Ranges`` as ORT's ``TensorsData`` (numpy float32 scalars, as ORT requires).
+
+    ``aliases`` maps a tensor without a range of its own to the tensor whose range it borrows.
+    """
+    selected = dict(ranges.tensors)
+    for name, source in (aliases or {}).items():
+        if source in selected and name not in selected:
+            selected[name] = selected[source]
     data = {name: TensorData(lowest=np.float32(r.low), highest=np.float32(r.high))
             for name, r in selected.items()}
     return TensorsData(OrtCalibrationMethod.MinMax, data)
@@ -103,7 +117,7 @@ def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
         config.reduce_range,
         _QUANT_TYPES[config.weight_type],
         _QUANT_TYPES[config.activation_type],
-        tensors_data(ranges),
+        tensors_data(ranges, plan.range_aliases),
         list(plan.nodes_to_quantize),
         list(plan.float_nodes),
         list(plan.op_types),

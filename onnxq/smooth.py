@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -40,7 +41,7 @@ from ._progress import progress as progress_bar
 from .calibration.runner import tap
 from .errors import CalibrationError, ConfigError
 from .feeds import Dataset
-from .plan import SENTINEL_MAGNITUDE, NodeDecision, QuantPlan, activation_tensors, constant_names
+from .plan import SENTINEL_MAGNITUDE, NodeDecision, QuantPlan, constant_names, set_calibration_targets
 from .runtime import create_session, run
 
 logger = logging.getLogger(__name__)
@@ -279,14 +280,10 @@ def _updated_plan(model: onnx.ModelProto, plan: QuantPlan, inserted: dict[str, t
         elif node.name in old:
             decisions.append(old.pop(node.name))
     decisions.extend(old.values())  # decisions without a node (none in practice): kept, at the end
-    new = QuantPlan(plan.mode, list(plan.op_types), decisions, [], list(plan.no_output_quantization_op_types),
-                    plan.notes + [f"SmoothQuant: {len(inserted)} activation(s) feeding int8 MatMuls rescaled "
-                                  "per channel into the weights (float-equivalent)."])
-    if plan.mode == "static":
-        new.tensors_to_calibrate = activation_tensors(model, new, constant_names(model))
-    else:
-        new.tensors_to_calibrate = list(plan.tensors_to_calibrate)
-    return new
+    new = replace(plan, decisions=decisions,
+                  notes=plan.notes + [f"SmoothQuant: {len(inserted)} activation(s) feeding int8 MatMuls "
+                                      "rescaled per channel into the weights (float-equivalent)."])
+    return set_calibration_targets(new, model)
 
 
 def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:

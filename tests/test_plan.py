@@ -57,3 +57,16 @@ def test_refine_keeps_sentinel_tensors_float():
     refined = refine_plan(plan, model, ranges)
     assert "mask_add" in refined.float_nodes and "madd" not in refined.tensors_to_calibrate
     assert refine_plan(plan, model, {n: TensorRange(-1.0, 1.0) for n in plan.tensors_to_calibrate}) is plan
+
+
+def test_folded_relu_inputs_borrow_the_activation_range():
+    """With uint8 activations ORT folds Relu into the Conv's output quantization: the pre-Relu
+    tensor is not calibrated (the largest tensors of a CNN), its range is borrowed."""
+    model = prepare(tiny_cnn(), QuantConfig())
+    plan = make_plan(model, QuantConfig(), supported_op_types=static_op_types())
+    conv2_out = next(n.output[0] for n in model.graph.node if n.name == "conv2")
+    relu2_out = next(n.output[0] for n in model.graph.node if n.name == "relu2")
+    assert plan.range_aliases[conv2_out] == relu2_out
+    assert conv2_out not in plan.tensors_to_calibrate and relu2_out in plan.tensors_to_calibrate
+    symmetric = make_plan(model, QuantConfig(activation_type="int8"), supported_op_types=static_op_types())
+    assert symmetric.range_aliases == {} and conv2_out in symmetric.tensors_to_calibrate
