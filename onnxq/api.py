@@ -97,12 +97,14 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         QuantResult with the quantized model, the plan and the validation report.
     """
     config = config or QuantConfig()
-    if config.mode is Mode.STATIC and ranges is None and calibration is None:
-        raise ConfigError("static quantization needs calibration data (calibration=...) "
-                          "or ranges; use mode='dynamic' to quantize without data")
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     float_model, export_notes = resolve_model(model, example_inputs=example_inputs, data=calibration,
                                               export_options=export_options, allow_pickle=allow_pickle)
+    if is_prequantized(float_model):
+        return _pass_through(float_model, export_notes, config, source)
+    if config.mode is Mode.STATIC and ranges is None and calibration is None:
+        raise ConfigError("static quantization needs calibration data (calibration=...) "
+                          "or ranges; use mode='dynamic' to quantize without data")
     input_names = [i.name for i in float_model.graph.input]
     calibration = resolve_data(calibration, input_names)
     evaluation = resolve_data(evaluation, input_names)
@@ -136,6 +138,23 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     if evaluation is None and calibration is not None:
         report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
     return QuantResult(model=quantized, report=report, plan=plan, ranges=ranges, source=source)
+
+
+def is_prequantized(model: onnx.ModelProto) -> bool:
+    """True for a model that already carries QuantizeLinear/DequantizeLinear pairs (QAT export)."""
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+
+
+def _pass_through(model: onnx.ModelProto, export_notes: list[str], config: QuantConfig,
+                  source: str | None) -> QuantResult:
+    """A QAT model is already quantized: return it unchanged instead of quantizing it twice."""
+    plan = QuantPlan(mode="qat", op_types=[], decisions=[], notes=[
+        "The model already has QuantizeLinear/DequantizeLinear nodes (quantization-aware training): "
+        "passed through unchanged, no calibration and no second quantization."])
+    size = model_size(model)
+    report = Report(outputs=[], samples=0, float_size_bytes=size, quant_size_bytes=size, size_ratio=1.0,
+                    mode="qat", config=config.to_dict(), notes=export_notes + plan.notes)
+    return QuantResult(model=model, report=report, plan=plan, ranges=None, source=source)
 
 
 def _smooth(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,

@@ -206,3 +206,12 @@ def test_failed_preprocessing_falls_back_and_leaves_nothing(cnn, tmp_path, monke
     assert "BatchNormalization" not in op_types(result.model), "basic optimisation folded the BatchNorm"
     assert result.report.outputs[0].cosine > 0.99
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prequantized_model_is_passed_through(cnn):
+    """A model that already holds Q/DQ (a QAT export) is not quantized twice."""
+    once = onnxq.quantize(cnn, cnn_data(16), latency=False).model
+    again = onnxq.quantize(once, latency=False)
+    assert again.plan.mode == "qat" and again.plan.nodes_to_quantize == []
+    assert [n.op_type for n in again.model.graph.node] == [n.op_type for n in once.graph.node]
+    assert any("quantization-aware training" in note for note in again.report.notes)
