@@ -450,7 +450,7 @@ class _Table:
         samples = self.layouts[index].samples
         for key in keys:
             array = raw[key]
-            if not isinstance(array, np.ndarray):
+            if key in samples or not isinstance(array, (np.ndarray, _RowReader)):
                 array = np.asarray(array)
             out[key] = array[np.newaxis] if key in samples else array
         return out
@@ -526,12 +526,90 @@ def _npz_meta(path: Path) -> Meta:
     return meta
 
 
-def _load_npz(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
+def _load_npz(path: Path, keys: list[str]) -> dict[str, Any]:
+    """The arrays of a .npz file: read row by row from disk when stored uncompressed
+    (``np.savez``), so a batch is read when it is used; loaded whole when compressed."""
     try:
+        lazy = _stored_npz_readers(path, keys)
+        missing = [k for k in keys if k not in lazy]
+        if not missing:
+            return lazy
         with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in keys if k in npz.files}
+            return {**lazy, **{k: npz[k] for k in missing if k in npz.files}}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise _read_error(path, exc) from exc
+
+
+class _RowReader:
+    """Rows of a C-ordered array stored raw in a file, read on demand with ``os.pread``.
+
+    Unlike a memory map, rows read this way do not stay in the process's resident memory,
+    so streaming a large calibration file keeps peak RSS independent of its size.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> None:
+        self.path, self.dtype, self.shape, self.offset = path, dtype, shape, offset
+        self.ndim = len(shape)
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        rows = self._read(0, len(self))
+        return rows if dtype is None else rows.astype(dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return self._read(start, max(start, stop))
+            index = np.arange(start, stop, step)
+        if isinstance(index, (int, np.integer)):
+            return self._read(int(index), int(index) + 1)[0]
+        rows = np.asarray(index)
+        if rows.dtype.kind not in "iu" or rows.ndim != 1:
+            return np.asarray(self)[index]
+        return np.concatenate([self._read(int(r), int(r) + 1) for r in rows]) if len(rows) \
+            else self._read(0, 0)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        count = stop - start
+        out = np.empty((count, *self.shape[1:]), dtype=self.dtype)
+        if count:
+            with open(self.path, "rb") as handle:
+                data = os.pread(handle.fileno(), count * self.row_bytes, self.offset + start * self.row_bytes)
+            if len(data) != count * self.row_bytes:
+                raise DataError(f"cannot read '{self.path}': the file is truncated")
+            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)
+        return out
+
+
+def _stored_npz_readers(path: Path, keys: list[str]) -> dict[str, _RowReader]:
+    """Row readers for the uncompressed (ZIP_STORED), C-ordered members of a .npz file."""
+    readers: dict[str, _RowReader] = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        for key in keys:
+            try:
+                info = archive.getinfo(f"{key}.npy")
+            except KeyError:
+                continue
+            if info.compress_type != zipfile.ZIP_STORED:
+                continue
+            raw.seek(info.header_offset)
+            local = raw.read(30)  # local file header: name and extra-field lengths at bytes 26..29
+            if local[:4] != b"PK\x03\x04":
+                continue
+            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+            raw.seek(info.header_offset + 30 + name_len + extra_len)
+            version = npy_format.read_magic(raw)
+            read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
+                           else npy_format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(raw)
+            if dtype.hasobject or fortran or not shape:
+                continue
+            readers[key] = _RowReader(path, np.dtype(dtype), tuple(int(d) for d in shape), raw.tell())
+    return readers
 
 
 def _npz_block(path: Path, allow_sample: bool) -> _Block:

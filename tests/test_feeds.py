@@ -562,3 +562,27 @@ def test_npz_files_with_different_shapes(tmp_path: Path, text_model: onnx.ModelP
         load_data(tmp_path, text_model, batch_size=2)
     ds = load_data(tmp_path, text_model, batch_size=1)
     assert [b["ids"].shape for b in ds] == [(1, 3)] * 2 + [(1, 4)] * 2
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_stored_and_compressed_give_the_same_batches(tmp_path: Path, image_model: onnx.ModelProto,
+                                                         save) -> None:
+    """Uncompressed .npz members are read row by row from disk (not loaded whole, not mmapped):
+    shuffled and limited batches must still match the data exactly."""
+    images, labels = _images(11), np.arange(11)
+    path = tmp_path / "d.npz"
+    save(path, x=images, labels=labels)
+    ds = load_data(path, image_model, batch_size=4, shuffle=True, seed=3, limit=9)
+    order = np.random.default_rng(3).permutation(11)[:9]
+    got = [(b, lab) for b, lab in ds.batches()]
+    assert np.array_equal(np.concatenate([b["x"] for b, _ in got]), images[order])
+    assert np.array_equal(np.concatenate([lab for _, lab in got]), labels[order])
+
+
+def test_truncated_stored_npz_is_a_data_error(tmp_path: Path, image_model: onnx.ModelProto) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x=_images(8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="d.npz"):
+        list(load_data(path, image_model, batch_size=4))
