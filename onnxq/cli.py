@@ -37,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
     common.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
+    timing = argparse.ArgumentParser(add_help=False)
+    timing.add_argument("--threads", type=int, metavar="T", help="ORT threads for the latency measurement")
+    timing.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
 
-    q = sub.add_parser("quantize", parents=[common], help="quantize a float ONNX model",
+    q = sub.add_parser("quantize", parents=[common, timing], help="quantize a float ONNX model",
                        description="Quantize a float ONNX model (static QDQ or dynamic) and validate it "
                                    "against the float model.")
     q.add_argument("model", metavar="IN", help="float ONNX model")
@@ -80,8 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seed for --shuffle (default 0)")
     q.add_argument("--cache-dir", metavar="DIR", help="reuse calibration ranges cached in DIR "
                    "(keyed by model hash, data hash and settings)")
-    q.add_argument("--threads", type=int, metavar="T", help="ORT threads for the latency measurement")
-    q.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     q.add_argument("--allow-pickle", action="store_true",
                    help="allow loading pickled framework model files (this runs code from the file)")
     q.set_defaults(func=_cmd_quantize)
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow loading pickled model files (this runs code from the file)")
     e.set_defaults(func=_cmd_export)
 
-    v = sub.add_parser("validate", parents=[common], help="compare a quantized model with its float model",
+    v = sub.add_parser("validate", parents=[common, timing], help="compare a quantized model with its float model",
                        description="Run both models on the same data and report per-output closeness, "
                                    "size and latency.")
     v.add_argument("float_model", metavar="FLOAT", help="float ONNX model")
@@ -107,8 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     v.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
     v.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per batch (default 8)")
-    v.add_argument("--threads", type=int, metavar="T", help="ORT threads for the latency measurement")
-    v.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     v.set_defaults(func=_cmd_validate)
 
     i = sub.add_parser("inspect", parents=[common], help="describe a model: inputs, outputs, ops, quantized share",
