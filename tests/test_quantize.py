@@ -192,14 +192,14 @@ def test_sentinel_ranges_stay_float():
 def test_failed_preprocessing_falls_back_and_leaves_nothing(cnn, tmp_path, monkeypatch, caplog):
     """ORT's symbolic shape inference fails on some exported transformers and dumps files into the
     working directory; onnxq falls back to ONNX shape inference + ORT basic optimisation."""
-    import onnxq.rewrite
+    import onnxq.rewrite.qdq
 
     def failing_pre_process(model, output, **kwargs):
         with open("sym_shape_infer_temp.onnx", "wb") as dump:  # what ORT does on failure
             dump.write(b"junk")
         raise Exception("Incomplete symbolic shape inference")
 
-    monkeypatch.setattr(onnxq.rewrite, "quant_pre_process", failing_pre_process)
+    monkeypatch.setattr(onnxq.rewrite.qdq, "quant_pre_process", failing_pre_process)
     monkeypatch.chdir(tmp_path)
     result = onnxq.quantize(cnn, cnn_data(16), latency=False)
     assert "Incomplete symbolic shape inference" in caplog.text

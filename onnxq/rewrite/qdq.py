@@ -1,8 +1,4 @@
-"""The graph rewrite: the only module that calls ``onnxruntime.quantization``.
-
-onnxq decides what to quantize (``plan``) and with which ranges (``calibration``); this module
-hands both to ONNX Runtime's quantizers and returns the rewritten model in memory.
-"""
+"""Static QDQ and dynamic int8 through ORT's quantizers, and ORT's pre-processing."""
 
 from __future__ import annotations
 
@@ -23,11 +19,11 @@ from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType
 from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from .calibration.ranges import Ranges
-from .config import QuantConfig
-from .config import QuantType as OnnxqQuantType
-from .errors import QuantizationError
-from .plan import QuantPlan
+from ..calibration.ranges import Ranges
+from ..config import QuantConfig
+from ..config import QuantType as OnnxqQuantType
+from ..errors import QuantizationError
+from ..plan import QuantPlan
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +53,7 @@ def preprocess(model: onnx.ModelProto, *, symbolic: bool = True) -> onnx.ModelPr
     Raises:
         QuantizationError: when ORT's pre-processing fails (the caller falls back).
     """
-    from .model import load_model
+    from ..model import load_model
 
     with tempfile.TemporaryDirectory(prefix="onnxq-pre-") as tmp, _working_directory(tmp):
         # chdir: when symbolic shape inference fails, ORT dumps the model and its weights
