@@ -1,0 +1,602 @@
+"""Turn the benchmark results (plain JSON) into ``BENCHMARKS.md``: every figure comes from the data.
+
+``python -m bench.write_report RESULTS.json [OUT.md]`` re-renders a report from a results file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import tempfile
+
+FLAT_LIMIT = 1.2      # onnxq entropy peak RSS at the largest N / at the smallest N
+RSS_RATIO = 5.0       # ORT / onnxq entropy peak RSS at the largest compared N
+TIME_RATIO = 5.0      # ORT / onnxq entropy calibration time, 2048 bins
+MINILM_COSINE = 0.99  # onnxq default static, MiniLM, mean cosine of quantized vs float embeddings
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------- formatting
+
+def _mb(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value / 1024:.2f} GiB" if value >= 1024 else f"{value:.0f} MB"
+
+
+def _s(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value < 1:
+        return f"{value:.3f} s"
+    return f"{value:.2f} s" if value < 100 else f"{value:.0f} s"
+
+
+def _x(value: float | None, lower_bound: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{'> ' if lower_bound else ''}{value:.2f}x" if value < 100 else f"{'> ' if lower_bound else ''}{value:.0f}x"
+
+
+def _failed(row: dict[str, Any]) -> str:
+    if row["status"] == "memory_cap":
+        return f"> {row['mem_cap_gib']:g} GiB cap"
+    if row["status"] == "timeout":
+        return f"timed out after {row['timeout_s']:g} s"
+    return "error: " + (row.get("error") or "?")[:80].replace("|", "/")
+
+
+def _rss_cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "–"
+    return _mb(row.get("peak_rss_mb")) if row["status"] == "ok" else _failed(row)
+
+
+def _time_cell(row: dict[str, Any] | None, key: str) -> str:
+    if row is None:
+        return "–"
+    return _s(row.get(key)) if row["status"] == "ok" else _failed(row)
+
+
+def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    marks = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(marks[a] for a in align) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ ratios
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def rss_ratio(ort: dict[str, Any] | None, ours: dict[str, Any] | None) -> tuple[float | None, bool]:
+    """ORT / onnxq peak RSS and whether it is only a lower bound (ORT hit its memory cap)."""
+    if not ours or ours["status"] != "ok" or not ort or not ours.get("peak_rss_mb"):
+        return None, False
+    if ort["status"] == "ok" and ort.get("peak_rss_mb"):
+        return ort["peak_rss_mb"] / ours["peak_rss_mb"], False
+    if ort["status"] == "memory_cap":
+        # it needed more than the cap (or at least more than what it reached before dying)
+        reached = max(ort.get("peak_rss_mb") or 0.0, 0.0)
+        return max(reached, 0.0) / ours["peak_rss_mb"], True
+    return None, False
+
+
+def time_ratio(ort: dict[str, Any] | None, ours: dict[str, Any] | None, key: str = "calib_s"
+               ) -> tuple[float | None, bool]:
+    if not ours or ours["status"] != "ok" or not ours.get(key) or not ort:
+        return None, False
+    if ort["status"] == "ok" and ort.get(key):
+        return ort[key] / ours[key], False
+    if ort["status"] == "timeout":
+        return ort["timeout_s"] / ours[key], True
+    return None, False
+
+
+def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target with its measured value and MET / NOT MET (or NOT MEASURED)."""
+    targets: list[dict[str, Any]] = []
+    cases = results.get("cases", {})
+    scaling = cases.get("calibration_scaling") or {}
+    rows = scaling.get("rows", [])
+    ns = scaling.get("ns", [])
+
+    def add(name: str, required: str, value: float | None, met: bool | None, detail: str) -> None:
+        targets.append({"target": name, "required": required, "measured": value, "detail": detail,
+                        "status": "NOT MEASURED" if met is None else ("MET" if met else "NOT MET")})
+
+    if ns:
+        lo, hi = min(ns), max(ns)
+        small = _find(rows, tool="onnxq", method="entropy", n=lo, source="npz path")
+        large = _find(rows, tool="onnxq", method="entropy", n=hi, source="npz path")
+        if small and large and small["status"] == "ok" and large["status"] == "ok":
+            flat = large["peak_rss_mb"] / small["peak_rss_mb"]
+            add(f"onnxq entropy peak RSS stays flat (N={hi} vs N={lo})", f"<= {FLAT_LIMIT}x", flat,
+                flat <= FLAT_LIMIT, f"{_mb(large['peak_rss_mb'])} vs {_mb(small['peak_rss_mb'])}")
+        else:
+            add(f"onnxq entropy peak RSS stays flat (N={hi} vs N={lo})", f"<= {FLAT_LIMIT}x", None, None,
+                "an onnxq run failed")
+        ort = _find(rows, tool="ort", method="entropy", n=hi)
+        ratio, bound = rss_ratio(ort, large)
+        name = f"ORT / onnxq entropy peak RSS at N={hi}"
+        if ratio is None:
+            add(name, f">= {RSS_RATIO:g}x", None, None, "a run failed" if ort else "not run")
+        elif bound:
+            add(name, f">= {RSS_RATIO:g}x", ratio, True if ratio >= RSS_RATIO else None,
+                f"ORT exceeded its {ort['mem_cap_gib']:g} GiB cap after reaching {_mb(ort.get('peak_rss_mb'))}; "
+                f"ratio is a lower bound ({_x(ratio, True)})")
+        else:
+            add(name, f">= {RSS_RATIO:g}x", ratio, ratio >= RSS_RATIO,
+                f"{_mb(ort['peak_rss_mb'])} vs {_mb(large['peak_rss_mb'])}")
+
+    timing = cases.get("entropy_timing") or {}
+    if timing:
+        ours, ort = timing.get("onnxq"), timing.get("ort")
+        ratio, bound = time_ratio(ort, ours)
+        name = f"ORT / onnxq entropy calibration time, {timing.get('num_bins')} bins, N={timing.get('n')}"
+        if ratio is None:
+            add(name, f">= {TIME_RATIO:g}x", None, None, "a run failed")
+        else:
+            add(name, f">= {TIME_RATIO:g}x", ratio, (ratio >= TIME_RATIO) if not bound or ratio >= TIME_RATIO else None,
+                f"{_time_cell(ort, 'calib_s')} vs {_s(ours.get('calib_s'))}" + (" (ORT timed out: lower bound)" if bound else ""))
+
+    digits = cases.get("digits_accuracy") or {}
+    variants = {v["name"]: v for v in digits.get("variants", [])}
+    ort_default = variants.get("ort-default")
+    for ours_name, label in (("onnxq-default", "onnxq default static"), ("onnxq-entropy", "onnxq entropy")):
+        ours = variants.get(ours_name)
+        name = f"{label} accuracy >= ORT quantize_static default (digits, held-out)"
+        if ours and ort_default and ours.get("accuracy") is not None and ort_default.get("accuracy") is not None:
+            diff = ours["accuracy"] - ort_default["accuracy"]
+            add(name, ">= +0.0 points", diff * 100, diff >= 0,
+                f"{ours['accuracy'] * 100:.1f}% vs {ort_default['accuracy'] * 100:.1f}%")
+        else:
+            add(name, ">= +0.0 points", None, None, "a run failed")
+
+    minilm = cases.get("minilm") or {}
+    if minilm:
+        targets.extend(_minilm_targets(minilm))
+    return targets
+
+
+def _minilm_targets(minilm: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two MiniLM targets; the measured value is a cosine (``unit`` tells the renderer)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, required: str, value: float | None, met: bool | None, detail: str) -> None:
+        out.append({"target": name, "required": required, "measured": value, "unit": "cosine", "detail": detail,
+                    "status": "NOT MEASURED" if met is None else ("MET" if met else "NOT MET")})
+
+    variants = {v["name"]: v for v in minilm.get("variants", [])}
+    ours = variants.get("onnxq-static")
+    skipped = minilm.get("status", "ok") not in ("ok",)
+    why = minilm.get("status") if minilm.get("status", "").startswith("skipped") else (
+        minilm.get("error") or "the onnxq run or the evaluation failed")
+    have = bool(ours and ours.get("mean_cosine") is not None)
+    name = "onnxq default static MiniLM mean cosine"
+    if have and not skipped:
+        add(name, f">= {MINILM_COSINE:g}", ours["mean_cosine"], ours["mean_cosine"] >= MINILM_COSINE,
+            f"mean {ours['mean_cosine']:.4f}, min {ours['min_cosine']:.4f} on {minilm.get('n_eval', '?')} "
+            "held-out sentences")
+    else:
+        add(name, f">= {MINILM_COSINE:g}", None, None, str(why)[:120])
+    name = "onnxq default static MiniLM mean cosine >= best ORT static"
+    ort = [variants[n] for n in ("ort-static-minmax", "ort-static-entropy", "ort-static-percentile")
+           if n in variants and variants[n].get("mean_cosine") is not None]
+    failed = [variants[n]["description"] for n in ("ort-static-minmax", "ort-static-entropy", "ort-static-percentile")
+              if n in variants and variants[n].get("mean_cosine") is None]
+    if have and not skipped and ort:
+        best = max(ort, key=lambda v: v["mean_cosine"])
+        diff = ours["mean_cosine"] - best["mean_cosine"]
+        add(name, ">= +0.0000", diff, diff >= 0,
+            f"{ours['mean_cosine']:.4f} vs {best['mean_cosine']:.4f} ({best['description']})"
+            + (f"; not scored: {', '.join(failed)}" if failed else ""))
+    else:
+        add(name, ">= +0.0000", None, None, str(why)[:120] if (skipped or not have) else "every ORT static run failed")
+    return out
+
+
+def _measured(t: dict[str, Any]) -> str:
+    if t["measured"] is None:
+        return "n/a"
+    if t.get("unit") == "cosine":
+        return f"{t['measured']:+.4f}" if t["required"].startswith(">= +") else f"{t['measured']:.4f}"
+    return f"{t['measured']:+.1f} points" if "points" in t["required"] else f"{t['measured']:.2f}x"
+
+
+# ----------------------------------------------------------------------------------------- render
+
+def render(results: dict[str, Any]) -> str:
+    out: list[str] = []
+    mode = results.get("mode", "?")
+    out.append("<!-- Generated by bench/write_report.py from bench/results.json. Do not edit by hand: "
+               "run the benchmark again. -->")
+    out.append("# onnxq benchmarks: onnxq vs `onnxruntime.quantization`\n")
+    out.append(f"Generated by `{results.get('command', 'python -m bench')}` ({mode} mode) on "
+               f"{results.get('started_utc', '?')} UTC; the run took {_s(results.get('duration_s'))}. "
+               "Every figure below is written by the script; none is typed by hand.\n")
+    out.append("Both tools run on the same model and the same data in the same run. Every calibration or "
+               "quantization runs in its own Python process with an address-space cap "
+               f"(`RLIMIT_AS`, {results.get('caps', {}).get('mem_gib', '?'):g} GiB) and a timeout "
+               f"({results.get('caps', {}).get('timeout_s', '?'):g} s); a run that exceeds a cap is reported as such. "
+               "Peak RSS is the child process's `ru_maxrss` (from `wait4`), so it includes the Python "
+               "interpreter and the imported libraries; wall times are taken inside the child around the "
+               "measured call only. ORT settings: QDQ, per-channel, activations QUInt8, weights QInt8 (U8S8).\n")
+
+    source = results.get("source") or {}
+    if source:
+        out.append(f"Code measured: onnxq sources sha256 `{source.get('onnxq_sources_sha256')}` "
+                   f"(git commit `{source.get('git_commit')}`"
+                   + (", with uncommitted changes in `onnxq/`" if source.get("onnxq_uncommitted_changes") else "")
+                   + ").\n")
+        if source.get("changed_during_run"):
+            out.append("**Warning: the onnxq sources changed while this benchmark ran; its figures mix library "
+                       "versions. Run it again.**\n")
+    machine = results.get("machine", {})
+    if machine:
+        flags = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in machine.get("cpu_flags", {}).items())
+        versions = machine.get("versions", {})
+        out.append("## Machine\n")
+        out.append(_table(["", ""], [
+            ["CPU", str(machine.get("cpu_model"))],
+            ["CPU flags", flags],
+            ["cores (usable / logical)", f"{machine.get('usable_cpus')} / {machine.get('logical_cpus')}"],
+            ["RAM", f"{machine.get('ram_gib')} GiB"],
+            ["OS", str(machine.get("os"))],
+            ["Python", str(machine.get("python"))],
+            *[[name, str(version)] for name, version in versions.items()],
+        ], ["l", "l"]))
+        out.append("")
+
+    note = _load_note(results)
+    if note:
+        out.append(note)
+    cases = results.get("cases", {})
+    scaling = cases.get("calibration_scaling")
+    if scaling:
+        out.extend(_render_scaling(scaling))
+    timing = cases.get("entropy_timing")
+    if timing:
+        out.extend(_render_timing(timing))
+    digits = cases.get("digits_accuracy")
+    if digits:
+        out.extend(_render_digits(digits))
+    minilm = cases.get("minilm")
+    if minilm:
+        out.extend(_render_minilm(minilm))
+    for name, error in (results.get("case_errors") or {}).items():
+        out.append(f"**Case {name} failed:** `{error}`\n")
+
+    targets = results.get("targets") or compute_targets(results)
+    out.append("## Targets\n")
+    out.append(_table(["target", "required", "measured", "result", "detail"], [
+        [t["target"], t["required"], _measured(t), f"**{t['status']}**", t["detail"]] for t in targets],
+        ["l", "r", "r", "c", "l"]))
+    out.append("")
+    if mode != "full":
+        out.append(f"_This is a {mode} run: fewer sample counts and latency repetitions than the full "
+                   "`python -m bench`; the memory targets are checked at the largest N of this run._\n")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _render_scaling(scaling: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    model = scaling["model"]
+    rows = scaling["rows"]
+    shape = "x".join(str(d) for d in model["activation_shape"])
+    out.append("## 1. Calibration memory: peak RSS against the number of samples\n")
+    out.append(f"Model: `{model['layers']}`, {model['channels']} channels, input {model['size']}x{model['size']}, "
+               f"so each activation is {shape} per sample; He-initialised fixed weights "
+               f"({model['bytes'] / 1024:.0f} KB). Data: {scaling['data']}. Batch size {scaling['batch_size']} "
+               "for both tools.\n")
+    out.append("onnxq: `onnxq.calibrate(model, data, config=QuantConfig(method=..., batch_size=8))` (entropy: "
+               f"{scaling.get('num_bins', 2048)} bins), data given as the `.npz` path (what a user passes) and, for entropy, as a generator "
+               "that streams the same file batch by batch. ORT: `quantize_static(..., calibrate_method=...)` "
+               "with a `CalibrationDataReader` that streams the same `.npz` batch by batch (ORT's own growth "
+               "is what is measured); its Entropy uses its default 128 bins, the only setting "
+               "`quantize_static` can reach in this onnxruntime.\n")
+    table = []
+    all_ns = sorted({r["n"] for r in rows})
+    for method in ("entropy", "minmax"):
+        for n in all_ns:
+            ours = _find(rows, tool="onnxq", method=method, n=n, source="npz path")
+            stream = _find(rows, tool="onnxq", method=method, n=n, source="generator")
+            ort = _find(rows, tool="ort", method=method, n=n)
+            if ours is None and ort is None:
+                continue
+            ratio, bound = rss_ratio(ort, ours)
+            table.append([method, str(n), _rss_cell(ours), _rss_cell(stream), _rss_cell(ort),
+                          _x(ratio, bound) if ort else "–"])
+    out.append(_table(["method", "N", "onnxq (.npz path)", "onnxq (generator)", "ORT quantize_static",
+                       "ORT / onnxq"], table, ["l", "r", "r", "r", "r", "r"]))
+    out.append("")
+    out.append("Calibration wall time for the same runs (onnxq: the whole `calibrate()` call, including its "
+               "model preparation; ORT: `create_calibrator` + `collect_data` + `compute_data` inside "
+               "`quantize_static`, and the whole `quantize_static` call). \"Of which inference\" is the time "
+               "spent in ONNX Runtime's `session.run` on the tapped model, which both tools pay:\n")
+    table = []
+    for method in ("entropy", "minmax"):
+        for n in all_ns:
+            ours = _find(rows, tool="onnxq", method=method, n=n, source="npz path")
+            stream = _find(rows, tool="onnxq", method=method, n=n, source="generator")
+            ort = _find(rows, tool="ort", method=method, n=n)
+            if ours is None and ort is None:
+                continue
+            ratio, bound = time_ratio(ort, ours)
+            table.append([method, str(n), _time_cell(ours, "calib_s"), _time_cell(ours, "inference_s"),
+                          _time_cell(stream, "calib_s"), _time_cell(ort, "calib_s"), _time_cell(ort, "inference_s"),
+                          _time_cell(ort, "total_s"), _x(ratio, bound) if ort else "–"])
+    out.append(_table(["method", "N", "onnxq calibrate (.npz)", "of which inference", "onnxq calibrate (generator)",
+                       "ORT calibration", "of which inference", "ORT quantize_static total",
+                       "ORT / onnxq calibration"], table, ["l", "r", "r", "r", "r", "r", "r", "r", "r"]))
+    out.append("")
+    befores = [r.get("rss_before_mb") for r in rows if r["status"] == "ok" and r.get("rss_before_mb")]
+    if befores:
+        out.append(f"RSS of a child just before the measured call (interpreter + imports): "
+                   f"{_mb(min(befores))} to {_mb(max(befores))}.\n")
+    return out
+
+
+def _render_timing(timing: dict[str, Any]) -> list[str]:
+    ours, ort = timing.get("onnxq"), timing.get("ort")
+    reps = timing.get("repetitions", 1)
+    out = [f"## 2. Entropy calibration time with {timing['num_bins']} bins (N = {timing['n']})\n",
+           f"Median of {reps} run(s) per tool, alternating tools, each in a fresh process"
+           + (f" (all runs: onnxq {_all_s(timing.get('onnxq_reps'))}; ORT {_all_s(timing.get('ort_reps'))})"
+              if reps > 1 else "") + ". "
+           f"onnxq: `calibrate(..., QuantConfig(method='entropy', num_bins={timing['num_bins']}))`, data from the "
+           "`.npz` path. ORT: `create_calibrator(..., CalibrationMethod.Entropy, "
+           f"extra_options={{'num_bins': {timing['num_bins']}, 'num_quantized_bins': "
+           f"{timing['num_quantized_bins']}}})` + `collect_data` + `compute_data`, run on its own because "
+           "`quantize_static` in this onnxruntime forwards no bin count to its calibrator (its Entropy is "
+           "always 128 bins / 128 quantized bins, a single candidate threshold).\n"]
+    if not ours or not ort:
+        out.append("_not run_\n")
+        return out
+    ratio, bound = time_ratio(ort, ours)
+    rss, rss_bound = rss_ratio(ort, ours)
+    ort_detail = ""
+    if ort["status"] == "ok" and ort.get("collect_s") is not None:
+        ort_detail = f" (`collect_data` {_s(ort['collect_s'])} + `compute_data` {_s(ort['compute_s'])})"
+    out.append(_table(["", "onnxq", "ORT", "ORT / onnxq"], [
+        ["calibration wall time", _time_cell(ours, "calib_s"), _time_cell(ort, "calib_s") + ort_detail,
+         _x(ratio, bound)],
+        *_breakdown_rows(ours, ort),
+        ["peak RSS", _rss_cell(ours), _rss_cell(ort), _x(rss, rss_bound)],
+        ["tensors calibrated", str(ours.get("tensors", "n/a")), str(ort.get("tensors", "n/a")), ""],
+    ], ["l", "r", "r", "r"]))
+    out.append("")
+    return out
+
+
+def _breakdown_rows(ours: dict[str, Any], ort: dict[str, Any]) -> list[list[str]]:
+    """Split the calibration time into model inference (ORT session.run, common to both tools) and the rest."""
+    if ours["status"] != "ok" or ort["status"] != "ok":
+        return []
+    if ours.get("inference_s") is None or ort.get("inference_s") is None:
+        return []
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return _x(a / b) if a is not None and b else "n/a"
+
+    rest_ours = ours["calib_s"] - ours["inference_s"]
+    rest_ort = ort["calib_s"] - ort["inference_s"]
+    rows = [["&nbsp;&nbsp;of which model inference (ORT `session.run`)", _s(ours["inference_s"]),
+             _s(ort["inference_s"]), ratio(ort["inference_s"], ours["inference_s"])],
+            ["&nbsp;&nbsp;of which everything else (data, statistics, range search, set-up)", _s(rest_ours),
+             _s(rest_ort), ratio(rest_ort, rest_ours)]]
+    if ours.get("prepare_s") is not None:
+        rows.append(["&nbsp;&nbsp;&nbsp;&nbsp;of which onnxq model preparation (`prepare`)", _s(ours["prepare_s"]), "–", ""])
+    if ort.get("compute_s") is not None:
+        rows.append(["&nbsp;&nbsp;&nbsp;&nbsp;of which ORT `compute_data` (KL threshold search)", "–",
+                     _s(ort["compute_s"]), ""])
+    return rows
+
+
+def _all_s(reps: list[dict[str, Any]] | None) -> str:
+    return ", ".join(_time_cell(r, "calib_s") for r in reps or []) or "n/a"
+
+
+def _load_note(results: dict[str, Any]) -> str:
+    loads = []
+    for row in _all_rows(results):
+        loads += [row.get("load_1min_before"), row.get("load_1min_after")]
+    loads = [x for x in loads if x is not None]
+    if not loads:
+        return ""
+    cores = (results.get("machine") or {}).get("usable_cpus")
+    return (f"The machine was not idle: the 1-minute load average around the runs ranged from {min(loads):.2f} "
+            f"to {max(loads):.2f}" + (f" on {cores} cores" if cores else "") +
+            ", so wall times carry noise from other work; memory figures do not.\n")
+
+
+def _all_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    cases = results.get("cases", {})
+    rows = list((cases.get("calibration_scaling") or {}).get("rows", []))
+    timing = cases.get("entropy_timing") or {}
+    rows += list(timing.get("onnxq_reps", [])) + list(timing.get("ort_reps", []))
+    rows += list((cases.get("digits_accuracy") or {}).get("variants", []))
+    rows += list((cases.get("minilm") or {}).get("variants", []))
+    return rows
+
+
+def _render_digits(digits: dict[str, Any]) -> list[str]:
+    out = ["## 3. Accuracy, size and latency of the quantized model (digits demo)\n",
+           f"Model `{digits['model']}`, calibrated on `{digits['calibration']}`, evaluated on "
+           f"`{digits['evaluation']}`. ORT variants run ORT's recommended `quant_pre_process` first (counted in "
+           "their quantization wall time; it imports torch when torch is installed); onnxq prepares the model "
+           "itself. Latency: ONNX Runtime CPU, "
+           f"{digits['threads']} intra-op threads, median of "
+           + ", ".join(f"{r[1]} runs after {r[0]} warm-up at batch {b}" for b, r in digits["latency_runs"].items())
+           + "; ratio = float latency / quantized latency (> 1: quantized is faster).\n"]
+    if digits.get("evaluation_status") != "ok":
+        out.append(f"**Evaluation failed:** `{digits.get('evaluation_error')}`\n")
+    base = digits.get("float") or {}
+    order = ["onnxq-default", "ort-default", "onnxq-entropy", "ort-entropy", "ort-entropy-bins"]
+    variants = {v["name"]: v for v in digits["variants"]}
+    cols = [variants[n] for n in order if n in variants]
+    header = ["", "float"] + [v["description"] for v in cols]
+
+    def cell(v: dict[str, Any], fn: Any) -> str:
+        if v["status"] != "ok":
+            return _failed(v)
+        try:
+            return fn(v)
+        except (KeyError, TypeError, ZeroDivisionError):
+            return "n/a"
+
+    def pct(v: dict[str, Any], key: str) -> str:
+        return f"{v[key] * 100:.1f}%"
+
+    def sqnr(v: dict[str, Any]) -> str:
+        return "exact" if v.get("logit_sqnr_db") is None else f"{v['logit_sqnr_db']:.1f} dB"
+
+    def lat(v: dict[str, Any], b: str) -> str:
+        ratio = v.get("latency_ratio", {}).get(b)
+        return f"{v['latency_ms'][b]:.3f} ms ({ratio:.2f}x)" if ratio else f"{v['latency_ms'][b]:.3f} ms"
+
+    rows = [
+        ["task accuracy"] + ([pct(base, "accuracy")] if base else ["n/a"]) + [cell(v, lambda v: pct(v, "accuracy")) for v in cols],
+        ["top-1 agreement with float", "100.0%"] + [cell(v, lambda v: pct(v, "top1_agreement")) for v in cols],
+        ["logit SQNR vs float", "–"] + [cell(v, sqnr) for v in cols],
+        ["model size", f"{base['bytes'] / 1024:.1f} KB" if base else "n/a"]
+        + [cell(v, lambda v: f"{v['bytes'] / 1024:.1f} KB") for v in cols],
+        ["size ratio (float / quantized)", "1.00x"] + [cell(v, lambda v: f"{v['size_ratio']:.2f}x") for v in cols],
+    ]
+    for b in (base.get("latency_ms") or {}):
+        rows.append([f"latency, batch {b} (speed-up)", f"{base['latency_ms'][b]:.3f} ms"]
+                    + [cell(v, lambda v, b=b: lat(v, b)) for v in cols])
+    rows.append(["QuantizeLinear nodes", "0"] + [cell(v, lambda v: str(v["quantize_linear_nodes"])) for v in cols])
+    rows.append(["quantization wall time", "–"] + [cell(v, lambda v: _s(v["quantize_s"])) for v in cols])
+    out.append(_table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
+    out.append("")
+    return out
+
+
+def _render_minilm(minilm: dict[str, Any]) -> list[str]:
+    out = ["## 4. A real transformer: all-MiniLM-L6-v2 sentence embeddings\n"]
+    if minilm.get("status", "ok").startswith("skipped"):
+        out.append(f"_{minilm['status']}._\n")
+        return out
+    if minilm.get("status") == "error" and not minilm.get("variants"):
+        out.append(f"**The case failed:** `{minilm.get('error')}`\n")
+        return out
+    runs = minilm.get("latency_runs") or {}
+    shapes = minilm.get("batch_shapes") or {}
+    out.append(
+        f"Model `all-MiniLM-L6-v2` (BERT, 6 layers, + mean pooling + L2 norm) exported to ONNX opset 17 by "
+        "`bench/cases/minilm.export_minilm` (cached outside the repository). Data: the "
+        f"{minilm.get('sentences', '?')} labelled movie-review sentences of gensim's `pang_lee_polarity.cor` "
+        f"({minilm.get('positives', '?')} positive), tokenized padded to the longest ({minilm.get('seq_len', '?')} tokens); "
+        f"{minilm.get('n_calib', '?')} for calibration (both tools, batches of 16), {minilm.get('n_eval', '?')} "
+        "held out.\n")
+    out.append(
+        "onnxq: `onnxq.quantize(model_path, calib_feeds, evaluation=eval_feeds)` with the default `QuantConfig()` "
+        "(transformer policy + SmoothQuant alpha 0.75), and `QuantConfig(mode=\"dynamic\")`. ORT as a user runs it: "
+        "`quant_pre_process` first (when it fails, again with `skip_symbolic_shape=True`; see the notes), then "
+        "`quantize_static(..., quant_format=QDQ, per_channel=True, activation_type=QUInt8, weight_type=QInt8, "
+        "calibrate_method=...)` or `quantize_dynamic` (defaults, and `per_channel=True`). Each quantization ran in "
+        "its own process with a private working folder; quantization wall time includes ORT's pre-processing "
+        "and onnxq's own validation report (no latency measurement).\n")
+    out.append(
+        "Metrics, computed for every model by one process with the same code: cosine of the quantized vs the float "
+        f"embedding of each of the {minilm.get('n_eval', '?')} held-out sentences (mean and worst); a sentiment probe "
+        f"(scikit-learn `LogisticRegression`, {minilm.get('folds', 5)}-fold stratified cross-validated accuracy on "
+        "all sentences, the same folds for every model, each model's probe trained and tested on its own "
+        "embeddings); file size; ONNX Runtime CPU latency with "
+        f"{minilm.get('threads', '?')} intra-op threads at batch 1 (one sentence, "
+        f"{shapes.get('1', ['?', '?'])[1]} tokens) and batch 32 ({shapes.get('32', ['?', '?'])[1]} tokens), median of "
+        + ", ".join(f"{r[1]} runs after {r[0]} warm-up at batch {b}" for b, r in runs.items())
+        + ". Ratios: float / quantized (> 1: smaller or faster).\n")
+    if minilm.get("evaluation_status") not in (None, "ok"):
+        out.append(f"**Evaluation failed:** `{minilm.get('evaluation_error')}`\n")
+    base = minilm.get("float") or {}
+    cols = list(minilm.get("variants", []))
+    header = ["", "float"] + [v["description"] for v in cols]
+
+    def cell(v: dict[str, Any], fn: Any) -> str:
+        if v["status"] != "ok":
+            return _failed(v) if v["status"] != "error" else "failed (see below)"
+        try:
+            return fn(v)
+        except (KeyError, TypeError, ZeroDivisionError):
+            return "n/a"
+
+    def lat(v: dict[str, Any], b: str) -> str:
+        ratio = v.get("latency_ratio", {}).get(b)
+        return f"{v['latency_ms'][b]:.1f} ms ({ratio:.2f}x)" if ratio else f"{v['latency_ms'][b]:.1f} ms"
+
+    def f_base(fn: Any) -> str:
+        try:
+            return fn(base) if base else "n/a"
+        except (KeyError, TypeError):
+            return "n/a"
+
+    rows = [
+        ["mean cosine vs float", "1.0000"] + [cell(v, lambda v: f"{v['mean_cosine']:.4f}") for v in cols],
+        ["min cosine vs float", "1.0000"] + [cell(v, lambda v: f"{v['min_cosine']:.4f}") for v in cols],
+        ["probe accuracy (5-fold CV)", f_base(lambda b: f"{b['probe_accuracy'] * 100:.1f}%")]
+        + [cell(v, lambda v: f"{v['probe_accuracy'] * 100:.1f}% ({(v['probe_accuracy'] - base['probe_accuracy']) * 100:+.1f})")
+           for v in cols],
+        ["model size (ratio)", f_base(lambda b: f"{b['bytes'] / 2**20:.1f} MB")]
+        + [cell(v, lambda v: f"{v['bytes'] / 2**20:.1f} MB ({v['size_ratio']:.2f}x)") for v in cols],
+    ]
+    for b in (base.get("latency_ms") or {}):
+        rows.append([f"latency, batch {b} (speed-up)", f"{base['latency_ms'][b]:.1f} ms"]
+                    + [cell(v, lambda v, b=b: lat(v, b)) for v in cols])
+    rows.append(["QuantizeLinear nodes", "0"] + [cell(v, lambda v: str(v["quantize_linear_nodes"])) for v in cols])
+    rows.append(["quantization wall time", "–"] + [cell(v, lambda v: _s(v["quantize_s"])) for v in cols])
+    rows.append(["peak RSS (quantization process)", "–"]
+                + [_mb(v.get("peak_rss_mb")) + ("" if v["status"] == "ok" else " (failed)") for v in cols])
+    out.append(_table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
+    out.append("")
+    notes = sorted({v["pre_process"] for v in cols if v.get("pre_process")})
+    for note in notes:
+        out.append(f"ORT pre-processing: {note}.\n")
+    failed = [v for v in cols if v["status"] != "ok"]
+    for v in failed:
+        out.append(f"{v['description']} did not produce a model ({v['status']}, after {_s(v.get('child_wall_s'))}, "
+                   f"peak RSS {_mb(v.get('peak_rss_mb'))}): `{(v.get('error') or '?')[:300]}`\n")
+    if minilm.get("repo_leftovers"):
+        out.append(f"**Files left in the repository by the runs:** {', '.join(minilm['repo_leftovers'])}\n")
+    return out
+
+
+def write(results: dict[str, Any], md_path: str | os.PathLike[str], json_path: str | os.PathLike[str]) -> None:
+    """Write the results JSON and the Markdown report (both atomically)."""
+    results.setdefault("targets", compute_targets(results))
+    atomic_write_text(Path(json_path), json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write_text(Path(md_path), render(results))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m bench.write_report RESULTS.json [OUT.md]")
+    data = json.loads(Path(sys.argv[1]).read_text())
+    target = Path(sys.argv[2]) if len(sys.argv) == 3 else Path(sys.argv[1]).with_name("BENCHMARKS.md")
+    atomic_write_text(target, render(data))
+    print(target)
