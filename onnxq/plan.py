@@ -28,7 +28,10 @@ DYNAMIC_UNSUPPORTED = ("GRU", "RNN")
 # scores, the -3.4e38 attention mask) or a sharp non-linearity (GELU) stays float.
 TRANSFORMER_MARKERS = ("Softmax", "LayerNormalization", "SkipLayerNormalization", "Attention",
                        "MultiHeadAttention")
-TRANSFORMER_OP_TYPES = ("MatMul", "Gemm")
+TRANSFORMER_OP_TYPES = ("MatMul", "Gemm", "Gather")
+# Which input holds the weight of each transformer op type: MatMul/Gemm B, Gather's table
+# (the token embeddings, a quarter of MiniLM's size).
+_WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Gather": 0}
 
 # A calibrated range beyond this magnitude is a sentinel (mask fill, -inf stand-in), not data:
 # quantizing it would map every real value of the tensor to one integer.
@@ -136,8 +139,9 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types
     elif transformer:
         op_types = set(TRANSFORMER_OP_TYPES) & supported
         no_output_quant = ["MatMul", "Gemm"]
-        notes.append("Transformer graph: only linear layers (MatMul/Gemm with constant weights) are int8; "
-                     "LayerNorm, Softmax, GELU, residual Adds and attention scores stay float.")
+        notes.append("Transformer graph: only linear layers (MatMul/Gemm with constant weights) and embedding "
+                     "tables (Gather) are int8; LayerNorm, Softmax, GELU, residual Adds and attention scores "
+                     "stay float.")
     else:
         op_types = set(supported)
     if config.op_types is not None:
@@ -154,7 +158,7 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types
             notes.append(f"{', '.join(skipped)} stay float: ONNX Runtime has no dynamic int8 kernel for them.")
     plan = QuantPlan(mode=config.mode.value, op_types=sorted(op_types), decisions=decisions,
                      no_output_quantization_op_types=no_output_quant, notes=notes,
-                     fold_activations=config.activation_type is QuantType.UINT8)
+                     fold_activations=config.activation_type is not QuantType.INT8)  # asymmetric
     return set_calibration_targets(plan, model)
 
 
@@ -174,8 +178,10 @@ def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], suppo
         return decision(False, "excluded by the user")
     if config.include_nodes and not matches(node.name, config.include_nodes):
         return decision(False, "not in the user's include list")
-    if transformer and node.op_type in TRANSFORMER_OP_TYPES and node.input[1] not in constants:
-        return decision(False, "activation x activation product (attention scores): stays float")
+    if transformer and node.op_type in _WEIGHT_INPUT and node.input[_WEIGHT_INPUT[node.op_type]] not in constants:
+        reason = ("activation x activation product (attention scores): stays float" if node.op_type != "Gather"
+                  else "gathers from an activation, not a weight table: stays float")
+        return decision(False, reason)
     if config.mode is Mode.DYNAMIC and node.op_type == "MatMul" and node.input[1] not in constants:
         return decision(False, "MatMul without a constant weight")
     return decision(True, "quantized")

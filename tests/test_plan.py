@@ -70,3 +70,24 @@ def test_folded_relu_inputs_borrow_the_activation_range():
     assert conv2_out not in plan.tensors_to_calibrate and relu2_out in plan.tensors_to_calibrate
     symmetric = make_plan(model, QuantConfig(activation_type="int8"), supported_op_types=static_op_types())
     assert symmetric.range_aliases == {} and conv2_out in symmetric.tensors_to_calibrate
+
+
+def test_transformer_policy_quantizes_embedding_tables_not_activation_gathers():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((50, 8)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(0, np.int64), "first")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
+             helper.make_node("LayerNormalization", ["emb", "g", "b"], ["h"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["h", "w"], ["y0"], name="proj"),
+             helper.make_node("Gather", ["y0", "first"], ["y"], axis=1, name="cls")]
+    inits += [numpy_helper.from_array(np.ones(8, np.float32), "g"), numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plan = make_plan(prepare(model, QuantConfig()), QuantConfig(), supported_op_types=static_op_types())
+    assert set(plan.nodes_to_quantize) == {"embed", "proj"}
+    assert "cls" in plan.float_nodes and "ln" in plan.float_nodes
