@@ -100,17 +100,23 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     float_model, export_notes = resolve_model(model, example_inputs=example_inputs, data=calibration,
                                               export_options=export_options, allow_pickle=allow_pickle)
-    if is_prequantized(float_model):
+    qat = is_prequantized(float_model)
+    if qat and not config.qat_quantize_rest:
         return _pass_through(float_model, export_notes, config, source)
+    if qat:  # QAT weights are DequantizeLinear outputs: nothing for SmoothQuant to rescale
+        config = config.replace(smooth_alpha=None)
     if config.mode is Mode.STATIC and ranges is None and calibration is None:
         raise ConfigError("static quantization needs calibration data (calibration=...) "
                           "or ranges; use mode='dynamic' to quantize without data")
+    if _needs_data(config) and calibration is None:
+        raise ConfigError("weight_only_algorithm='gptq' needs calibration data (calibration=...); "
+                          "rtn and hqq need none")
     input_names = [i.name for i in float_model.graph.input]
     calibration = resolve_data(calibration, input_names)
     evaluation = resolve_data(evaluation, input_names)
     prepared = prepare(float_model, config)
     # check every data source before any long work starts
-    needs_calibration = config.mode is Mode.STATIC and ranges is None
+    needs_calibration = (config.mode is Mode.STATIC and ranges is None) or _needs_data(config)
     calib_data = _dataset(calibration, prepared, config) if needs_calibration else None
     eval_source = evaluation if evaluation is not None else calibration
     eval_data = (load_data(eval_source, float_model, batch_size=config.batch_size)
@@ -118,22 +124,52 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
 
     if config.mode is Mode.STATIC:
         plan = make_plan(prepared, config, supported_op_types=rewrite.static_op_types())
+        if qat:
+            from .qat import exclude_qat_nodes
+
+            plan = exclude_qat_nodes(plan, prepared)
         if ranges is None:
             assert calib_data is not None  # checked above
             # SmoothQuant needs the calibration data and changes which tensors need ranges, so it
             # runs only when we calibrate here (ranges passed in were made for the unsmoothed model)
             prepared, plan = _smooth(prepared, plan, calib_data, config, progress=progress)
+            if config.io_type is not None:  # integer I/O needs the range of every float input/output
+                from .rewrite.io_types import float_io_tensors
+
+                plan.tensors_to_calibrate += [t for t in float_io_tensors(prepared)
+                                              if t not in plan.tensors_to_calibrate]
             ranges = _ranges(prepared, plan, calib_data, config, progress=progress, cache_dir=cache_dir)
         plan = refine_plan(plan, prepared, ranges)
-        quantized = rewrite.quantize_static(prepared, plan, ranges, config)
+        if qat:  # the float part only; the model's own Q/DQ stay exactly as they are
+            from .qat import quantize_rest
+
+            quantized = quantize_rest(prepared, plan, ranges, config, rewrite.quantize_static)
+        else:
+            quantized = rewrite.quantize_static(prepared, plan, ranges, config)
+        quantized, float_ops = _integer_steps(quantized, plan, ranges, config)
+    elif config.mode in (Mode.FLOAT16, Mode.WEIGHT_ONLY):  # no activation quantization, no ranges
+        plan, quantized = _convert(prepared, config, calib_data)
+        float_ops = []
     else:
         plan = make_plan(prepared, config, supported_op_types=rewrite.dynamic_op_types())
         quantized = rewrite.quantize_dynamic(prepared, plan, config)
+        float_ops = []
+    tuning = None
+    if config.target is not None:  # issue 5: keep the most harmful nodes float until the target holds
+        from .strict import float_nodes
+        from .tune import tune
+
+        tuning = tune(float_model, prepared, plan, quantized, eval_data, config, ranges=ranges, progress=progress)
+        plan, quantized = tuning.plan, tuning.model
+        float_ops = float_nodes(quantized) if config.mode is Mode.STATIC else []
     for note in plan.notes:
         logger.info(note)
 
-    report = _report(float_model, quantized, eval_data, config, plan, progress=progress, latency=latency,
-                     threads=threads)
+    report = _report(float_model, _float_io_view(quantized, config), eval_data, config, plan,
+                     progress=progress, latency=latency, threads=threads)
+    _add_integer_details(report, float_model if qat else None, quantized, float_ops, config)
+    if tuning is not None:
+        tuning.annotate(report)
     report.notes[:0] = export_notes
     if evaluation is None and calibration is not None:
         report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
@@ -154,7 +190,65 @@ def _pass_through(model: onnx.ModelProto, export_notes: list[str], config: Quant
     size = model_size(model)
     report = Report(outputs=[], samples=0, float_size_bytes=size, quant_size_bytes=size, size_ratio=1.0,
                     mode="qat", config=config.to_dict(), notes=export_notes + plan.notes)
+    _add_integer_details(report, model, model, [], config)
     return QuantResult(model=model, report=report, plan=plan, ranges=None, source=source)
+
+
+def _integer_steps(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
+                   config: QuantConfig) -> tuple[onnx.ModelProto, list[Any]]:
+    """After the static rewrite: integer-only I/O, then the float-node analysis (strict mode raises)."""
+    from .rewrite.io_types import integer_io
+    from .strict import check_strict, float_nodes
+
+    if config.activation_type.bits == 16:
+        plan.notes.append(f"16x8: {config.activation_type.value} activations, int8 weights, opset 21. ONNX "
+                          "Runtime's CPU kernels run 16-bit QDQ in float between Q/DQ: this buys accuracy, "
+                          "not speed.")
+    if config.io_type is not None:
+        model, notes = integer_io(model, ranges, config.io_type, config.activation_type)
+        plan.notes.extend(notes)
+    return model, (check_strict(model) if config.strict else float_nodes(model))
+
+
+def _float_io_view(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
+    """What validation runs: an integer-I/O model behind Q/DQ built from its recorded parameters."""
+    if config.mode is Mode.FLOAT16:  # float16 I/O: the same graph behind float32 Casts
+        return rewrite.float32_facade(model)
+    if config.io_type is None:
+        return model
+    from .rewrite.io_types import float_interface
+
+    return float_interface(model)
+
+
+def _add_integer_details(report: Report, qat_model: onnx.ModelProto | None, quantized: onnx.ModelProto,
+                         float_ops: list[Any], config: QuantConfig) -> None:
+    """Float-node reasons, QAT tensors and the real size of an integer-I/O model in the report."""
+    report.float_node_details = [node.to_dict() for node in float_ops]
+    if qat_model is not None:
+        from .qat import describe, qat_tensors
+
+        tensors = qat_tensors(qat_model)
+        report.qat_tensors = [t.to_dict() for t in tensors]
+        report.notes.append(describe(tensors))
+    if config.io_type is not None or config.mode is Mode.FLOAT16:  # validation ran a wrapped model
+        report.quant_size_bytes = model_size(quantized)
+        report.size_ratio = report.float_size_bytes / max(report.quant_size_bytes, 1)
+
+
+def _needs_data(config: QuantConfig) -> bool:
+    """Weight-only GPTQ reads calibration data (static mode's own need is checked apart)."""
+    return config.mode is Mode.WEIGHT_ONLY and config.weight_only_algorithm == "gptq"
+
+
+def _convert(model: onnx.ModelProto, config: QuantConfig,
+             data: Dataset | None) -> tuple[QuantPlan, onnx.ModelProto]:
+    """float16 or weight-only: plan and rewrite (no activation ranges involved)."""
+    if config.mode is Mode.FLOAT16:
+        plan = rewrite.float16_plan(model, config)
+        return plan, rewrite.quantize_float16(model, plan, config)
+    plan = rewrite.weight_only_plan(model, config)
+    return plan, rewrite.quantize_weight_only(model, plan, config, calibration=data)
 
 
 def _smooth(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,

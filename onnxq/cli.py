@@ -48,7 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the quantized model")
     q.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.STATIC.value,
                    help="static: int8 activations calibrated on --calib data (default); "
-                        "dynamic: int8 weights, activations quantized at run time (no data needed)")
+                        "dynamic: int8 weights, activations quantized at run time (no data needed); "
+                        "float16: weights and activations in float16 (no data needed); "
+                        "weight-only: int4/int8 block-wise MatMul weights (MatMulNBits), float activations")
+    q.add_argument("--target-hw", choices=_preset_names(), metavar="NAME",
+                   help="hardware preset setting --activation-type, --reduce-range and per-channel weights "
+                        f"({', '.join(_preset_names())}; see `onnxq presets`); explicit flags override it")
+    q.add_argument("--bits", type=int, choices=[4, 8], help="weight-only: bits per weight (default 4)")
+    q.add_argument("--block-size", type=int, metavar="N",
+                   help="weight-only: weights per scale along K, a power of two >= 16 (default 128, ORT's default; "
+                        "smaller is more accurate and larger)")
+    q.add_argument("--algorithm", choices=["rtn", "gptq", "hqq"],
+                   help="weight-only: rtn (round to nearest, default), gptq (needs --calib, 4 bits) or "
+                        "hqq (no data, 4 bits, ORT's code needs torch)")
+    q.add_argument("--symmetric", action="store_true", default=None,
+                   help="weight-only: symmetric blocks without zero points (rtn, gptq)")
+    q.add_argument("--fp16-block-ops", nargs="+", metavar="OP",
+                   help="float16: op types kept in float32, in addition to the default block list")
+    q.add_argument("--keep-io-types", action=argparse.BooleanOptionalAction, default=None,
+                   help="float16: keep float32 model inputs/outputs (default) or make them float16 "
+                        "(--no-keep-io-types)")
     q.add_argument("--calib", metavar="DATA", help="calibration data: .npz, folder of .npy/.npz, or an ONNX "
                    "test_data_set folder (keys = input names, first axis = samples)")
     q.add_argument("--method", choices=[m.value for m in CalibrationMethod], default="minmax",
@@ -56,10 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--percentile", type=float, default=99.999, metavar="P",
                    help="percentile of values kept by --method percentile (default 99.999)")
     q.add_argument("--bins", type=int, default=2048, help="histogram bins for entropy/percentile/mse (default 2048)")
-    q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
-    q.add_argument("--activation-type", choices=[t.value for t in QuantType], default="uint8",
-                   help="uint8 (default, U8S8: fused into integer kernels on x86) or int8 (S8S8)")
-    q.add_argument("--reduce-range", action="store_true", help="7-bit weights (AVX2 CPUs without VNNI)")
+    # default None on the flags a --target-hw preset sets: only a flag given on the command line overrides it
+    q.add_argument("--per-tensor", action="store_false", dest="per_channel", default=None,
+                   help="one weight scale per tensor instead of per channel")
+    q.add_argument("--activation-type", choices=[t.value for t in QuantType], default=None,
+                   help="uint8 (default, U8S8: fused into integer kernels on x86), int8 (S8S8), or int16/uint16 "
+                        "(16x8: 16-bit activations, int8 weights, opset 21; more accurate, but ONNX Runtime's "
+                        "CPU kernels run 16-bit QDQ in float: accuracy, not speed)")
+    q.add_argument("--io-type", choices=["uint8", "int8"], metavar="uint8|int8",
+                   help="integer-only inputs and outputs: the model takes and returns uint8/int8 tensors; each "
+                        "one's scale and zero point is stored in the model metadata (onnxq.io.<name>) and printed")
+    q.add_argument("--strict", action="store_true",
+                   help="strict integer mode: fail (exit 2) listing every node that would run in float "
+                        "(name, op type, reason) instead of leaving it float")
+    q.add_argument("--qat-quantize-rest", action="store_true",
+                   help="for a model that already holds Q/DQ (QAT export): also quantize the nodes it left in "
+                        "float (needs --calib); existing Q/DQ stay untouched. Default: pass it through unchanged")
+    q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="7-bit weights (AVX2 CPUs without VNNI); --no-reduce-range overrides a preset")
     q.add_argument("--op-types", nargs="+", metavar="OP", help="quantize only these op types")
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME_OR_GLOB",
                    help="node names or glob patterns to keep in float")
@@ -76,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quantize-conv", action="store_true",
                    help="dynamic mode: also quantize Conv (ConvInteger, usually slower than float on CPU)")
     q.add_argument("--eval", metavar="DATA", help="held-out evaluation data (default: the calibration data)")
-    q.add_argument("--report", metavar="FILE.json", help="write the validation report as JSON")
+    q.add_argument("--report", metavar="FILE.json|FILE.html",
+                   help="write the validation report: a self-contained HTML page with plots when the name ends "
+                        "in .html/.htm (needs matplotlib), JSON otherwise")
     q.add_argument("--samples", type=int, metavar="N", help="use at most N calibration samples")
     q.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per batch (default 8)")
     q.add_argument("--shuffle", action="store_true", help="shuffle calibration samples (seeded) before --samples")
@@ -85,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(keyed by model hash, data hash and settings)")
     q.add_argument("--allow-pickle", action="store_true",
                    help="allow loading pickled framework model files (this runs code from the file)")
+    q.add_argument("--target", metavar="GOAL",
+                   help="accuracy goal, e.g. 'cosine>=0.999', 'sqnr>=30', 'top1>=0.99', 'accuracy_drop<=0.5' "
+                        "(points, needs labels): keep the most harmful nodes float, one step at a time, until it "
+                        "holds; exit 1 when it is still missed after the budget (model and report are written)")
+    q.add_argument("--max-steps", type=int, default=20, metavar="N", help="at most N fallback steps (default 20)")
+    q.add_argument("--max-tune-seconds", type=float, metavar="S", help="stop the fallback after S seconds")
+    q.add_argument("--keep-float", nargs="+", default=[], metavar="NAME_OR_GLOB",
+                   help="nodes always kept float (pinned; not fallback steps)")
+    q.add_argument("--force-quantize", nargs="+", default=[], metavar="NAME_OR_GLOB",
+                   help="nodes the fallback never keeps float")
     q.set_defaults(func=_cmd_quantize)
 
     e = sub.add_parser("export", parents=[common], help="export a framework model file to ONNX",
@@ -106,9 +151,42 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("quant_model", metavar="QUANT", help="quantized ONNX model")
     v.add_argument("--data", required=True, metavar="DATA", help="evaluation data (.npz, folder, test_data_set)")
     v.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    v.add_argument("--html", metavar="FILE.html",
+                   help="also write a self-contained HTML report with plots (needs matplotlib)")
     v.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
     v.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per batch (default 8)")
     v.set_defaults(func=_cmd_validate)
+
+    from .compare import METRICS
+
+    c = sub.add_parser(
+        "compare", parents=[common], help="CI gate: exit 1 when an output misses a threshold",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run both models on the same data and check every output against a threshold on one metric. "
+                    "Exit 0 when every output meets it, 1 when one does not, 2 on bad input.",
+        epilog="metrics (an output passes when):\n"
+               "  cosine         mean per-sample cosine similarity >= X (e.g. 0.999)\n"
+               "  min-cosine     worst sample's cosine similarity >= X\n"
+               "  sqnr           signal-to-quantization-noise ratio in dB >= X (e.g. 30)\n"
+               "  max-abs        largest |float - quantized| <= X\n"
+               "  mean-abs       mean |float - quantized| <= X\n"
+               "  top1           fraction of samples whose argmax agrees with float >= X (0..1; class scores only)\n"
+               "  accuracy       quantized accuracy against the labels >= X, a fraction (0.98 = 98%)\n"
+               "  accuracy-drop  float accuracy - quantized accuracy, in percentage points, <= X (e.g. 0.5)\n"
+               "The accuracy metrics need labels: a 'labels' array in the data .npz, or --labels.")
+    c.add_argument("float_model", metavar="FLOAT", help="float ONNX model")
+    c.add_argument("quant_model", metavar="QUANT", help="quantized ONNX model")
+    c.add_argument("--data", required=True, metavar="DATA", help="evaluation data (.npz, folder, test_data_set)")
+    c.add_argument("--metric", choices=list(METRICS), default="cosine", help="what to check (default cosine)")
+    c.add_argument("--threshold", type=float, required=True, metavar="X", help="the threshold (see below)")
+    c.add_argument("--labels", metavar="FILE.npy|FILE.npz", help="class labels, one per sample, for the accuracy "
+                   "metrics when the data file has none")
+    c.add_argument("--junit", metavar="OUT.xml", help="write JUnit XML (one test case per output), also on failure")
+    c.add_argument("--json", action="store_true", help="print the verdicts and the report as JSON")
+    c.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
+    c.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per batch (default 8)")
+    c.add_argument("--threads", type=int, metavar="T", help="ONNX Runtime intra-op threads")
+    c.set_defaults(func=_cmd_compare)
 
     i = sub.add_parser("inspect", parents=[common], help="describe a model: inputs, outputs, ops, quantized share",
                        description="Inputs/outputs with shapes, opset, op counts and the share of compute "
@@ -116,7 +194,50 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", metavar="MODEL", help="ONNX model")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.set_defaults(func=_cmd_inspect)
+
+    a = sub.add_parser("analyze", parents=[common], help="per-layer quantization error, most harmful first",
+                       description="For every quantized activation and weight: the SQNR and cosine that its own "
+                                   "quantization costs, and what the quantized model computes there, ranked "
+                                   "lowest SQNR first, with the nodes to keep float to remove each error.")
+    a.add_argument("float_model", metavar="FLOAT", help="float ONNX model")
+    a.add_argument("quant_model", metavar="QUANT", help="quantized ONNX model")
+    a.add_argument("--data", required=True, metavar="DATA", help="inputs to run both models on")
+    a.add_argument("--top", type=int, metavar="K", help="show the K most harmful entries only")
+    a.add_argument("--json", action="store_true", help="print JSON (a list of layer metrics) instead of a table")
+    a.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
+    a.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per batch (default 8)")
+    a.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("presets", parents=[common], help="list the hardware presets of --target-hw",
+                       description="The --target-hw presets: the settings each one picks and why.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_presets)
     return parser
+
+
+def _preset_names() -> list[str]:
+    from .presets import preset_names
+
+    return preset_names()
+
+
+#: QuantConfig fields set by a --target-hw preset or by mode-specific flags: passed only when given,
+#: so that argparse defaults never silently override the preset or trip another mode's checks.
+_OPTIONAL_FIELDS = {"per_channel": "per_channel", "activation_type": "activation_type",
+                    "reduce_range": "reduce_range", "weight_bits": "bits", "block_size": "block_size",
+                    "weight_only_algorithm": "algorithm", "weight_only_symmetric": "symmetric",
+                    "float16_keep_io_types": "keep_io_types"}
+
+
+def _config(args: argparse.Namespace, **fields: object) -> QuantConfig:
+    """QuantConfig from the flags: the --target-hw preset first, then every flag given explicitly."""
+    from .presets import preset
+
+    fields.update({name: getattr(args, dest) for name, dest in _OPTIONAL_FIELDS.items()
+                   if getattr(args, dest, None) is not None})
+    if args.fp16_block_ops:
+        fields["float16_op_block_list"] = tuple(args.fp16_block_ops)
+    return preset(args.target_hw, **fields) if args.target_hw else QuantConfig(**fields)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"onnxq: error: {exc}", file=sys.stderr)
+        for node in getattr(exc, "nodes", []):  # StrictModeError: one line per float node
+            print(f"  {node.format()}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
     except KeyboardInterrupt:
         print("onnxq: interrupted", file=sys.stderr)
@@ -170,14 +293,20 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     _check_output_path(args.output, *inputs)
     if args.report:
         _check_output_path(args.report, *inputs, args.output)
-    config = QuantConfig(
-        mode=args.mode, method=args.method, percentile=args.percentile, num_bins=args.bins,
-        per_channel=not args.per_tensor, activation_type=args.activation_type, reduce_range=args.reduce_range,
+        if Path(args.report).suffix.lower() in (".html", ".htm"):
+            from .report.html import require_matplotlib
+
+            require_matplotlib()  # before any long work
+    config = _config(
+        args, mode=args.mode, method=args.method, percentile=args.percentile, num_bins=args.bins,
         op_types=tuple(args.op_types) if args.op_types else None, exclude_nodes=tuple(args.exclude),
         exclude_op_types=tuple(args.exclude_op), include_nodes=tuple(args.include),
         transformer_policy=not args.no_transformer_policy, quantize_conv_dynamic=args.quantize_conv,
         smooth_alpha=None if args.no_smooth else args.smooth_alpha,
-        samples=args.samples, batch_size=args.batch_size, shuffle=args.shuffle, seed=args.seed)
+        samples=args.samples, batch_size=args.batch_size, shuffle=args.shuffle, seed=args.seed,
+        io_type=args.io_type, strict=args.strict, qat_quantize_rest=args.qat_quantize_rest,
+        target=args.target, max_fallback_steps=args.max_steps, max_tune_seconds=args.max_tune_seconds,
+        keep_float=tuple(args.keep_float), force_quantize=tuple(args.force_quantize))
     if config.mode is Mode.STATIC and not args.calib:
         raise ConfigError("static quantization needs calibration data: pass --calib DATA "
                           "(or --mode dynamic, which needs none)")
@@ -185,13 +314,29 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       cache_dir=args.cache_dir, latency=not args.no_latency, threads=args.threads,
                       allow_pickle=args.allow_pickle)
     written = result.save(args.output)
-    if args.report:
+    if args.report and Path(args.report).suffix.lower() in (".html", ".htm"):
+        from .report.html import html_report
+
+        html_report(args.model, result.model, args.eval or args.calib, args.report, report=result.report,
+                    ranges=result.ranges, calibration=args.calib, batch_size=args.batch_size,
+                    progress=not args.quiet)
+    elif args.report:
         result.report.to_json(args.report)
     if not args.quiet:
         print(result.report.format())
         quantized = len(result.plan.nodes_to_quantize)
         print(f"\n{quantized} node(s) quantized, {len(result.plan.float_nodes)} kept in float")
+        from .rewrite.io_types import io_params
+
+        for p in io_params(result.model).values():
+            print(f"{p.kind} {p.name}: {p.dtype}, scale {p.scale:.9g}, zero point {p.zero_point}"
+                  " (float = scale * (int - zero_point))")
         print(f"wrote {written}" + (f" and {args.report}" if args.report else ""))
+    if result.report.target_met is False:
+        steps = max(len(result.report.fallback) - 1, 0)
+        print(f"onnxq: target {result.report.target} not met after {steps} fallback step(s); "
+              f"model and report written anyway", file=sys.stderr)
+        return ExitCode.CHECK_FAILED
     return ExitCode.OK
 
 
@@ -214,10 +359,73 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .validate import validate
 
+    if args.html:
+        from .report.html import require_matplotlib
+
+        _check_output_path(args.html, args.float_model, args.quant_model, args.data)
+        require_matplotlib()
     report = validate(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                       limit=args.samples, latency=not args.no_latency, threads=args.threads,
                       progress=not args.quiet and not args.json)
+    if args.html:
+        from .report.html import html_report
+
+        html_report(args.float_model, args.quant_model, args.data, args.html, report=report,
+                    batch_size=args.batch_size, progress=not args.quiet and not args.json)
     print(report.to_json() if args.json else report.format())
+    return ExitCode.OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    if args.junit:
+        _check_output_path(args.junit, args.float_model, args.quant_model, args.data, args.labels)
+    result = compare(args.float_model, args.quant_model, args.data, metric=args.metric, threshold=args.threshold,
+                     labels=args.labels, batch_size=args.batch_size, limit=args.samples, threads=args.threads,
+                     progress=not args.quiet and not args.json)
+    if args.junit:
+        result.to_junit(args.junit)
+    if args.json:
+        print(result.to_json())
+    elif not args.quiet:
+        print(result.report.format())
+        print()
+        print(result.format())
+    for check in result.failures:
+        print(f"onnxq: check failed: {check.message}", file=sys.stderr)
+    return ExitCode.OK if result.passed else ExitCode.CHECK_FAILED
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import list_presets
+
+    presets = list_presets()
+    if args.json:
+        print(json.dumps([{"name": p.name, "reason": p.reason, "fused_ops": p.fused_ops,
+                           "config": p.config.to_dict()} for p in presets], indent=2))
+        return ExitCode.OK
+    print(f"{'NAME':<10} {'ACT':<6} {'WEIGHT':<6} {'REDUCE':<6} {'PER-CH':<6} REASON")
+    for p in presets:
+        c = p.config
+        print(f"{p.name:<10} {c.activation_type.value:<6} {c.weight_type.value:<6} {str(c.reduce_range):<6} "
+              f"{str(c.per_channel):<6} {p.reason}")
+    return ExitCode.OK
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze, format_layers
+    from .report.schema import _jsonable
+
+    if args.top is not None and args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
+    layers = analyze(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
+                     limit=args.samples, progress=not args.quiet and not args.json)
+    shown = layers if args.top is None else layers[:args.top]
+    if args.json:
+        print(json.dumps(_jsonable(shown), indent=2, allow_nan=False))
+    else:
+        print(format_layers(layers, top=args.top))
     return ExitCode.OK
 
 

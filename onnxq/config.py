@@ -15,6 +15,8 @@ class Mode(str, Enum):
 
     STATIC = "static"    #: QDQ with activation ranges calibrated on user data
     DYNAMIC = "dynamic"  #: int8 weights, activation ranges computed at run time by ORT
+    FLOAT16 = "float16"  #: weights and activations in float16 (ORT's float16 converter), no data needed
+    WEIGHT_ONLY = "weight-only"  #: int4/int8 block-wise MatMul weights (MatMulNBits), float activations
 
 
 class CalibrationMethod(str, Enum):
@@ -31,6 +33,13 @@ class QuantType(str, Enum):
 
     UINT8 = "uint8"
     INT8 = "int8"
+    INT16 = "int16"    #: activations only (16x8: int16 activations, int8 weights; opset 21)
+    UINT16 = "uint16"  #: activations only (16-bit asymmetric activations; opset 21)
+
+    @property
+    def bits(self) -> int:
+        """Width of the integer type in bits."""
+        return 16 if self in (QuantType.INT16, QuantType.UINT16) else 8
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,9 @@ class QuantConfig:
         moving_average: MinMax observer uses an exponential moving average of per-batch min/max.
         averaging_constant: weight of the newest batch in the moving average.
         per_channel: per-output-channel weight scales (needs opset >= 13; older models are upgraded).
-        activation_type: uint8 (fused on x86) or int8 (S8S8, often left unfused on x86).
+        activation_type: uint8 (fused on x86) or int8 (S8S8, often left unfused on x86); int16 /
+            uint16 give 16x8 (16-bit activations, int8 weights, model upgraded to opset 21): more
+            accurate, but ORT's CPU kernels run 16-bit QDQ in float between Q/DQ (accuracy, not speed).
         weight_type: integer type of weights (int8).
         reduce_range: 7-bit weights, only useful on AVX2 CPUs without VNNI.
         op_types: op types to quantize; ``None`` means every op type the plan supports.
@@ -66,6 +77,34 @@ class QuantConfig:
         batch_size: samples per calibration batch run through ORT.
         seed: seed of the sample order when ``shuffle`` is on.
         shuffle: shuffle the calibration samples before taking ``samples`` of them.
+        io_type: ``"uint8"`` / ``"int8"``: the model's float inputs and outputs become integer
+            tensors (TFLite's ``inference_input_type``); each one's scale and zero point is stored
+            in the model metadata (see :func:`onnxq.io_params`). ``None`` keeps float I/O.
+        strict: fail with :class:`~onnxq.errors.StrictModeError` when any compute node would run
+            in float (TFLite's ``TFLITE_BUILTINS_INT8``); see :mod:`onnxq.strict`.
+        qat_quantize_rest: for a model that already holds Q/DQ (QAT export), also quantize the
+            nodes it left in float (needs calibration data); ``False`` passes it through unchanged.
+        float16_op_block_list: float16 mode: op types kept in float32, added to the default block
+            list (ORT's ops without float16 kernels plus ops that overflow float16, see
+            :func:`onnxq.rewrite.float16.default_block_list`).
+        float16_keep_io_types: float16 mode: keep the model's float32 inputs and outputs (Casts at
+            the boundary); ``False`` makes them float16.
+        weight_bits: weight-only mode: 4 (default) or 8 bits per MatMul weight.
+        block_size: weight-only mode: weights per scale along K; a power of two >= 16. 128 is ORT's
+            default (smaller blocks: more accurate, larger file).
+        weight_only_algorithm: weight-only mode: ``"rtn"`` (round to nearest, default, no data),
+            ``"gptq"`` (needs calibration data, 4 bits) or ``"hqq"`` (no data; ORT's code needs torch).
+        weight_only_symmetric: weight-only mode: symmetric blocks without zero points (rtn, gptq).
+        target: accuracy goal that turns on the automatic fallback (see :mod:`onnxq.tune`), e.g.
+            ``"cosine>=0.999"``, ``"min_cosine>=0.99"``, ``"sqnr>=30"`` (dB), ``"top1>=0.99"``
+            (agreement with the float model's top-1) or ``"accuracy_drop<=0.5"`` (points; needs
+            labels). Worst output counts. ``None`` (default): no fallback. Static and dynamic
+            modes only; stored in canonical form.
+        max_fallback_steps: at most this many fallback steps (nodes or node groups kept float).
+        max_tune_seconds: stop the fallback after this many seconds (``None``: no time limit).
+        keep_float: node names or globs always kept float (like ``exclude_nodes``, but reported as
+            pinned by the user and never counted as a fallback step).
+        force_quantize: node names or globs the fallback never keeps float.
     """
 
     mode: Mode = Mode.STATIC
@@ -89,6 +128,20 @@ class QuantConfig:
     batch_size: int = 8
     seed: int = 0
     shuffle: bool = False
+    io_type: QuantType | None = None
+    strict: bool = False
+    qat_quantize_rest: bool = False
+    float16_op_block_list: tuple[str, ...] = ()
+    float16_keep_io_types: bool = True
+    weight_bits: int = 4
+    block_size: int = 128
+    weight_only_algorithm: str = "rtn"
+    weight_only_symmetric: bool = False
+    target: str | None = None
+    max_fallback_steps: int = 20
+    max_tune_seconds: float | None = None
+    keep_float: tuple[str, ...] = ()
+    force_quantize: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         coerce = {"mode": Mode, "method": CalibrationMethod, "activation_type": QuantType,
@@ -118,6 +171,78 @@ class QuantConfig:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.weight_type is QuantType.UINT8 and self.mode is Mode.STATIC:
             raise ConfigError("weight_type=uint8 is not supported for static QDQ: use int8 weights")
+        self._check_integer_modes()
+        self._check_float_modes()
+        self._check_fallback()
+
+    def _check_fallback(self) -> None:
+        """Accuracy-driven fallback fields (issue 5): a parseable target, sane budgets."""
+        for name in ("keep_float", "force_quantize"):
+            object.__setattr__(self, name, _as_tuple(name, getattr(self, name)))
+        both = sorted(set(self.keep_float) & set(self.force_quantize))
+        if both:
+            raise ConfigError(f"{', '.join(both)} both in keep_float and force_quantize")
+        if isinstance(self.max_fallback_steps, bool) or not isinstance(self.max_fallback_steps, int) \
+                or self.max_fallback_steps < 0:
+            raise ConfigError(f"max_fallback_steps must be an integer >= 0, got {self.max_fallback_steps!r}")
+        if self.max_tune_seconds is not None and not self.max_tune_seconds > 0:
+            raise ConfigError(f"max_tune_seconds must be > 0 or None, got {self.max_tune_seconds!r}")
+        if self.target is None:
+            return
+        from .tune import parse_target
+
+        object.__setattr__(self, "target", str(parse_target(self.target)))
+        if self.mode not in (Mode.STATIC, Mode.DYNAMIC):
+            raise ConfigError(f"target needs mode='static' or 'dynamic', not mode={self.mode.value!r}")
+        if self.strict or self.io_type is not None or self.qat_quantize_rest:
+            raise ConfigError("target cannot be combined with strict, io_type or qat_quantize_rest (the fallback "
+                              "keeps nodes float and re-quantizes plain QDQ)")
+
+    def _check_float_modes(self) -> None:
+        """float16 and weight-only fields (issue 6): valid values, and only in their own mode."""
+        object.__setattr__(self, "float16_op_block_list",
+                           _as_tuple("float16_op_block_list", self.float16_op_block_list))
+        if self.weight_bits not in (4, 8):
+            raise ConfigError(f"weight_bits must be 4 or 8, got {self.weight_bits!r}")
+        if (isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 16
+                or self.block_size & (self.block_size - 1)):
+            raise ConfigError(f"block_size must be a power of two >= 16, got {self.block_size!r}")
+        if self.weight_only_algorithm not in ("rtn", "gptq", "hqq"):
+            raise ConfigError(f"weight_only_algorithm={self.weight_only_algorithm!r} is not one of: rtn, gptq, hqq")
+        if self.weight_only_algorithm == "gptq" and self.weight_bits != 4:
+            raise ConfigError("weight_only_algorithm='gptq' supports weight_bits=4 only")
+        if self.weight_only_algorithm == "hqq" and self.weight_only_symmetric:
+            raise ConfigError("weight_only_algorithm='hqq' is asymmetric only: drop weight_only_symmetric")
+        if self.weight_only_algorithm == "hqq" and self.weight_bits != 4:  # float zero points
+            raise ConfigError("weight_only_algorithm='hqq' supports weight_bits=4 only (ONNX Runtime's CPU "
+                              "MatMulNBits has no 8-bit kernel with float zero points)")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        own = {Mode.FLOAT16: ("float16_op_block_list", "float16_keep_io_types"),
+               Mode.WEIGHT_ONLY: ("weight_bits", "block_size", "weight_only_algorithm", "weight_only_symmetric")}
+        for mode, names in own.items():
+            changed = [n for n in names if self.mode is not mode and getattr(self, n) != defaults[n]]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)} need(s) mode={mode.value!r}, not mode={self.mode.value!r}")
+
+    def _check_integer_modes(self) -> None:
+        """16-bit activations, integer I/O, strict mode and QAT rest-quantization (issue 6)."""
+        if self.weight_type.bits == 16:
+            raise ConfigError(f"weight_type={self.weight_type.value} is not supported: 16-bit is for "
+                              "activations (activation_type='int16' with int8 weights is 16x8)")
+        static_only = {"activation_type": self.activation_type.bits == 16, "io_type": self.io_type is not None,
+                       "strict": self.strict, "qat_quantize_rest": self.qat_quantize_rest}
+        if self.mode is not Mode.STATIC:
+            asked = [name for name, on in static_only.items() if on]
+            if asked:
+                raise ConfigError(f"{', '.join(asked)} need(s) mode='static' (calibrated QDQ), "
+                                  f"not mode={self.mode.value!r}")
+        if self.io_type is not None:
+            try:
+                object.__setattr__(self, "io_type", QuantType(self.io_type))
+            except ValueError:
+                raise ConfigError(f"io_type={self.io_type!r} is not one of: uint8, int8") from None
+            if self.io_type.bits != 8:
+                raise ConfigError(f"io_type={self.io_type.value!r} is not one of: uint8, int8")
 
     def replace(self, **changes: Any) -> QuantConfig:
         """A copy with some fields changed (the config itself is never mutated)."""

@@ -29,3 +29,15 @@ class CalibrationError(OnnxqError):
 
 class QuantizationError(OnnxqError):
     """The graph rewrite failed."""
+
+
+class StrictModeError(OnnxqError):
+    """Strict integer mode: some nodes would run in float.
+
+    The message is a one-line summary; ``nodes`` holds one entry per float node (objects with
+    ``name``, ``op_type`` and ``reason``, see :class:`onnxq.strict.FloatNode`).
+    """
+
+    def __init__(self, message: str, nodes: list | None = None) -> None:
+        super().__init__(message)
+        self.nodes = list(nodes or [])

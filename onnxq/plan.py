@@ -176,6 +176,8 @@ def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], suppo
         return decision(False, policy)
     if matches(node.name, config.exclude_nodes):
         return decision(False, "excluded by the user")
+    if matches(node.name, config.keep_float):
+        return decision(False, "pinned to float by the user (keep_float)")
     if config.include_nodes and not matches(node.name, config.include_nodes):
         return decision(False, "not in the user's include list")
     if transformer and node.op_type in _WEIGHT_INPUT and node.input[_WEIGHT_INPUT[node.op_type]] not in constants:

@@ -18,6 +18,7 @@ from .model import ensure_opset, load_model
 logger = logging.getLogger(__name__)
 
 MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute) needs opset 13
+OPSET_16BIT = 21  # 16-bit QuantizeLinear / DequantizeLinear
 
 
 def prepare(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
@@ -27,7 +28,9 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
     ORT's own pre-processing (symbolic shape inference) is tried first; when it fails, as it does
     on some exported transformers, ONNX shape inference plus ORT basic optimisation is used.
     """
-    model = ensure_opset(model, MIN_OPSET)
+    # 16-bit Q/DQ (16x8) are standard ONNX from opset 21: upgrade before planning, so that the plan,
+    # calibration and rewrite all see the same graph
+    model = ensure_opset(model, OPSET_16BIT if config.activation_type.bits == 16 else MIN_OPSET)
     _name_nodes(model)
     try:
         from .rewrite import preprocess
@@ -36,7 +39,7 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
     except QuantizationError as exc:
         logger.warning("%s; falling back to ONNX shape inference + ORT basic optimisation", exc)
         model = _basic_optimise(_infer_shapes(model))
-    if config.mode is Mode.DYNAMIC:
+    if config.mode in (Mode.DYNAMIC, Mode.WEIGHT_ONLY):  # both rewrite MatMul, not Gemm
         _decompose_gemm(model)
     _name_nodes(model)
     return _infer_shapes(model)

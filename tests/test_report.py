@@ -46,15 +46,15 @@ def make_report(**overrides) -> Report:
 
 
 def test_reexports_and_version():
-    assert SCHEMA_VERSION == 1
-    assert make_report().schema_version == 1
+    assert SCHEMA_VERSION == 2  # 2: layers, fallback, target, target_met (issue 5)
+    assert make_report().schema_version == 2
 
 
 def test_dict_round_trip_is_exact():
     report = make_report()
     data = report.to_dict()
     assert data["outputs"][1]["sqnr_db"] == "inf"
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert Report.from_dict(data) == report
 
 
@@ -112,7 +112,7 @@ def test_config_values_are_made_jsonable():
 
 
 @pytest.mark.parametrize("mutate, match", [
-    (lambda d: d.update(schema_version=2), "schema_version"),
+    (lambda d: d.update(schema_version=3), "schema_version"),
     (lambda d: d.pop("samples"), "samples"),
     (lambda d: d["outputs"][0].pop("cosine"), "cosine"),
     (lambda d: d["outputs"][0].update(cosine="high"), "number"),

@@ -494,9 +494,13 @@ def compute_range(observer: MinMaxObserver | HistogramObserver, config: QuantCon
     ``low < high`` and is rounded outwards to float32-representable numbers. A constant tensor
     ``c`` gives ``(min(0, c), max(0, c))``; an all-zero tensor gives ``(0.0, 1.0)``.
 
+    16-bit activations (16x8): MSE searches with 65536 levels; ENTROPY keeps the observed range,
+    because a histogram of ``num_bins`` (< 65536) bins is coarser than the quantization grid and
+    the KL search (which needs at least as many bins as levels) has no candidate.
+
     Args:
         observer: an observer that has seen at least one finite value.
-        config: supplies ``method`` and ``percentile``.
+        config: supplies ``method``, ``percentile`` and ``activation_type``.
 
     Raises:
         CalibrationError: the observer saw no finite value, or a histogram method was asked of a
@@ -516,6 +520,11 @@ def compute_range(observer: MinMaxObserver | HistogramObserver, config: QuantCon
     if method is CalibrationMethod.MINMAX or data_min == data_max:
         return _finish(data_min, data_max)
     counts, edges = observer.counts, observer.edges
+    levels = 1 << config.activation_type.bits
+    if method is CalibrationMethod.ENTROPY and levels > observer.counts.size:
+        # 16-bit activations: the histogram is coarser than the quantization grid, so the KL
+        # search sees no quantization error at all and has no candidate; keep the observed range
+        return _finish(data_min, data_max)
     if method is CalibrationMethod.ENTROPY:
         # symmetric int8 activations spend half their 256 levels on each side of zero
         symmetric = config.activation_type is QuantType.INT8
@@ -523,7 +532,7 @@ def compute_range(observer: MinMaxObserver | HistogramObserver, config: QuantCon
     elif method is CalibrationMethod.PERCENTILE:
         low, high = estimators.percentile_range(counts, edges, config.percentile)
     elif method is CalibrationMethod.MSE:
-        low, high = estimators.mse_range(counts, edges)
+        low, high = estimators.mse_range(counts, edges, num_levels=levels)  # 65536 for 16-bit
     else:  # pragma: no cover - the enum has no other members
         raise CalibrationError(f"unknown calibration method {method!r}")
     return _finish(max(low, data_min), min(high, data_max))

@@ -77,6 +77,8 @@ def range_settings(config: QuantConfig) -> dict[str, float | int | str]:
         settings["num_bins"] = config.num_bins
     if config.method.value == "percentile":
         settings["percentile"] = config.percentile
+    if config.method.value in ("entropy", "mse"):  # both depend on the activation grid
+        settings["activation_type"] = config.activation_type.value
     if config.moving_average and config.method.value == "minmax":
         settings["averaging_constant"] = config.averaging_constant
     return settings

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .schema import SCHEMA_VERSION, LatencyMetrics, OutputMetrics, Report
+from .schema import SCHEMA_VERSION, FallbackStep, LatencyMetrics, LayerMetrics, OutputMetrics, Report
 
-__all__ = ["SCHEMA_VERSION", "LatencyMetrics", "OutputMetrics", "Report"]
+__all__ = ["SCHEMA_VERSION", "FallbackStep", "LatencyMetrics", "LayerMetrics", "OutputMetrics", "Report"]

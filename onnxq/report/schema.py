@@ -1,6 +1,6 @@
 """The validation report as plain data: dataclasses that round-trip to JSON and print as text.
 
-JSON conventions (``schema_version`` 1):
+JSON conventions (``schema_version`` 2; version 1 files still load):
 
 * Non-finite floats are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"`` so that the file
   is strict JSON (``json.loads`` in any language reads it). An SQNR of ``"inf"`` means the quantized
@@ -10,6 +10,10 @@ JSON conventions (``schema_version`` 1):
   loads; a file with a *higher* ``schema_version`` than this onnxq knows is refused.
 * ``config`` is copied as given; numpy scalars/arrays, enums, paths and sets in it are converted to
   plain JSON values (and non-finite floats to the strings above, which are not converted back).
+
+Version history: 2 added ``layers`` (per-layer error, :class:`LayerMetrics`), ``fallback``
+(:class:`FallbackStep`), ``target`` and ``target_met`` (issue 5); a version-1 file loads with
+those empty / ``None``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 from .._atomic import write_text_atomic
 from ..errors import ConfigError, DataError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Metrics of :class:`OutputMetrics` where a larger value is better (the others: smaller is better).
 HIGHER_IS_BETTER = frozenset({"cosine", "min_cosine", "sqnr_db", "top1_agreement", "top5_agreement"})
@@ -86,6 +90,62 @@ class LatencyMetrics:
 
 
 @dataclass
+class LayerMetrics:
+    """The error quantization adds at one quantized tensor (see :func:`onnxq.analyze`).
+
+    Attributes:
+        tensor: the tensor's name in the float model (activation, or weight initializer).
+        node: for an activation the node producing it in the float model (``None`` for a graph
+            input); for a weight the node reading it.
+        op_type: that node's op type.
+        kind: ``"activation"`` or ``"weight"``.
+        sqnr_db: SQNR of this tensor's own quantization, ``10 log10(sum x^2 / sum (x - q(x))^2)``:
+            the float activation against itself quantized with the model's scale and zero point
+            (upstream errors excluded), or the float weight against its dequantized copy;
+            ``inf`` when lossless. The ranking key (lowest = most harmful).
+        cosine: mean per-sample cosine of the same pair (one sample for a weight).
+        fallback_nodes: float-model nodes that must stay float to remove this error.
+        model_sqnr_db: activations: SQNR of what the quantized model computes there (including
+            every upstream error) against the float activation; ``None`` for weights.
+        model_cosine: activations: the mean per-sample cosine of that pair; ``None`` for weights.
+    """
+
+    tensor: str
+    node: str | None
+    op_type: str | None
+    kind: str
+    sqnr_db: float
+    cosine: float
+    fallback_nodes: list[str] = field(default_factory=list)
+    model_sqnr_db: float | None = None
+    model_cosine: float | None = None
+
+
+@dataclass
+class FallbackStep:
+    """One step of the accuracy-driven fallback (see :mod:`onnxq.tune`).
+
+    Attributes:
+        step: 0 for the model as first quantized, then 1, 2, ...
+        node: the node this step kept in float (``None`` for step 0).
+        op_type: its op type.
+        metric_value: the target's metric measured after this step.
+        goal_met: whether the target held after this step.
+        nodes: every node this step kept in float (``node`` plus a folded Relu/Clip and the other
+            nodes quantizing the same tensor).
+        tensor: the tensor whose error this step removed (the analysis entry it acted on).
+    """
+
+    step: int
+    node: str | None
+    op_type: str | None
+    metric_value: float
+    goal_met: bool
+    nodes: list[str] = field(default_factory=list)
+    tensor: str | None = None
+
+
+@dataclass
 class Report:
     """Everything onnxq knows about how a quantized model compares with its float original.
 
@@ -102,6 +162,15 @@ class Report:
         config: the configuration used, as a JSON-able dict (filled by the caller).
         notes: human-readable remarks, e.g. ``"Conv left in float: ..."``.
         float_nodes: names of the nodes the plan kept in float.
+        float_node_details: every compute node ONNX Runtime runs in float, as
+            ``{"name", "op_type", "reason"}`` (static QDQ; see :mod:`onnxq.strict`).
+        qat_tensors: tensors whose quantization parameters came with the model (QAT import), as
+            ``{"name", "kind", "scale", "zero_point", "dtype", "axis"}`` (see :mod:`onnxq.qat`).
+        layers: per-layer quantization error, most harmful first (filled when the fallback of
+            ``QuantConfig.target`` analysed the model; see :func:`onnxq.analyze`).
+        fallback: the steps of the accuracy-driven fallback, step 0 being the first quantization.
+        target: the goal of ``QuantConfig.target`` in canonical text (``"cosine>=0.999"``), if any.
+        target_met: whether the goal held at the end; ``None`` without a target.
         schema_version: version of this JSON layout.
     """
 
@@ -117,6 +186,12 @@ class Report:
     config: dict | None = None
     notes: list[str] = field(default_factory=list)
     float_nodes: list[str] = field(default_factory=list)
+    float_node_details: list[dict[str, Any]] = field(default_factory=list)
+    qat_tensors: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[LayerMetrics] = field(default_factory=list)
+    fallback: list[FallbackStep] = field(default_factory=list)
+    target: str | None = None
+    target_met: bool | None = None
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------- queries
@@ -180,6 +255,12 @@ class Report:
                 config=data.get("config"),
                 notes=[str(n) for n in data.get("notes") or []],
                 float_nodes=[str(n) for n in data.get("float_nodes") or []],
+                float_node_details=[dict(d) for d in data.get("float_node_details") or []],
+                qat_tensors=[dict(d) for d in data.get("qat_tensors") or []],
+                layers=[_layer_from_dict(d) for d in data.get("layers") or []],
+                fallback=[_step_from_dict(d) for d in data.get("fallback") or []],
+                target=None if data.get("target") is None else str(data["target"]),
+                target_met=None if data.get("target_met") is None else bool(data["target_met"]),
                 schema_version=SCHEMA_VERSION,
             )
         except (TypeError, ValueError, AttributeError) as exc:
@@ -251,6 +332,13 @@ class Report:
             shown = ", ".join(self.float_nodes[:8])
             more = f", ... (+{len(self.float_nodes) - 8})" if len(self.float_nodes) > 8 else ""
             lines.append(f"float nodes ({len(self.float_nodes)}): {shown}{more}")
+        if self.target is not None:
+            verdict = {True: "met", False: "NOT met", None: "not checked"}[self.target_met]
+            lines.append(f"target:   {self.target} {verdict}" + (
+                f" after {len(self.fallback) - 1} fallback step(s)" if self.fallback else ""))
+            lines.extend(f"  step {s.step}: " + (f"kept {', '.join(s.nodes or [s.node or ''])} float -> "
+                                                  if s.step else "first quantization -> ")
+                         + f"{format_number(s.metric_value, '.6g')}" for s in self.fallback)
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -379,5 +467,35 @@ def _latency_from_dict(data: dict[str, Any]) -> LatencyMetrics:
         batch_size=int(_require(data, "batch_size", "latency")),
         threads=None if threads is None else int(threads),
         runs=int(_require(data, "runs", "latency")),
+    )
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _layer_from_dict(data: dict[str, Any]) -> LayerMetrics:
+    return LayerMetrics(
+        tensor=str(_require(data, "tensor", "layer metrics")),
+        node=_optional_str(data.get("node")),
+        op_type=_optional_str(data.get("op_type")),
+        kind=str(_require(data, "kind", "layer metrics")),
+        sqnr_db=_to_float(_require(data, "sqnr_db", "layer metrics")),
+        cosine=_to_float(_require(data, "cosine", "layer metrics")),
+        fallback_nodes=[str(n) for n in data.get("fallback_nodes") or []],
+        model_sqnr_db=_to_optional_float(data.get("model_sqnr_db")),
+        model_cosine=_to_optional_float(data.get("model_cosine")),
+    )
+
+
+def _step_from_dict(data: dict[str, Any]) -> FallbackStep:
+    return FallbackStep(
+        step=int(_require(data, "step", "fallback step")),
+        node=_optional_str(data.get("node")),
+        op_type=_optional_str(data.get("op_type")),
+        metric_value=_to_float(_require(data, "metric_value", "fallback step")),
+        goal_met=bool(_require(data, "goal_met", "fallback step")),
+        nodes=[str(n) for n in data.get("nodes") or []],
+        tensor=_optional_str(data.get("tensor")),
     )
 

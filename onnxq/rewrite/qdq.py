@@ -27,7 +27,10 @@ from ..plan import QuantPlan
 
 logger = logging.getLogger(__name__)
 
-_QUANT_TYPES = {OnnxqQuantType.UINT8: QuantType.QUInt8, OnnxqQuantType.INT8: QuantType.QInt8}
+_QUANT_TYPES = {OnnxqQuantType.UINT8: QuantType.QUInt8, OnnxqQuantType.INT8: QuantType.QInt8,
+                OnnxqQuantType.INT16: QuantType.QInt16, OnnxqQuantType.UINT16: QuantType.QUInt16}
+#: 16-bit Q/DQ are standard ONNX only from opset 21 (``prepare`` upgrades the model to it).
+OPSET_16BIT = 21
 
 
 def static_op_types() -> frozenset[str]:
@@ -101,7 +104,13 @@ def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
     missing = [t for t in plan.tensors_to_calibrate if t not in ranges]
     if missing:
         raise QuantizationError(f"no calibration range for {len(missing)} tensor(s), e.g. {missing[0]!r}")
+    if config.activation_type.bits == 16:  # ORT would otherwise fall back to com.microsoft Q/DQ
+        from ..model import ensure_opset
+
+        model = ensure_opset(model, OPSET_16BIT)
     extra_options = {
+        # int8 activations are symmetric (S8S8); uint8 and 16-bit ones asymmetric (16x8 keeps an
+        # int16 zero point, so a post-Relu tensor uses all 65536 levels)
         "ActivationSymmetric": config.activation_type is OnnxqQuantType.INT8,
         "WeightSymmetric": True,
         "OpTypesToExcludeOutputQuantization": list(plan.no_output_quantization_op_types),

@@ -1,0 +1,430 @@
+"""A yes/no gate for CI: does every output of the quantized model meet a threshold on one metric?
+
+:func:`compare` runs :func:`onnxq.validate` and checks each output against the threshold;
+:class:`Comparison` holds the verdicts and the full report, prints as text, round-trips to JSON
+and writes JUnit XML (:meth:`Comparison.to_junit`) that GitHub Actions test reporters, GitLab
+(``artifacts:reports:junit``) and Jenkins (``junit`` step) display: one ``<testsuite
+name="onnxq compare">``, one ``<testcase>`` per output, a ``<failure>`` on a miss and every metric
+of the output in ``<system-out>``.
+
+Metrics (the ``--metric`` of ``onnxq compare``) and when an output passes:
+
+==================  =============================================================================
+``cosine``          mean per-sample cosine similarity to float ``>= threshold`` (e.g. 0.999)
+``min-cosine``      the worst sample's cosine similarity ``>= threshold``
+``sqnr``            signal-to-quantization-noise ratio in dB ``>= threshold`` (e.g. 30)
+``max-abs``         largest absolute difference to float ``<= threshold``
+``mean-abs``        mean absolute difference to float ``<= threshold``
+``top1``            fraction of samples whose argmax agrees with float ``>= threshold`` (0..1);
+                    class-score outputs ``[N, C]`` only, other outputs are skipped
+``accuracy``        task accuracy of the quantized model against labels ``>= threshold`` (a
+                    fraction 0..1, e.g. 0.98); checked on the class-score output that is scored
+``accuracy-drop``   float accuracy minus quantized accuracy, in percentage points,
+                    ``<= threshold`` (e.g. 0.5); same output as ``accuracy``
+==================  =============================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._atomic import write_text_atomic
+from .errors import ConfigError, DataError
+from .report.schema import OutputMetrics, Report, _jsonable, _to_float, _to_optional_float, format_number
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METRICS", "Comparison", "Metric", "OutputCheck", "check_report", "compare"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric a comparison can gate on.
+
+    Attributes:
+        name: the name used by the CLI and the API (``"cosine"``, ``"max-abs"`` ...).
+        field: the :class:`~onnxq.report.schema.OutputMetrics` field, or ``None`` for the
+            accuracy metrics, which come from the report's accuracies.
+        higher_is_better: pass when ``value >= threshold`` (else ``value <= threshold``).
+        unit: how the value is expressed, for messages.
+    """
+
+    name: str
+    field: str | None
+    higher_is_better: bool
+    unit: str = ""
+
+    @property
+    def operator(self) -> str:
+        """``">="`` or ``"<="``: how a passing value relates to the threshold."""
+        return ">=" if self.higher_is_better else "<="
+
+
+#: The metrics :func:`compare` accepts, by name.
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("cosine", "cosine", True),
+    Metric("min-cosine", "min_cosine", True),
+    Metric("sqnr", "sqnr_db", True, " dB"),
+    Metric("max-abs", "max_abs_error", False),
+    Metric("mean-abs", "mean_abs_error", False),
+    Metric("top1", "top1_agreement", True),
+    Metric("accuracy", None, True),
+    Metric("accuracy-drop", None, False, " points"),
+)}
+
+
+_FRACTIONS = frozenset({"cosine", "min-cosine", "top1", "accuracy"})
+
+
+@dataclass
+class OutputCheck:
+    """The verdict for one output.
+
+    Attributes:
+        output: the graph output name.
+        metric: the metric name (a key of :data:`METRICS`).
+        value: the measured value; ``None`` when the metric does not apply to this output.
+        threshold: the threshold it was checked against.
+        passed: ``True``/``False``; ``None`` when skipped (the metric does not apply).
+        message: one line saying what was measured and how it relates to the threshold.
+    """
+
+    output: str
+    metric: str
+    value: float | None
+    threshold: float
+    passed: bool | None
+    message: str
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare`: one verdict per output plus the full validation report.
+
+    Attributes:
+        metric: the metric name.
+        threshold: the threshold.
+        checks: one verdict per output, in the float model's output order.
+        report: the validation report the verdicts were taken from.
+        float_model: the float model's path, when it was given as a path.
+        quant_model: the quantized model's path, when it was given as a path.
+        seconds: wall time of the comparison.
+    """
+
+    metric: str
+    threshold: float
+    checks: list[OutputCheck]
+    report: Report
+    float_model: str | None = None
+    quant_model: str | None = None
+    seconds: float = 0.0
+    timestamp: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def passed(self) -> bool:
+        """Every checked output meets the threshold (skipped outputs do not count)."""
+        return all(c.passed is not False for c in self.checks) and any(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[OutputCheck]:
+        """The outputs that miss the threshold."""
+        return [c for c in self.checks if c.passed is False]
+
+    # ------------------------------------------------------------------ text / JSON
+
+    def format(self) -> str:
+        """One line per output (``PASS``/``FAIL``/``SKIP``) and a verdict line."""
+        metric = METRICS[self.metric]
+        lines = []
+        for c in self.checks:
+            tag = "SKIP" if c.passed is None else "PASS" if c.passed else "FAIL"
+            lines.append(f"{tag} {c.message}")
+        failed = len(self.failures)
+        checked = sum(c.passed is not None for c in self.checks)
+        verdict = "passed" if self.passed else "FAILED"
+        lines.append(f"onnxq compare {verdict}: {checked - failed} of {checked} output(s) meet "
+                     f"{self.metric} {metric.operator} {_fmt(self.threshold)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (non-finite floats as ``"inf"``/``"-inf"``/``"nan"``)."""
+        return _jsonable({
+            "metric": self.metric, "threshold": self.threshold, "passed": self.passed,
+            "checks": [vars(c) for c in self.checks], "float_model": self.float_model,
+            "quant_model": self.quant_model, "seconds": self.seconds, "timestamp": self.timestamp,
+            "report": self.report.to_dict(),
+        })
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """Strict JSON text of :meth:`to_dict`."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comparison:
+        """Rebuild a comparison from :meth:`to_dict` output.
+
+        Raises:
+            DataError: the dict is not a comparison.
+        """
+        try:
+            checks = [OutputCheck(output=str(c["output"]), metric=str(c["metric"]),
+                                  value=_to_optional_float(c.get("value")), threshold=_to_float(c["threshold"]),
+                                  passed=c.get("passed"), message=str(c.get("message", "")))
+                      for c in data["checks"]]
+            return cls(metric=str(data["metric"]), threshold=_to_float(data["threshold"]), checks=checks,
+                       report=Report.from_dict(data["report"]), float_model=data.get("float_model"),
+                       quant_model=data.get("quant_model"),
+                       seconds=float(data.get("seconds", 0.0)), timestamp=str(data.get("timestamp", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"malformed comparison: {exc}") from exc
+
+    # ------------------------------------------------------------------ JUnit
+
+    def to_junit(self, path: str | os.PathLike[str] | None = None) -> str:
+        """JUnit XML of the verdicts; also written atomically to ``path`` when given.
+
+        Layout: ``<testsuites>`` holding one ``<testsuite name="onnxq compare">`` with
+        ``tests``/``failures``/``skipped`` counts and the metric, threshold and models as
+        ``<properties>``; one ``<testcase classname="onnxq.compare.METRIC" name="OUTPUT">`` per
+        output, with ``<failure message="...">`` when it misses the threshold, ``<skipped>`` when
+        the metric does not apply, and the output's metrics in ``<system-out>``.
+
+        Returns:
+            The XML text.
+        """
+        tests = len(self.checks)
+        failures = len(self.failures)
+        skipped = sum(c.passed is None for c in self.checks)
+        counts = {"tests": str(tests), "failures": str(failures), "errors": "0", "skipped": str(skipped),
+                  "time": f"{self.seconds:.3f}"}
+        root = ET.Element("testsuites", {"name": "onnxq", **counts})
+        suite = ET.SubElement(root, "testsuite", {"name": "onnxq compare", **counts,
+                                                   "timestamp": self.timestamp})
+        props = ET.SubElement(suite, "properties")
+        for key, value in (("metric", self.metric), ("threshold", _fmt(self.threshold)),
+                           ("operator", METRICS[self.metric].operator), ("float_model", self.float_model),
+                           ("quant_model", self.quant_model), ("samples", self.report.samples)):
+            if value is not None:
+                ET.SubElement(props, "property", {"name": key, "value": str(value)})
+        by_name = {o.name: o for o in self.report.outputs}
+        for check in self.checks:
+            case = ET.SubElement(suite, "testcase", {"classname": f"onnxq.compare.{self.metric}",
+                                                     "name": check.output, "time": "0"})
+            if check.passed is False:
+                failure = ET.SubElement(case, "failure", {"message": check.message, "type": "ThresholdNotMet"})
+                failure.text = check.message
+            elif check.passed is None:
+                ET.SubElement(case, "skipped", {"message": check.message})
+            out = ET.SubElement(case, "system-out")
+            out.text = _metrics_text(by_name.get(check.output), self.report)
+        ET.indent(root)
+        text = ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+        if path is not None:
+            write_text_atomic(path, text)
+        return text
+
+
+def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cosine", threshold: float,
+            labels: Any = None, batch_size: int = 8, limit: int | None = None, threads: int | None = None,
+            progress: bool = False) -> Comparison:
+    """Validate ``quant_model`` against ``float_model`` on ``data`` and check every output.
+
+    Args:
+        float_model: the float model, or a path to it.
+        quant_model: the quantized model, or a path to it.
+        data: evaluation data (anything :func:`onnxq.feeds.load_data` accepts; a ``labels`` key
+            of an ``.npz`` supplies labels).
+        metric: a key of :data:`METRICS` (see the module docstring for the pass rules).
+        threshold: the threshold (a fraction for ``cosine``/``top1``/``accuracy``, dB for
+            ``sqnr``, percentage points for ``accuracy-drop``).
+        labels: class labels for the accuracy metrics when ``data`` has none: an array, or a
+            ``.npy`` / ``.npz`` file (key ``labels``, or its only array); one per sample, in order.
+        batch_size: samples per batch.
+        limit: compare at most this many samples (the first ones).
+        threads: ONNX Runtime intra-op threads.
+        progress: progress bar on stderr.
+
+    Returns:
+        The verdicts and the report; :attr:`Comparison.passed` is the CI answer.
+
+    Raises:
+        ConfigError: unknown metric or a non-finite threshold.
+        DataError: the data does not fit, labels are missing or do not fit, or no output has a
+            value for the metric.
+        ModelError: the models cannot be compared.
+    """
+    from .feeds import load_data
+    from .model import load_model
+    from .validate import validate
+
+    check_metric(metric, threshold)
+    started = time.perf_counter()
+    float_proto = load_model(float_model, check=False)
+    dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
+    if labels is not None:
+        dataset = _Labelled(dataset, _read_labels(labels), limited=limit is not None)
+    elif METRICS[metric].field is None and not dataset.has_labels:
+        raise DataError(f"--metric {metric} needs labels: add a 'labels' array to the data file "
+                        "or pass --labels FILE.npy")
+    del float_proto
+    report = validate(float_model, quant_model, dataset, latency=False, threads=threads, progress=progress)
+    comparison = Comparison(metric=metric, threshold=float(threshold), checks=check_report(report, metric, threshold),
+                            report=report, float_model=_path_or_none(float_model),
+                            quant_model=_path_or_none(quant_model), seconds=time.perf_counter() - started)
+    logger.debug("compare %s %s %s: %s", metric, METRICS[metric].operator, threshold,
+                 "passed" if comparison.passed else "failed")
+    return comparison
+
+
+def check_metric(metric: str, threshold: float) -> Metric:
+    """Return the :class:`Metric` named ``metric``.
+
+    Raises:
+        ConfigError: unknown metric, or a threshold that is not a finite number.
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+    if metric in _FRACTIONS and not -1.0 <= threshold <= 1.0:
+        raise ConfigError(f"the {metric} threshold is a fraction (at most 1), got {threshold}"
+                          + (f"; did you mean {threshold / 100:g}?" if 1.0 < threshold <= 100.0 else ""))
+    return METRICS[metric]
+
+
+def check_report(report: Report, metric: str, threshold: float) -> list[OutputCheck]:
+    """Check every output of ``report`` against ``threshold`` on ``metric``.
+
+    A NaN value fails. Outputs for which the metric is not defined are skipped (``passed is
+    None``); the accuracy metrics check the first class-score output and skip the others.
+
+    Raises:
+        ConfigError: unknown metric or a non-finite threshold.
+        DataError: no output has a value for ``metric`` (e.g. ``top1`` without class scores,
+            ``accuracy`` without labels).
+    """
+    spec = check_metric(metric, threshold)
+    checks: list[OutputCheck] = []
+    if spec.field is not None:
+        values = {o.name: getattr(o, spec.field) for o in report.outputs}
+        why_none = "not class scores [N, C]"
+    else:
+        scored = next((o.name for o in report.outputs if o.top1_agreement is not None), None)
+        accuracy = _accuracy_value(report, metric)
+        values = {o.name: (accuracy if o.name == scored else None) for o in report.outputs}
+        why_none = "not the scored class-score output"
+    if all(v is None for v in values.values()):
+        raise DataError(f"no output has a value for metric {metric!r}"
+                        + (" (needs an output of class scores [N, C])" if metric == "top1" else
+                           " (needs labels and an output of class scores [N, C])" if spec.field is None else ""))
+    for name, value in values.items():
+        if value is None:
+            checks.append(OutputCheck(name, metric, None, float(threshold), None,
+                                      f"{name}: {metric} not applicable ({why_none})"))
+            continue
+        value = float(value)
+        ok = (value >= threshold) if spec.higher_is_better else (value <= threshold)
+        ok = bool(ok) and not math.isnan(value)
+        relation = spec.operator if ok else ("<" if spec.higher_is_better else ">")
+        checks.append(OutputCheck(name, metric, value, float(threshold), ok,
+                                  f"{name}: {metric} {_fmt(value)}{spec.unit} {relation} threshold "
+                                  f"{_fmt(threshold)}{spec.unit}"))
+    return checks
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+class _Labelled:
+    """A checked Dataset whose labels come from a separate array (streamed alongside)."""
+
+    def __init__(self, dataset: Any, labels: np.ndarray, *, limited: bool) -> None:
+        total = dataset.num_samples
+        if total is not None:
+            if len(labels) < total or (not limited and len(labels) != total):
+                raise DataError(f"{len(labels)} labels for {total} evaluation samples")
+            labels = labels[:total]
+        self._dataset = dataset
+        self._labels = labels
+        self.num_batches = dataset.num_batches
+        self.num_samples = total
+        self.has_labels = True
+
+    def batches(self) -> Any:
+        offset = 0
+        for inputs, _ in self._dataset.batches():
+            n = len(next(iter(inputs.values())))
+            if offset + n > len(self._labels):
+                raise DataError(f"{len(self._labels)} labels for more evaluation samples")
+            yield inputs, self._labels[offset:offset + n]
+            offset += n
+        if offset != len(self._labels):
+            raise DataError(f"{len(self._labels)} labels for {offset} evaluation samples")
+
+
+def _read_labels(labels: Any) -> np.ndarray:
+    if not isinstance(labels, (str, os.PathLike)):
+        return np.asarray(labels)
+    path = Path(labels)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read labels from {path}: {exc}") from exc
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        keys = list(loaded.keys())
+        if "labels" in keys:
+            return loaded["labels"]
+        if len(keys) == 1:
+            return loaded[keys[0]]
+    raise DataError(f"{path} holds {keys}: name the labels array 'labels'")
+
+
+def _accuracy_value(report: Report, metric: str) -> float | None:
+    if report.quant_accuracy is None:
+        return None
+    if metric == "accuracy":
+        return report.quant_accuracy
+    if report.float_accuracy is None:
+        return None
+    return 100.0 * (report.float_accuracy - report.quant_accuracy)
+
+
+def _metrics_text(metrics: OutputMetrics | None, report: Report) -> str:
+    lines = [f"samples: {report.samples}"]
+    if metrics is not None:
+        lines += [f"cosine: {_fmt(metrics.cosine)}", f"min_cosine: {_fmt(metrics.min_cosine)}",
+                  f"sqnr_db: {_fmt(metrics.sqnr_db)}", f"max_abs_error: {_fmt(metrics.max_abs_error)}",
+                  f"mean_abs_error: {_fmt(metrics.mean_abs_error)}"]
+        if metrics.top1_agreement is not None:
+            lines.append(f"top1_agreement: {_fmt(metrics.top1_agreement)}")
+        if metrics.top5_agreement is not None:
+            lines.append(f"top5_agreement: {_fmt(metrics.top5_agreement)}")
+    if report.float_accuracy is not None:
+        lines.append(f"float_accuracy: {_fmt(report.float_accuracy)}")
+    if report.quant_accuracy is not None:
+        lines.append(f"quant_accuracy: {_fmt(report.quant_accuracy)}")
+    lines.append(f"size_bytes: {report.float_size_bytes} -> {report.quant_size_bytes}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return format_number(value, ".6g")
+
+
+def _path_or_none(model: Any) -> str | None:
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else None

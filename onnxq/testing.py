@@ -1,0 +1,209 @@
+"""Test helpers for users' own test suites (pytest, unittest): is my quantized model still close?
+
+Example::
+
+    from onnxq.testing import assert_quantized_close
+
+    def test_int8_model_stays_close():
+        assert_quantized_close("model.onnx", "model.int8.onnx", "eval.npz",
+                               metric="cosine", threshold=0.999)
+
+A miss raises ``AssertionError`` whose message names the output, the metric, the threshold, the
+measured value and the worst sample (its index in the data and its own value), so a failing CI
+run says what to look at without re-running anything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .compare import METRICS, check_metric
+from .errors import ConfigError
+
+__all__ = ["assert_quantized_close"]
+
+
+def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str],
+                           quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
+                           metric: str = "cosine", threshold: float = 0.99,
+                           outputs: Sequence[str] | None = None, batch_size: int = 8,
+                           limit: int | None = None) -> dict[str, float]:
+    """Assert that every (chosen) output of ``quant_model`` stays close to ``float_model``.
+
+    The aggregate values are those of :func:`onnxq.validate` (the same streamed accumulators);
+    per-sample values are tracked alongside, one batch alive at a time, to name the worst sample.
+
+    Args:
+        float_model: the float model, or a path to it.
+        quant_model: the quantized model, or a path to it.
+        data: evaluation data (anything :func:`onnxq.feeds.load_data` accepts).
+        metric: ``cosine`` (mean per-sample cosine >= threshold), ``min-cosine``, ``sqnr`` (dB,
+            >=), ``max-abs`` (<=), ``mean-abs`` (<=) or ``top1`` (fraction of agreeing argmax,
+            >=, class-score outputs only). See :mod:`onnxq.compare`.
+        threshold: the threshold on the aggregate value.
+        outputs: output names to check; default: every output the metric applies to.
+        batch_size: samples per batch.
+        limit: use at most this many samples.
+
+    Returns:
+        ``output name -> aggregate value`` of the checked outputs (when all pass).
+
+    Raises:
+        AssertionError: an output misses the threshold (every miss is listed).
+        ConfigError: unknown metric or output name, an accuracy metric (use
+            :func:`onnxq.compare.compare` with labels), or no output the metric applies to.
+        DataError, ModelError: the data or the models do not fit.
+    """
+    from .feeds import load_data
+    from .model import load_model
+    from .runtime import create_session, run
+    from .validate import OutputAccumulator, check_same_io, is_class_scores
+
+    spec = check_metric(metric, threshold)
+    if spec.field is None:
+        raise ConfigError(f"assert_quantized_close compares outputs, not task accuracy; for {metric!r} "
+                          "use onnxq.compare.compare(..., labels=...)")
+    float_proto = load_model(float_model, check=False)
+    quant_proto = load_model(quant_model, check=False)
+    check_same_io(float_proto, quant_proto)
+    names = [o.name for o in float_proto.graph.output]
+    if outputs is not None:
+        unknown = [n for n in outputs if n not in names]
+        if unknown:
+            raise ConfigError(f"unknown output(s) {unknown}; the model has {names}")
+        names = list(dict.fromkeys(outputs))
+    dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
+    float_session = create_session(_source(float_model, float_proto))
+    quant_session = create_session(_source(quant_model, quant_proto))
+    del float_proto, quant_proto
+
+    accumulators = {n: OutputAccumulator(n) for n in names}
+    worst = {n: _Worst(higher_is_better=spec.higher_is_better) for n in names}
+    usable = set(names)
+    offset = 0
+    for inputs, _ in dataset.batches():
+        float_out = run(float_session, inputs, names)
+        quant_out = run(quant_session, inputs, names)
+        n = 0
+        for name, ref, cand in zip(names, float_out, quant_out):
+            ref, cand = np.asarray(ref), np.asarray(cand)
+            n = max(n, ref.shape[0] if ref.ndim else 1)
+            if name not in usable:
+                continue
+            if ref.dtype.kind not in "biuf" or (metric == "top1" and not is_class_scores(ref)):
+                usable.discard(name)
+                continue
+            accumulators[name].update(ref, cand)
+            worst[name].update(offset, *_per_sample(metric, ref, cand))
+        offset += n
+        del float_out, quant_out
+
+    values: dict[str, float] = {}
+    misses: list[str] = []
+    for name in names:
+        if name not in usable:
+            continue
+        value = getattr(accumulators[name].result(), spec.field)
+        if value is None:
+            continue
+        value = float(value)
+        values[name] = value
+        ok = value >= threshold if spec.higher_is_better else value <= threshold
+        if ok and not math.isnan(value):
+            continue
+        relation = "<" if spec.higher_is_better else ">"
+        misses.append(f"output {name!r}: {metric} {_fmt(value)}{spec.unit} {relation} threshold "
+                      f"{_fmt(threshold)}{spec.unit} over {accumulators[name].samples} samples; "
+                      f"worst sample #{worst[name].describe(metric, spec.unit)}")
+    if not values:
+        raise ConfigError(f"no output to check with metric {metric!r}"
+                          + (" (top1 needs class scores [N, C])" if metric == "top1" else ""))
+    if misses:
+        header = (f"quantized model is not close enough to the float model "
+                  f"({metric} {spec.operator} {_fmt(threshold)}{spec.unit} required):")
+        raise AssertionError("\n".join([header, *("  " + m for m in misses)]))
+    return values
+
+
+@dataclass
+class _Worst:
+    """The worst sample seen so far: index in the data, its value and, for top-1, the classes."""
+
+    higher_is_better: bool
+    index: int = -1
+    value: float = math.nan
+    detail: str = ""
+
+    def update(self, offset: int, per_sample: np.ndarray, details: list[str] | None) -> None:
+        if per_sample.size == 0:
+            return
+        order = per_sample if self.higher_is_better else -per_sample
+        nan = np.isnan(order)
+        i = int(np.argmax(nan)) if nan.any() else int(np.argmin(order))
+        value = float(per_sample[i])
+        if self.index < 0 or _worse(value, self.value, self.higher_is_better):
+            self.index, self.value = offset + i, value
+            self.detail = details[i] if details else ""
+
+    def describe(self, metric: str, unit: str) -> str:
+        text = f"{self.index}: {metric} {_fmt(self.value)}{unit}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+def _worse(value: float, current: float, higher_is_better: bool) -> bool:
+    if math.isnan(current):
+        return False
+    if math.isnan(value):
+        return True
+    return value < current if higher_is_better else value > current
+
+
+def _per_sample(metric: str, ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
+    """The metric of each sample of one batch (axis 0 = samples), plus details for top-1."""
+    n = ref.shape[0] if ref.ndim else 1
+    if metric == "top1":
+        ref_class = np.argmax(ref, axis=1)
+        cand_class = np.argmax(cand, axis=1)
+        details = [f"float class {int(r)}, quantized class {int(c)}" for r, c in zip(ref_class, cand_class)]
+        return (ref_class == cand_class).astype(np.float64), details
+    r = ref.astype(np.float64).reshape(n, -1)
+    c = cand.astype(np.float64).reshape(n, -1)
+    diff = r - c
+    if metric == "max-abs":
+        return (np.abs(diff).max(axis=1) if diff.shape[1] else np.zeros(n)), None
+    if metric == "mean-abs":
+        return (np.abs(diff).mean(axis=1) if diff.shape[1] else np.zeros(n)), None
+    rr = np.einsum("ij,ij->i", r, r)
+    noise = np.einsum("ij,ij->i", diff, diff)
+    identical = np.all(diff == 0, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if metric == "sqnr":
+            sqnr = 10.0 * np.log10(rr / noise)
+            return np.where(identical, math.inf, sqnr), None
+        cc = np.einsum("ij,ij->i", c, c)
+        rc = np.einsum("ij,ij->i", r, c)
+        denom = np.sqrt(rr * cc)
+        cos = np.clip(np.where(denom > 0, rc / np.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
+    cos = np.where(np.isnan(denom) | np.isnan(rc), np.nan, cos)
+    return np.where(identical, 1.0, cos), None
+
+
+def _source(original: Any, proto: onnx.ModelProto) -> Any:
+    return original if isinstance(original, (str, os.PathLike)) else proto
+
+
+def _fmt(value: float) -> str:
+    from .report.schema import format_number
+
+    return format_number(value, ".6g")
+
+
+# the metrics this helper accepts (for documentation and tests)
+SUPPORTED_METRICS = tuple(name for name, m in METRICS.items() if m.field is not None)

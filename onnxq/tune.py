@@ -1,0 +1,261 @@
+"""Accuracy-driven fallback: keep the most harmful nodes in float until a target holds.
+
+``QuantConfig(target="cosine>=0.999")`` makes :func:`onnxq.quantize` check the quantized model on
+the evaluation data; when the goal is missed, :func:`tune`:
+
+1. runs :func:`onnxq.analyze` once on the first quantized model (per-layer error, ranked);
+2. walks that ranking from the most harmful entry down: each step keeps float the nodes that
+   entry names (``LayerMetrics.fallback_nodes``: for a weight its layer, for an activation every
+   node that quantizes it, a folded Relu/Clip always with its Conv/Gemm), re-plans and
+   re-quantizes with the *same* calibrated ranges (keeping nodes float never needs a new range),
+   and validates again;
+3. stops when the goal holds, or after ``max_fallback_steps`` steps or ``max_tune_seconds``.
+
+Why one ranking and no re-analysis after each step: the ranking key is the error each tensor's
+*own* quantization adds, measured on float activations with the model's scales (see
+:mod:`onnxq.analyze`). Keeping other nodes float does not change those numbers, so
+re-analysing would reproduce the same order at the cost of a full pass per step.
+
+Entries are skipped when they touch a node of ``force_quantize`` (the error cannot be removed
+without it), when their nodes are float already, or when their error is zero. Each step is kept
+even if it did not improve the metric (greedy, in ranked order), and recorded as a
+:class:`~onnxq.report.schema.FallbackStep`.
+
+Targets (``metric op value``; the worst output counts):
+
+* ``cosine`` / ``min_cosine`` — mean / worst-sample cosine to the float output (``>=``);
+* ``sqnr`` — SQNR in dB (``>=``);
+* ``top1`` — top-1 agreement with the float model on class-score outputs, a fraction or ``99%``;
+* ``accuracy_drop`` — float accuracy minus quantized accuracy in points (``<=``); needs labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import onnx
+
+from .config import Mode, QuantConfig
+from .errors import ConfigError
+from .plan import NodeDecision, QuantPlan, matches, set_calibration_targets
+from .report.schema import FallbackStep, LayerMetrics, Report
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Target", "TuneResult", "parse_target", "tune"]
+
+#: metric -> (direction, aliases); direction +1: higher is better.
+_METRICS = {"cosine": 1, "min_cosine": 1, "sqnr": 1, "top1": 1, "accuracy_drop": -1}
+_ALIASES = {"sqnr_db": "sqnr", "top1_agreement": "top1", "cos": "cosine", "accuracy": "accuracy_drop",
+            "acc_drop": "accuracy_drop"}
+_PATTERN = re.compile(r"^\s*([A-Za-z][\w\-]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(%?)\s*$")
+_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
+
+FALLBACK_REASON = "kept float by the accuracy fallback"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed accuracy goal, e.g. ``Target("cosine", ">=", 0.999)``."""
+
+    metric: str
+    op: str
+    value: float
+
+    def holds(self, value: float) -> bool:
+        """Whether a measured ``value`` meets the goal (NaN never does)."""
+        return not math.isnan(value) and _OPS[self.op](value, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.value:g}"
+
+
+def parse_target(text: str) -> Target:
+    """Parse ``"cosine>=0.999"``-style text.
+
+    Raises:
+        ConfigError: unknown metric, bad syntax, or an operator pointing the wrong way.
+    """
+    if isinstance(text, Target):
+        return text
+    match = _PATTERN.match(text) if isinstance(text, str) else None
+    known = "cosine, min_cosine, sqnr, top1, accuracy_drop"
+    if match is None:
+        raise ConfigError(f"target {text!r} is not 'METRIC>=VALUE' or 'METRIC<=VALUE' (metrics: {known})")
+    name, op, number, percent = match.groups()
+    metric = _ALIASES.get(name.lower().replace("-", "_"), name.lower().replace("-", "_"))
+    if metric not in _METRICS:
+        raise ConfigError(f"target {text!r}: unknown metric {name!r} (known: {known})")
+    value = float(number)
+    if percent and metric == "top1":
+        value /= 100.0
+    elif percent and metric != "accuracy_drop":
+        raise ConfigError(f"target {text!r}: '%' only fits top1 and accuracy_drop")
+    higher = _METRICS[metric] > 0
+    if higher != (op in (">=", ">")):
+        raise ConfigError(f"target {text!r}: {metric} is better when {'higher' if higher else 'lower'}, "
+                          f"use {'>=' if higher else '<='}")
+    if metric in ("cosine", "min_cosine", "top1") and not -1.0 <= value <= 1.0:
+        raise ConfigError(f"target {text!r}: {metric} is at most 1 (top1 takes a fraction or a percentage)")
+    return Target(metric, op, value)
+
+
+def metric_value(report: Report, target: Target) -> float:
+    """The target's metric on a validation report (worst output).
+
+    Raises:
+        ConfigError: the report cannot give that metric (no labels, no class-score output).
+    """
+    if target.metric == "accuracy_drop":
+        if report.float_accuracy is None or report.quant_accuracy is None:
+            raise ConfigError(f"target {target} needs labels in the evaluation data and a class-score output")
+        return 100.0 * (report.float_accuracy - report.quant_accuracy)
+    field_name = {"cosine": "cosine", "min_cosine": "min_cosine", "sqnr": "sqnr_db", "top1": "top1_agreement"}
+    name = field_name[target.metric]
+    values = [getattr(o, name) for o in report.outputs if getattr(o, name) is not None]
+    if not values:
+        raise ConfigError(f"target {target}: no output has a {name} (top1 needs class scores [N, C])")
+    numbers = [float(v) for v in values]
+    return math.nan if any(math.isnan(v) for v in numbers) else min(numbers)  # NaN counts as worst
+
+
+@dataclass
+class TuneResult:
+    """What the fallback did; :meth:`annotate` writes it into the final report.
+
+    Attributes:
+        model: the quantized model after the last step.
+        plan: its plan (the fallback nodes marked with :data:`FALLBACK_REASON`).
+        target: the goal.
+        target_met: whether the goal held after the last step.
+        steps: step 0 (first quantization) and one entry per fallback step.
+        layers: the per-layer analysis of the first quantized model (empty when the goal held
+            at once).
+    """
+
+    model: onnx.ModelProto
+    plan: QuantPlan
+    target: Target
+    target_met: bool
+    steps: list[FallbackStep] = field(default_factory=list)
+    layers: list[LayerMetrics] = field(default_factory=list)
+
+    def annotate(self, report: Report) -> None:
+        """Record target, steps and layers in ``report`` (plus one note)."""
+        report.target = str(self.target)
+        report.target_met = self.target_met
+        report.fallback = list(self.steps)
+        report.layers = list(self.layers)
+        kept = [n for s in self.steps for n in s.nodes]
+        last = self.steps[-1].metric_value if self.steps else math.nan
+        verdict = "met" if self.target_met else "NOT met"
+        report.notes.append(f"target {self.target} {verdict} ({self.target.metric} = {last:.6g}) after "
+                            f"{len(self.steps) - 1} fallback step(s)"
+                            + (f"; kept float: {', '.join(kept)}" if kept else ""))
+
+
+def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPlan, quantized: onnx.ModelProto,
+         data: Any, config: QuantConfig, *, ranges: Any = None, progress: bool = False) -> TuneResult:
+    """Fall back the most harmful nodes to float until ``config.target`` holds or the budget ends.
+
+    Args:
+        float_model: the float model the report compares against.
+        prepared: the prepared (and smoothed) model the plan and ``quantized`` were made from.
+        plan: the plan of ``quantized``.
+        quantized: the first quantized model.
+        data: the evaluation ``Dataset``.
+        config: the run's config (``target``, ``max_fallback_steps``, ``max_tune_seconds``,
+            ``force_quantize``).
+        ranges: the calibrated ranges (static mode), reused for every re-quantization.
+        progress: progress bars.
+
+    Raises:
+        ConfigError: no target, no evaluation data, or a metric the data cannot give.
+    """
+    from .analyze import analyze
+    from .validate import validate
+
+    if config.target is None:
+        raise ConfigError("tune() needs config.target")
+    target = parse_target(config.target)
+    if data is None:
+        raise ConfigError(f"target {target} needs evaluation data (or calibration data to validate on)")
+    if target.metric == "accuracy_drop" and not getattr(data, "has_labels", False):
+        raise ConfigError(f"target {target} needs labels in the evaluation data")
+    start = time.monotonic()
+
+    def measure(model: onnx.ModelProto) -> float:
+        report = validate(float_model, model, data, latency=False, progress=False)
+        return metric_value(report, target)
+
+    value = measure(quantized)
+    steps = [FallbackStep(step=0, node=None, op_type=None, metric_value=value, goal_met=target.holds(value))]
+    logger.info("target %s: first quantization gives %.6g", target, value)
+    if steps[0].goal_met:
+        return TuneResult(quantized, plan, target, True, steps)
+    layers = analyze(prepared, quantized, data, progress=progress)
+    by_name = {n.name: n for n in prepared.graph.node}
+    for entry in layers:
+        if len(steps) > config.max_fallback_steps:
+            break
+        if config.max_tune_seconds is not None and time.monotonic() - start > config.max_tune_seconds:
+            logger.info("fallback stopped: max_tune_seconds=%g reached", config.max_tune_seconds)
+            break
+        if entry.sqnr_db == math.inf:
+            continue
+        chosen = set(plan.nodes_to_quantize)
+        nodes = [n for n in entry.fallback_nodes if n in chosen]
+        if not nodes or any(matches(n, config.force_quantize) for n in entry.fallback_nodes):
+            continue
+        candidate = keep_float(plan, prepared, nodes, ranges)
+        if candidate is None:
+            logger.info("cannot keep %s float without new calibration ranges; skipped", ", ".join(nodes))
+            continue
+        nodes = [d.name for d in candidate.decisions if d.name in chosen and not d.quantize]
+        plan, quantized = candidate, _rewrite(prepared, candidate, ranges, config)
+        value = measure(quantized)
+        primary = entry.node if entry.node in nodes else nodes[0]
+        steps.append(FallbackStep(step=len(steps), node=primary, op_type=by_name[primary].op_type,
+                                  metric_value=value, goal_met=target.holds(value), nodes=nodes,
+                                  tensor=entry.tensor))
+        logger.info("fallback step %d: kept %s float (%s %s) -> %s = %.6g", len(steps) - 1, ", ".join(nodes),
+                    entry.kind, entry.tensor, target.metric, value)
+        if steps[-1].goal_met:
+            break
+    return TuneResult(quantized, plan, target, steps[-1].goal_met, steps, layers)
+
+
+def keep_float(plan: QuantPlan, model: onnx.ModelProto, nodes: list[str], ranges: Any = None) -> QuantPlan | None:
+    """A new plan with ``nodes`` kept float, re-targeted for calibration; ``None`` if it needs new ranges.
+
+    A Relu/Clip folded into its producer (``plan.range_aliases``) falls back together with that
+    producer: either one alone would need the pre-activation range, which was never calibrated.
+    """
+    names = set(nodes)
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    for pre, act in plan.range_aliases.items():
+        pair = {producer.get(pre), producer.get(act)} - {None}
+        if pair & names:
+            names |= pair
+    decisions = [NodeDecision(d.name, d.op_type, False, FALLBACK_REASON, d.candidate)
+                 if d.quantize and d.name in names else d for d in plan.decisions]
+    new = set_calibration_targets(replace(plan, decisions=decisions, notes=list(plan.notes)), model)
+    if ranges is not None and new.mode == Mode.STATIC.value:
+        if any(t not in ranges for t in new.tensors_to_calibrate):
+            return None
+    return new
+
+
+def _rewrite(prepared: onnx.ModelProto, plan: QuantPlan, ranges: Any, config: QuantConfig) -> onnx.ModelProto:
+    from . import rewrite
+
+    work = onnx.ModelProto()
+    work.CopyFrom(prepared)  # the quantizers may change their input model
+    if plan.mode == Mode.STATIC.value:
+        return rewrite.quantize_static(work, plan, ranges, config)
+    return rewrite.quantize_dynamic(work, plan, config)
