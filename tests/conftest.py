@@ -132,3 +132,15 @@ def onnxq_script() -> Path:
     if not script.exists():
         pytest.skip(f"console script not installed at {script}")
     return script
+
+
+def perturbed_cnn(scale: float = 0.03, seed: int = 5) -> onnx.ModelProto:
+    """The test CNN with noise added to its classifier weights: same inputs/outputs, clearly different."""
+    model = make_cnn_model()
+    rng = np.random.default_rng(seed)
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == "gemm_w":
+            w = numpy_helper.to_array(init)
+            noisy = (w + scale * rng.standard_normal(w.shape)).astype(np.float32)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(noisy, "gemm_w"))
+    return model

@@ -10,27 +10,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
-from conftest import CNN_OUTPUT, CnnFiles, make_cnn_model, make_images, make_labels
+from conftest import CNN_OUTPUT, CnnFiles, make_images, make_labels, perturbed_cnn
 from onnxq.cli import ExitCode
 from onnxq.compare import METRICS, Comparison, check_report, compare
 from onnxq.errors import ConfigError, DataError
 from onnxq.report.schema import OutputMetrics, Report
 
 RunCli = Callable[..., tuple[int, str, str]]
-
-
-def perturbed_cnn(scale: float = 0.03, seed: int = 5) -> onnx.ModelProto:
-    """The test CNN with noise added to its classifier weights: same inputs/outputs, clearly different."""
-    model = make_cnn_model()
-    rng = np.random.default_rng(seed)
-    for i, init in enumerate(model.graph.initializer):
-        if init.name == "gemm_w":
-            w = numpy_helper.to_array(init)
-            noisy = (w + scale * rng.standard_normal(w.shape)).astype(np.float32)
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(noisy, "gemm_w"))
-    return model
 
 
 @pytest.fixture

@@ -15,26 +15,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 
-from conftest import CNN_INPUT, CNN_OUTPUT, make_cnn_model, make_images
+from conftest import CNN_INPUT, CNN_OUTPUT, make_cnn_model, make_images, perturbed_cnn
 from onnxq.errors import ConfigError
 from onnxq.testing import SUPPORTED_METRICS, assert_quantized_close
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 RunCli = Callable[..., tuple[int, str, str]]
-
-
-def perturbed_cnn(scale: float = 0.03, seed: int = 5) -> onnx.ModelProto:
-    model = make_cnn_model()
-    rng = np.random.default_rng(seed)
-    for i, init in enumerate(model.graph.initializer):
-        if init.name == "gemm_w":
-            w = numpy_helper.to_array(init)
-            noisy = (w + scale * rng.standard_normal(w.shape)).astype(np.float32)
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(noisy, "gemm_w"))
-    return model
 
 
 def outputs_of(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
