@@ -56,6 +56,8 @@ VARIANTS = [
     ("ort-dynamic-pc", "ort", "dynamic_pc", "ORT quantize_dynamic per_channel=True"),
 ]
 ORT_STATIC = ("ort-static-minmax", "ort-static-entropy", "ort-static-percentile")
+#: --quick leaves out the slowest ORT variants (about a minute together); the full mode runs all
+QUICK_SKIP = ("ort-static-entropy", "ort-static-percentile", "ort-dynamic-pc")
 
 LATENCY_RUNS = {  # (warm-up, timed) runs per batch size
     "full": {1: (20, 200), 32: (5, 40)},
@@ -276,6 +278,8 @@ def run(mode: str, workdir: Path, *, caps: dict[str, float], log: Callable[[str]
                   n_eval=prep["sentences"] - N_CALIB)
     models = {"float": model}
     for name, tool, kind, description in VARIANTS:
+        if mode == "quick" and name in QUICK_SKIP:
+            continue
         folder = workdir / name  # private cwd of the child
         out = folder / f"{name}.onnx"
         params = {"model": model, "data": str(data), "kind": kind, "out": str(out)}

@@ -22,6 +22,9 @@ from ..errors import CalibrationError
 #: Upper bound of (candidate thresholds x quantized bins) processed at once by the entropy search.
 _ENTROPY_CHUNK_CELLS = 1 << 18
 
+# Largest share of the values an entropy threshold may clip (outliers are rare by definition).
+MAX_CLIPPED_MASS = 1e-3
+
 
 def entropy_range(counts: np.ndarray, edges: np.ndarray, *, num_quantized_bins: int | None = None,
                   num_levels: int = 256) -> tuple[float, float]:
@@ -40,9 +43,10 @@ def entropy_range(counts: np.ndarray, edges: np.ndarray, *, num_quantized_bins: 
     divergence and drag the threshold far down. Groups are split evenly (``j * i // n``, not
     ``i // n`` bins per group with the remainder in the last group as in ONNX Runtime), and
     there is no epsilon smoothing: a candidate whose last group is empty while it receives
-    clipped mass has infinite divergence. Thresholds below the median of ``|x|`` are not
-    candidates: KL cannot see the shape of what is clipped, so a ``P`` that is nothing but the
-    clipped mass in one bin would otherwise win with divergence 0.
+    clipped mass has infinite divergence. Thresholds that clip more than ``MAX_CLIPPED_MASS``
+    (0.1 %) of the values are not candidates: KL cannot see the shape of what is clipped, so it
+    would cut a whole mode of two-valued data (MNIST pixels lose their strokes), and a ``P`` that
+    is nothing but the clipped mass in one bin would win with divergence 0.
 
     Args:
         counts: histogram counts, shape ``(n,)``.
@@ -258,9 +262,11 @@ def _kl_divergences(abs_counts: np.ndarray, abs_edges: np.ndarray, *, other_side
     levels = _quantized_bins(kept, abs_edges[1:], other_side=other_side,
                              num_quantized_bins=num_quantized_bins, num_levels=num_levels)
     divergence = np.full(n, np.inf)
-    # a threshold below the median of |x| is never sane; excluding it also rules out the
-    # degenerate candidates whose P is one spike of clipped mass (KL 0 against any Q)
-    valid = np.flatnonzero((kept >= levels) & (cum[1:] >= 0.5))
+    # clipping is for rare outliers: a threshold that clips more than MAX_CLIPPED_MASS of the
+    # values is never a candidate. KL cannot see the shape of what it clips: on two-valued data
+    # (MNIST pixels: background + strokes) it would otherwise cut the whole upper mode, and a P
+    # that is one spike of clipped mass has divergence 0 against any Q
+    valid = np.flatnonzero((kept >= levels) & (cum[1:] >= 1.0 - MAX_CLIPPED_MASS))
     if valid.size == 0:
         return divergence
     width = int(levels.max()) + 1

@@ -56,18 +56,19 @@ def preprocess(model: onnx.ModelProto, *, symbolic: bool = True) -> onnx.ModelPr
     Raises:
         QuantizationError: when ORT's pre-processing fails (the caller falls back).
     """
-    from ..model import load_model
+    from ..model import load_model, save_model
 
     with tempfile.TemporaryDirectory(prefix="onnxq-pre-") as tmp, _working_directory(tmp):
         # chdir: when symbolic shape inference fails, ORT dumps the model and its weights
-        # (sym_shape_infer_temp.onnx + a uuid-named .data file) into the working directory
-        out = Path(tmp) / "preprocessed.onnx"
+        # (sym_shape_infer_temp.onnx + a uuid-named .data file) into the working directory.
+        # A file, not the ModelProto: given a proto, ORT moves its initializers to external data
+        # in place and, without symbolic inference, fails on some exported models.
+        source, out = Path(tmp) / "float.onnx", Path(tmp) / "preprocessed.onnx"
+        save_model(model, source)
         large = model.ByteSize() > 2**31 - 1024
         try:
-            # a copy: without symbolic inference ORT moves the caller's initializers to external data
-            work = onnx.ModelProto()
-            work.CopyFrom(model)
-            quant_pre_process(work, out, skip_symbolic_shape=not symbolic, save_as_external_data=large, all_tensors_to_one_file=True,
+            quant_pre_process(str(source), str(out), skip_symbolic_shape=not symbolic, save_as_external_data=large,
+                              all_tensors_to_one_file=True,
                               external_data_location="preprocessed.onnx.data" if large else None)
         except Exception as exc:  # symbolic shape inference raises many kinds of errors
             raise QuantizationError(f"ONNX Runtime pre-processing failed: {_first_line(exc)}") from exc
