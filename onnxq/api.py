@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,8 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
              evaluation: Any = None, ranges: Ranges | None = None, progress: bool = False,
              cache_dir: str | os.PathLike[str] | None = None, latency: bool = True,
              threads: int | None = None, example_inputs: Any = None,
-             export_options: dict[str, Any] | None = None, allow_pickle: bool = False) -> QuantResult:
+             export_options: dict[str, Any] | None = None, allow_pickle: bool = False,
+             metric: Callable[[dict[str, Any], Any], float] | None = None) -> QuantResult:
     """Quantize a float model and validate it against the float model.
 
     Args:
@@ -92,6 +94,9 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
             calibration data by the adapter).
         export_options: adapter options (input/output names, dynamic axes, opset, ...).
         allow_pickle: let an adapter load pickled model files (runs code from the file).
+        metric: a task metric ``fn(outputs, labels) -> float`` (higher is better) for the targets
+            ``metric>=X`` and ``metric_drop<=X``; ``outputs`` maps output names to their values
+            over the whole evaluation set.
 
     Returns:
         QuantResult with the quantized model, the plan and the validation report.
@@ -159,7 +164,8 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         from .strict import float_nodes
         from .tune import tune
 
-        tuning = tune(float_model, prepared, plan, quantized, eval_data, config, ranges=ranges, progress=progress)
+        tuning = tune(float_model, prepared, plan, quantized, eval_data, config, ranges=ranges, progress=progress,
+                      metric=metric)
         plan, quantized = tuning.plan, tuning.model
         float_ops = float_nodes(quantized) if config.mode is Mode.STATIC else []
     for note in plan.notes:

@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Sequence
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import CalibrationMethod, Mode, QuantConfig, QuantType
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy goal, e.g. 'cosine>=0.999', 'sqnr>=30', 'top1>=0.99', 'accuracy_drop<=0.5' "
                         "(points, needs labels): keep the most harmful nodes float, one step at a time, until it "
                         "holds; exit 1 when it is still missed after the budget (model and report are written)")
+    q.add_argument("--metric-fn", metavar="MODULE:FUNC",
+                   help="your task metric for --target 'metric>=X' / 'metric_drop<=X': a function "
+                        "fn(outputs: dict[name, array], labels: array | None) -> float, higher is better, "
+                        "imported from MODULE (on sys.path or the current folder)")
     q.add_argument("--max-steps", type=int, default=20, metavar="N", help="at most N fallback steps (default 20)")
     q.add_argument("--max-tune-seconds", type=float, metavar="S", help="stop the fallback after S seconds")
     q.add_argument("--keep-float", nargs="+", default=[], metavar="NAME_OR_GLOB",
@@ -312,7 +317,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                           "(or --mode dynamic, which needs none)")
     result = quantize(args.model, args.calib, config=config, evaluation=args.eval, progress=not args.quiet,
                       cache_dir=args.cache_dir, latency=not args.no_latency, threads=args.threads,
-                      allow_pickle=args.allow_pickle)
+                      allow_pickle=args.allow_pickle, metric=_metric_fn(args.metric_fn))
     written = result.save(args.output)
     if args.report and Path(args.report).suffix.lower() in (".html", ".htm"):
         from .report.html import html_report
@@ -338,6 +343,26 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
               f"model and report written anyway", file=sys.stderr)
         return ExitCode.CHECK_FAILED
     return ExitCode.OK
+
+
+def _metric_fn(spec: str | None) -> Any:
+    """Import ``MODULE:FUNC`` for --metric-fn."""
+    if spec is None:
+        return None
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise ConfigError(f"--metric-fn {spec!r}: expected MODULE:FUNC, e.g. mymetrics:f1_score")
+    import importlib
+
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # the current folder, like `python -m`
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--metric-fn {spec!r}: cannot import it ({exc})") from exc
+    if not callable(func):
+        raise ConfigError(f"--metric-fn {spec!r} is not a function")
+    return func
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -36,8 +36,10 @@ import math
 import re
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
 
+import numpy as np
 import onnx
 
 from .config import Mode, QuantConfig
@@ -50,7 +52,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["Target", "TuneResult", "parse_target", "tune"]
 
 #: metric -> (direction, aliases); direction +1: higher is better.
-_METRICS = {"cosine": 1, "min_cosine": 1, "sqnr": 1, "top1": 1, "accuracy_drop": -1}
+_METRICS = {"cosine": 1, "min_cosine": 1, "sqnr": 1, "top1": 1, "accuracy_drop": -1,
+            "metric": 1, "metric_drop": -1}  # metric*: the user's metric function
 _ALIASES = {"sqnr_db": "sqnr", "top1_agreement": "top1", "cos": "cosine", "accuracy": "accuracy_drop",
             "acc_drop": "accuracy_drop"}
 _PATTERN = re.compile(r"^\s*([A-Za-z][\w\-]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(%?)\s*$")
@@ -84,7 +87,7 @@ def parse_target(text: str) -> Target:
     if isinstance(text, Target):
         return text
     match = _PATTERN.match(text) if isinstance(text, str) else None
-    known = "cosine, min_cosine, sqnr, top1, accuracy_drop"
+    known = "cosine, min_cosine, sqnr, top1, accuracy_drop, metric, metric_drop"
     if match is None:
         raise ConfigError(f"target {text!r} is not 'METRIC>=VALUE' or 'METRIC<=VALUE' (metrics: {known})")
     name, op, number, percent = match.groups()
@@ -103,6 +106,32 @@ def parse_target(text: str) -> Target:
     if metric in ("cosine", "min_cosine", "top1") and not -1.0 <= value <= 1.0:
         raise ConfigError(f"target {text!r}: {metric} is at most 1 (top1 takes a fraction or a percentage)")
     return Target(metric, op, value)
+
+
+#: A user metric: ``fn(outputs, labels) -> float``, higher is better; ``outputs`` maps each output
+#: name to its values over the whole evaluation set, ``labels`` is ``None`` without labels.
+MetricFn = Callable[[dict[str, np.ndarray], Optional[np.ndarray]], float]
+
+
+def user_metric(model: onnx.ModelProto, data: Any, fn: MetricFn) -> float:
+    """``fn`` on the model's outputs over ``data`` (outputs are gathered; activations are not)."""
+    from .runtime import create_session, run
+
+    session = create_session(model)
+    names = [o.name for o in session.get_outputs()]
+    outputs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    labels: list[np.ndarray] = []
+    for feeds, batch_labels in data.batches():
+        for name, values in zip(names, run(session, feeds)):
+            outputs[name].append(values)
+        if batch_labels is not None:
+            labels.append(np.asarray(batch_labels))
+    gathered = {n: np.concatenate(v) for n, v in outputs.items()}
+    try:
+        value = float(fn(gathered, np.concatenate(labels) if labels else None))
+    except Exception as exc:  # the user's code: report it in one line
+        raise ConfigError(f"the metric function failed: {type(exc).__name__}: {exc}") from exc
+    return value
 
 
 def metric_value(report: Report, target: Target) -> float:
@@ -160,7 +189,8 @@ class TuneResult:
 
 
 def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPlan, quantized: onnx.ModelProto,
-         data: Any, config: QuantConfig, *, ranges: Any = None, progress: bool = False) -> TuneResult:
+         data: Any, config: QuantConfig, *, ranges: Any = None, progress: bool = False,
+         metric: MetricFn | None = None) -> TuneResult:
     """Fall back the most harmful nodes to float until ``config.target`` holds or the budget ends.
 
     Args:
@@ -173,6 +203,8 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
             ``force_quantize``).
         ranges: the calibrated ranges (static mode), reused for every re-quantization.
         progress: progress bars.
+        metric: the user's metric function, for the targets ``metric>=X`` (on the quantized
+            model) and ``metric_drop<=X`` (float minus quantized).
 
     Raises:
         ConfigError: no target, no evaluation data, or a metric the data cannot give.
@@ -187,9 +219,16 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         raise ConfigError(f"target {target} needs evaluation data (or calibration data to validate on)")
     if target.metric == "accuracy_drop" and not getattr(data, "has_labels", False):
         raise ConfigError(f"target {target} needs labels in the evaluation data")
+    uses_fn = target.metric in ("metric", "metric_drop")
+    if uses_fn and metric is None:
+        raise ConfigError(f"target {target} needs a metric function (metric=... / --metric-fn MODULE:FUNC)")
     start = time.monotonic()
+    reference = user_metric(float_model, data, metric) if target.metric == "metric_drop" else 0.0
 
     def measure(model: onnx.ModelProto) -> float:
+        if uses_fn:
+            value = user_metric(model, data, metric)
+            return reference - value if target.metric == "metric_drop" else value
         report = validate(float_model, model, data, latency=False, progress=False)
         return metric_value(report, target)
 

@@ -150,3 +150,52 @@ def test_cli_keep_float_and_bad_target(run_cli, files: dict[str, Path]) -> None:
     code, _, err = _quantize_cli(run_cli, files, "--target", "cosine=>0.9")
     assert code == ExitCode.USAGE_ERROR and "target" in err and "Traceback" not in err
     assert not files["out"].exists()
+
+
+# ----------------------------------------------------------------------------- user metric function
+
+
+def _labelled_eval() -> dict[str, np.ndarray]:
+    """Evaluation data whose labels are the float model's classes (a stand-in for a task)."""
+    from onnxq.runtime import create_session
+
+    data = mlp_data(seed=2)
+    return {**data, "labels": create_session(outlier_mlp()).run(None, data)[0].argmax(1)}
+
+
+def task_accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> float:
+    """A user's metric: top-1 accuracy of the only output against the labels."""
+    (scores,) = outputs.values()
+    return float(np.mean(scores.argmax(1) == labels))
+
+
+@pytest.mark.parametrize("goal", ["metric>=0.95", "metric_drop<=0.05"])
+def test_user_metric_function_drives_the_fallback(goal: str) -> None:
+    result = onnxq.quantize(outlier_mlp(), mlp_data(seed=1), evaluation=_labelled_eval(), latency=False,
+                            config=QuantConfig(target=goal), metric=task_accuracy)
+    steps = result.report.fallback
+    assert steps[0].goal_met is False  # int8 everywhere: 86 % of the float classes kept
+    assert result.report.target_met is True and "fc1" in result.report.float_nodes
+    expected = steps[-1].metric_value
+    assert (expected >= 0.95) if goal.startswith("metric>=") else (expected <= 0.05)
+
+
+def test_user_metric_target_without_function_is_refused() -> None:
+    with pytest.raises(ConfigError, match="needs a metric function"):
+        onnxq.quantize(outlier_mlp(), mlp_data(seed=1), evaluation=_labelled_eval(), latency=False,
+                       config=QuantConfig(target="metric>=0.9"))
+
+
+def test_cli_metric_fn(run_cli, files: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "my_task_metric.py").write_text(
+        "import numpy as np\n"
+        "def accuracy(outputs, labels):\n"
+        "    (scores,) = outputs.values()\n"
+        "    return float(np.mean(scores.argmax(1) == labels))\n")
+    np.savez(files["eval"], **_labelled_eval())
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _quantize_cli(run_cli, files, "--target", "metric>=0.95", "--metric-fn", "my_task_metric:accuracy")
+    assert code == ExitCode.OK, err
+    assert Report.from_json(files["report"]).target_met is True
+    code, _, err = _quantize_cli(run_cli, files, "--target", "metric>=0.95", "--metric-fn", "no_such_module:f")
+    assert code == ExitCode.USAGE_ERROR and "cannot import it" in err
