@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .harness import ort_pre_process, ort_session
+
 CALIB_BATCH = 8  # onnxq's default QuantConfig.batch_size; ORT's reader uses the same
 ORT_KINDS = ("minmax", "entropy", "percentile", "dynamic")
 
@@ -63,24 +65,6 @@ def _onnxq_summary(result: Any, elapsed: float) -> dict[str, Any]:
             "float_nodes": [str(n) for n in (getattr(result.plan, "float_nodes", []) or [])][:20]}
 
 
-def pre_process(model: str, out: Path) -> tuple[str, str]:
-    """ORT's recommended pre-processing, as a user would try it: (model to quantize, what happened)."""
-    from onnxruntime.quantization import quant_pre_process
-
-    try:
-        quant_pre_process(model, str(out))
-        return str(out), "quant_pre_process: ok"
-    except Exception as exc:  # noqa: BLE001 - the fallback is part of what is measured
-        first = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-    try:
-        quant_pre_process(model, str(out), skip_symbolic_shape=True)
-        return str(out), f"quant_pre_process failed ({first}); ran again with skip_symbolic_shape=True"
-    except Exception as exc:  # noqa: BLE001
-        second = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-        return model, (f"quant_pre_process failed ({first}), also with skip_symbolic_shape=True ({second}); "
-                       "quantized the original model")
-
-
 def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
     """ORT as a user runs it; ``p["kind"]`` is one of :data:`ORT_KINDS`."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -101,7 +85,7 @@ def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
             return {key: batch}
 
     start = time.perf_counter()
-    model, note = pre_process(p["model"], Path.cwd() / "pre.onnx")
+    model, note = ort_pre_process(p["model"], Path.cwd() / "pre.onnx")
     pre_s = time.perf_counter() - start
     if kind == "dynamic":
         quantize_dynamic(model, p["out"])
@@ -114,16 +98,6 @@ def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
     return {"quantize_s": round(elapsed, 3), "pre_process_s": round(pre_s, 3), "pre_process": note}
 
 
-def _session(path: str, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 def task_evaluate(p: dict[str, Any]) -> dict[str, Any]:
     """Score every model in ``p["models"]`` (float first) on ``p["eval"]`` with the same code."""
     import onnx
@@ -131,7 +105,7 @@ def task_evaluate(p: dict[str, Any]) -> dict[str, Any]:
     key, output = p["input"], p["output"]
     images, labels = _read(p["eval"], key, p.get("limit"))
     threads = p["threads"]
-    sessions = {name: _session(path, threads) for name, path in p["models"].items()}
+    sessions = {name: ort_session(path, threads) for name, path in p["models"].items()}
     float_top1: np.ndarray | None = None
     float_logits = np.zeros(0)
     out: dict[str, Any] = {}
@@ -163,7 +137,7 @@ def task_evaluate(p: dict[str, Any]) -> dict[str, Any]:
         times: dict[str, list[float]] = {name: [] for name in p["models"]}
         for _ in range(rounds):
             for name, path in p["models"].items():
-                session = _session(path, threads)
+                session = ort_session(path, threads)
                 for _ in range(warmup):
                     session.run([output], feeds)
                 for _ in range(per_round):

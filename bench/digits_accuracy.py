@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .harness import REPO_ROOT, run_job
+from .harness import REPO_ROOT, ort_session, run_job
 
 MODEL = REPO_ROOT / "examples" / "data" / "digits_cnn.onnx"
 CALIB = REPO_ROOT / "examples" / "data" / "digits_calib.npz"
@@ -117,16 +117,6 @@ def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
     return {"quantize_s": round(elapsed, 3)}
 
 
-def _session(path: str, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 def _latency_ms(session: Any, batch: np.ndarray, warmup: int, runs: int) -> float:
     feeds = {INPUT: batch}
     for _ in range(warmup):
@@ -150,7 +140,7 @@ def task_evaluate(p: dict[str, Any]) -> dict[str, Any]:
     float_logits = np.zeros(0)
     out: dict[str, Any] = {}
     for name, path in p["models"].items():
-        session = _session(path, p["threads"])
+        session = ort_session(path, p["threads"])
         logits = np.concatenate([session.run([OUTPUT], {INPUT: images[i:i + 64]})[0]
                                  for i in range(0, len(images), 64)])
         top1 = logits.argmax(axis=1)

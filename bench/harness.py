@@ -247,3 +247,32 @@ if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: python -m bench.harness JOB.json RESULT.json")
     sys.exit(_child(sys.argv[1], sys.argv[2]))
+
+
+def ort_session(path: str, threads: int) -> Any:
+    """A CPU InferenceSession with ``threads`` intra-op threads, as the latency measurements use."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def ort_pre_process(model: str, out: Path) -> tuple[str, str]:
+    """ORT's recommended pre-processing, as a user would try it: (model to quantize, what happened)."""
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        quant_pre_process(model, str(out))
+        return str(out), "quant_pre_process: ok"
+    except Exception as exc:  # noqa: BLE001 - the fallback is part of what is measured
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    try:
+        quant_pre_process(model, str(out), skip_symbolic_shape=True)
+        return str(out), f"quant_pre_process failed ({first}); ran again with skip_symbolic_shape=True"
+    except Exception as exc:  # noqa: BLE001
+        second = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return model, (f"quant_pre_process failed ({first}), also with skip_symbolic_shape=True ({second}); "
+                       "quantized the original model")

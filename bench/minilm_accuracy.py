@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .harness import REPO_ROOT, run_job
+from .harness import REPO_ROOT, ort_pre_process, ort_session, run_job
 
 N_CALIB = 64
 CALIB_BATCH = 16
@@ -119,24 +119,6 @@ def task_quantize_onnxq(p: dict[str, Any]) -> dict[str, Any]:
     return {"quantize_s": round(elapsed, 3), "plan_notes": [str(n)[:300] for n in result.plan.notes][:10]}
 
 
-def _pre_process(model: str, out: Path) -> tuple[str, str]:
-    """ORT's recommended pre-processing, as a user would try it: (model to quantize, what happened)."""
-    from onnxruntime.quantization import quant_pre_process
-
-    try:
-        quant_pre_process(model, str(out))
-        return str(out), "quant_pre_process: ok"
-    except Exception as exc:  # noqa: BLE001 - the fallback is part of what is measured
-        first = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-    try:
-        quant_pre_process(model, str(out), skip_symbolic_shape=True)
-        return str(out), f"quant_pre_process failed ({first}); ran again with skip_symbolic_shape=True"
-    except Exception as exc:  # noqa: BLE001
-        second = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-        return model, f"quant_pre_process failed ({first}), also with skip_symbolic_shape=True ({second}); " \
-                      "quantized the original model"
-
-
 def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
@@ -154,7 +136,7 @@ def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
 
     work = Path.cwd()  # a private folder: ORT drops its side files here
     start = time.perf_counter()
-    model, pre_note = _pre_process(p["model"], work / "pre.onnx")
+    model, pre_note = ort_pre_process(p["model"], work / "pre.onnx")
     pre_s = time.perf_counter() - start
     kind = p["kind"]
     if kind in ("dynamic", "dynamic_pc"):
@@ -166,16 +148,6 @@ def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method)
     elapsed = time.perf_counter() - start
     return {"quantize_s": round(elapsed, 3), "pre_process_s": round(pre_s, 3), "pre_process": pre_note}
-
-
-def _session(path: str, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def _trim(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -212,7 +184,7 @@ def task_evaluate(p: dict[str, Any]) -> dict[str, Any]:
     reference: np.ndarray | None = None
     out: dict[str, Any] = {}
     for name, path in p["models"].items():
-        session = _session(path, p["threads"])
+        session = ort_session(path, p["threads"])
         emb = np.concatenate([session.run([OUTPUT_NAME], b)[0] for b in iter_batches(feeds, 32)]).astype(np.float64)
         if reference is None:
             reference = emb

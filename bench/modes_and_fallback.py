@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .harness import run_job
+from .harness import ort_session, run_job
 
 THREADS = 2
 TARGETS = {"mnist": "accuracy_drop<=0.1", "minilm": "cosine>=0.995"}  # the goals
@@ -110,16 +110,6 @@ def task_quantize(p: dict[str, Any]) -> dict[str, Any]:
     return {"quantize_s": round(elapsed, 3), **_report_summary(result.report)}
 
 
-def _session(path: str, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 def _io(path: str) -> dict[str, Any]:
     import onnxq
 
@@ -144,7 +134,7 @@ def _latency(models: dict[str, str], batches: dict[str, dict[str, np.ndarray]],
         for _ in range(rounds):
             for name, path in models.items():
                 feeds = _feed(ios[name], batches[batch_size])
-                session = _session(path, threads)
+                session = ort_session(path, threads)
                 for _ in range(warmup):
                     session.run(None, feeds)
                 for _ in range(per_round):
@@ -176,7 +166,7 @@ def task_evaluate_mnist(p: dict[str, Any]) -> dict[str, Any]:
     float_logits: np.ndarray | None = None
     for name, path in p["models"].items():
         io = _io(path)
-        session = _session(path, p["threads"])
+        session = ort_session(path, p["threads"])
         logits = np.concatenate([_fetch(io, OUTPUT_NAME, session.run([OUTPUT_NAME], _feed(io, {INPUT_NAME: images[i:i + 256]}))[0])
                                  for i in range(0, len(images), 256)])
         del session
@@ -203,7 +193,7 @@ def task_evaluate_minilm(p: dict[str, Any]) -> dict[str, Any]:
     reference: np.ndarray | None = None
     for name, path in p["models"].items():
         io = _io(path)
-        session = _session(path, p["threads"])
+        session = ort_session(path, p["threads"])
         emb = np.concatenate([_fetch(io, OUTPUT_NAME, session.run([OUTPUT_NAME], _feed(io, b))[0])
                               for b in iter_batches(evaluation, 32)])
         del session
