@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .classifier import merge_scores
 from .harness import REPO_ROOT, ort_session, run_job
 
 MODEL = REPO_ROOT / "examples" / "data" / "digits_cnn.onnx"
@@ -191,16 +192,7 @@ def run(mode: str, workdir: Path, *, caps: dict[str, float], log: Callable[[str]
                          {"models": models, "eval": str(EVAL), "threads": threads, "latency_runs": runs},
                          label="digits-evaluate", **job)
     scores = evaluation.get("models", {}) if evaluation["status"] == "ok" else {}
-    base = scores.get("float")
-    for variant in variants:
-        score = scores.get(variant["name"])
-        if score is None:
-            continue
-        variant.update(score)
-        if base:
-            variant["size_ratio"] = base["bytes"] / score["bytes"]
-            variant["latency_ratio"] = {b: base["latency_ms"][b] / score["latency_ms"][b]
-                                        for b in score["latency_ms"] if score["latency_ms"][b] > 0}
+    base = merge_scores(variants, scores)
     return {
         "model": str(MODEL.relative_to(REPO_ROOT)),
         "calibration": f"{CALIB.relative_to(REPO_ROOT)} (256 samples)",

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .classifier import merge_scores
 from .harness import REPO_ROOT, ort_pre_process, ort_session, run_job
 
 N_CALIB = 64
@@ -270,17 +271,7 @@ def run(mode: str, workdir: Path, *, caps: dict[str, float], log: Callable[[str]
     result["evaluation_error"] = evaluation.get("error")
     result["batch_shapes"] = evaluation.get("batch_shapes")
     scores = evaluation.get("models", {}) if evaluation["status"] == "ok" else {}
-    base = scores.get("float")
-    result["float"] = base
-    for variant in result["variants"]:
-        score = scores.get(variant["name"])
-        if score is None:
-            continue
-        variant.update(score)
-        if base:
-            variant["size_ratio"] = base["bytes"] / score["bytes"]
-            variant["latency_ratio"] = {b: base["latency_ms"][b] / score["latency_ms"][b]
-                                        for b in score["latency_ms"] if score["latency_ms"][b] > 0}
+    result["float"] = merge_scores(result["variants"], scores)
     result["repo_leftovers"] = sorted(_repo_entries() - before)
     if result["repo_leftovers"]:
         log(f"WARNING: new entries in the repository during the MiniLM case: {result['repo_leftovers']}")
