@@ -26,6 +26,7 @@ class CalibrationMethod(str, Enum):
     ENTROPY = "entropy"        #: the clipping threshold minimising KL divergence (TensorRT style)
     PERCENTILE = "percentile"  #: the ``percentile`` of the absolute values
     MSE = "mse"                #: the clipping threshold minimising the quantization MSE
+    AUTO = "auto"              #: per tensor, the best of the above for that tensor's consumers
 
 
 class QuantType(str, Enum):
@@ -105,6 +106,14 @@ class QuantConfig:
         keep_float: node names or globs always kept float (like ``exclude_nodes``, but reported as
             pinned by the user and never counted as a fallback step).
         force_quantize: node names or globs the fallback never keeps float.
+        equalization: static mode: cross-layer equalization of Conv/Gemm pairs before calibration
+            (float-equivalent; see :mod:`onnxq.passes.equalize`).
+        bias_correction: static mode: fold the expected output error of the quantized weights into
+            the float biases, measured on the calibration data (:mod:`onnxq.passes.bias_correction`).
+        weight_rounding: static mode: ``"nearest"`` (ORT's rounding) or ``"adaptive"`` (AdaRound,
+            layer by layer on the calibration data; :mod:`onnxq.passes.adaround`).
+        rounding_seconds: time budget of adaptive rounding (``None``: no limit); layers not reached
+            keep nearest rounding.
     """
 
     mode: Mode = Mode.STATIC
@@ -142,6 +151,10 @@ class QuantConfig:
     max_tune_seconds: float | None = None
     keep_float: tuple[str, ...] = ()
     force_quantize: tuple[str, ...] = ()
+    equalization: bool = False
+    bias_correction: bool = False
+    weight_rounding: str = "nearest"
+    rounding_seconds: float | None = None
 
     def __post_init__(self) -> None:
         coerce = {"mode": Mode, "method": CalibrationMethod, "activation_type": QuantType,
@@ -174,6 +187,21 @@ class QuantConfig:
         self._check_integer_modes()
         self._check_float_modes()
         self._check_fallback()
+        self._check_passes()
+
+    def _check_passes(self) -> None:
+        """Accuracy-recovery passes (issue 10): static mode only, valid values."""
+        if self.weight_rounding not in ("nearest", "adaptive"):
+            raise ConfigError(f"weight_rounding={self.weight_rounding!r} is not one of: nearest, adaptive")
+        if self.rounding_seconds is not None and not self.rounding_seconds > 0:
+            raise ConfigError(f"rounding_seconds must be > 0 or None, got {self.rounding_seconds!r}")
+        asked = [name for name, on in (("equalization", self.equalization),
+                                       ("bias_correction", self.bias_correction),
+                                       ("weight_rounding='adaptive'", self.weight_rounding == "adaptive"))
+                 if on]
+        if asked and self.mode is not Mode.STATIC:
+            raise ConfigError(f"{', '.join(asked)} need(s) mode='static' (calibrated QDQ), "
+                              f"not mode={self.mode.value!r}")
 
     def _check_fallback(self) -> None:
         """Accuracy-driven fallback fields (issue 5): a parseable target, sane budgets."""
