@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any
 
 from .errors import ConfigError
+from .hardware import saturates_u8s8
 
 
 class Mode(str, Enum):
@@ -62,7 +63,10 @@ class QuantConfig:
             uint16 give 16x8 (16-bit activations, int8 weights, model upgraded to opset 21): more
             accurate, but ORT's CPU kernels run 16-bit QDQ in float between Q/DQ (accuracy, not speed).
         weight_type: integer type of weights (int8).
-        reduce_range: 7-bit weights, only useful on AVX2 CPUs without VNNI.
+        reduce_range: 7-bit weights, needed on x86 CPUs with AVX2 but without VNNI, whose u8 x s8
+            kernels saturate with full 8-bit weights. ``None`` (default): decided for the CPU onnxq
+            runs on (:func:`onnxq.hardware.saturates_u8s8`); pass True/False (or a ``--target-hw``
+            preset) to quantize for another machine.
         op_types: op types to quantize; ``None`` means every op type the plan supports.
         exclude_nodes: node names or glob patterns (``*``, ``?``, ``[..]``) kept in float.
         exclude_op_types: op types kept in float.
@@ -125,7 +129,7 @@ class QuantConfig:
     per_channel: bool = True
     activation_type: QuantType = QuantType.UINT8
     weight_type: QuantType = QuantType.INT8
-    reduce_range: bool = False
+    reduce_range: bool | None = None
     op_types: tuple[str, ...] | None = None
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
@@ -166,6 +170,8 @@ class QuantConfig:
             except ValueError:
                 choices = ", ".join(m.value for m in enum)
                 raise ConfigError(f"{name}={value!r} is not one of: {choices}") from None
+        if self.reduce_range is None:
+            object.__setattr__(self, "reduce_range", saturates_u8s8())
         for name in ("exclude_nodes", "exclude_op_types", "include_nodes"):
             object.__setattr__(self, name, _as_tuple(name, getattr(self, name)))
         if self.op_types is not None:

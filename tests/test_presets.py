@@ -9,6 +9,7 @@ import pytest
 
 import onnxq
 from onnxq import ConfigError, QuantConfig, QuantType, list_presets, preset
+from onnxq.hardware import saturates_u8s8
 
 from conftest import CnnFiles
 
@@ -16,7 +17,7 @@ EXPECTED = {  # name: (activation, weight, reduce_range, per_channel)
     "x86-vnni": (QuantType.UINT8, QuantType.INT8, False, True),
     "x86-avx2": (QuantType.UINT8, QuantType.INT8, True, True),
     "arm64": (QuantType.INT8, QuantType.INT8, False, True),
-    "generic": (QuantType.UINT8, QuantType.INT8, False, True),
+    "generic": (QuantType.UINT8, QuantType.INT8, saturates_u8s8(), True),  # reduce_range follows the host
 }
 
 
@@ -69,7 +70,8 @@ def test_cli_lists_presets(run_cli) -> None:
     (["--target-hw", "x86-avx2", "--no-reduce-range"], "uint8", False, True),
     (["--target-hw", "arm64"], "int8", False, True),
     (["--target-hw", "arm64", "--activation-type", "uint8", "--per-tensor"], "uint8", False, False),
-    ([], "uint8", False, True),
+    ([], "uint8", saturates_u8s8(), True),
+    (["--no-reduce-range"], "uint8", False, True),
     (["--reduce-range"], "uint8", True, True),
 ])
 def test_cli_flags_override_the_preset(run_cli, cnn_files: CnnFiles, tmp_path: Path, flags: list[str],
@@ -86,3 +88,18 @@ def test_cli_flags_override_the_preset(run_cli, cnn_files: CnnFiles, tmp_path: P
 def test_cli_unknown_target_is_a_usage_error(run_cli, cnn_files: CnnFiles, tmp_path: Path) -> None:
     code, _, err = run_cli("quantize", cnn_files.model, "-o", tmp_path / "q.onnx", "--target-hw", "x86-sse")
     assert code == 2 and "x86-sse" in err
+
+
+def test_default_reduce_range_follows_the_host_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxq.config
+    import onnxq.hardware
+
+    monkeypatch.setattr(onnxq.hardware.platform, "machine", lambda: "x86_64")
+    for flags, expected in ((frozenset({"avx2"}), True), (frozenset({"avx2", "avx512_vnni"}), False),
+                            (frozenset({"avx2", "avx_vnni"}), False), (frozenset(), False)):
+        monkeypatch.setattr(onnxq.hardware, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(onnxq.config, "saturates_u8s8", onnxq.hardware.saturates_u8s8)
+        assert QuantConfig().reduce_range is expected
+        assert QuantConfig(reduce_range=False).reduce_range is False
+    monkeypatch.setattr(onnxq.hardware.platform, "machine", lambda: "aarch64")
+    assert QuantConfig().reduce_range is False
