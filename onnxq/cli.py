@@ -281,10 +281,12 @@ def _configure_logging(quiet: bool, debug: bool) -> None:
 
 
 def _check_output_path(output: str, *inputs: str | None) -> None:
+    """Before any work: ``output`` is none of the run's inputs (the model's external-data files
+    included, in any spelling or through links), not a folder, and its folder exists."""
+    from .model import check_not_protected, protected_files
+
     out = Path(output)
-    for path in inputs:
-        if path and Path(output).resolve() == Path(path).resolve():
-            raise ConfigError(f"refusing to overwrite the input {path}: choose another output path")
+    check_not_protected(out, protected_files(*inputs))
     if out.is_dir():
         raise ConfigError(f"output {output} is a directory: give a file name")
     if not out.resolve().parent.is_dir():

@@ -31,6 +31,7 @@ __all__ = [
     "model_hash",
     "model_size",
     "opset_version",
+    "protected_files",
     "save_model",
     "summarize",
 ]
@@ -264,6 +265,7 @@ def save_model(model: onnx.ModelProto, path: _PathLike, *,
         raise ModelError(f"cannot save model to {label}: it is a directory")
     data_name = target.name + ".data"
     data_target = folder / data_name
+    protect = protected_files(*protect)  # the input model's external-data files too
     for guarded in protect:
         if _same_file(target, Path(guarded)):
             raise ModelError(f"refusing to overwrite the input model {os.fspath(guarded)}")
@@ -381,6 +383,50 @@ def _unlink_quietly(path: Path) -> None:
         pass
     except OSError as exc:  # pragma: no cover - e.g. permissions changed under us
         logger.warning("could not remove temporary file '%s': %s", path, exc)
+
+
+def external_data_files(path: _PathLike) -> list[Path]:
+    """The external-data files an ONNX file refers to (inside its folder); ``[]`` for anything else.
+
+    Reads only the graph structure (no tensor data); a file that is not ONNX yields ``[]``.
+    """
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".onnx":
+        return []
+    try:
+        model = onnx.load_model(os.fspath(path), format="protobuf", load_external_data=False)
+    except Exception:  # not ONNX: nothing beyond the file itself to protect
+        return []
+    folder, files = path.resolve().parent, []
+    for tensor in _all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        file = (folder / location).resolve() if location else None
+        if file is not None and folder in file.parents and file not in files:
+            files.append(file)
+    return files
+
+
+def protected_files(*paths: _PathLike | None) -> list[Path]:
+    """``paths`` plus the external-data files of every ONNX model among them: what a run must never
+    overwrite (the input model and its side files, the data it reads)."""
+    out: list[Path] = []
+    for path in paths:
+        if path is None or path == "":
+            continue
+        for item in [Path(path), *external_data_files(path)]:
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def check_not_protected(target: _PathLike, protect: Sequence[_PathLike], what: str = "output") -> None:
+    """Raise ``ModelError`` when ``target`` is one of the protected files (any spelling or link)."""
+    for guarded in protect:
+        if _same_file(Path(target), Path(guarded)):
+            raise ModelError(f"refusing to overwrite the input {os.fspath(guarded)} with the {what} "
+                             "(this run reads it): choose another path")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,81 @@ def _program_examples(program: torch.export.ExportedProgram) -> Any:
     return tuple(args) if len(args) != 1 else args[0]
 
 
+class PickleRefused(Exception):
+    """A .pt2 archive asked to unpickle an object while pickles are not allowed."""
+
+
+@contextlib.contextmanager
+def _no_pickles(allow_pickle: bool) -> Iterator[None]:
+    """While loading a .pt2 archive, refuse every unpickling that could run code from the file.
+
+    ``torch.export.load`` honours a ``use_pickle`` flag inside the archive (``torch.load`` with
+    ``weights_only=False``), falls back to ``weights_only=False`` for sample inputs it cannot read
+    safely, and unpickles custom / opaque constants. Without the opt-in, every ``torch.load`` runs
+    with ``weights_only=True`` (tensors and plain containers only) and the raw unpicklers raise.
+    """
+    if allow_pickle:
+        yield
+        return
+    from torch.export.pt2_archive import _package
+
+    original_load = torch.load
+
+    def safe_load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        try:
+            return original_load(*args, **kwargs)
+        except pickle.UnpicklingError as exc:
+            raise PickleRefused(str(exc).splitlines()[0] if str(exc) else "") from exc
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise PickleRefused("the archive holds a pickled object")
+
+    saved = (torch.load, torch._C._pickle_load_obj, _package.pickle)
+    torch.load = safe_load
+    torch._C._pickle_load_obj = refuse
+    _package.pickle = _RefusingPickle(refuse)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load, torch._C._pickle_load_obj, _package.pickle = saved
+
+
+class _RefusingPickle:
+    """Stands in for the ``pickle`` module inside torch's archive reader."""
+
+    def __init__(self, refuse: Any) -> None:
+        self.loads = self.load = refuse
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(pickle, name)
+
+
+def _load_program(path: Path, *, allow_pickle: bool) -> Any:
+    """``torch.export.load`` with torch's own error logging muted and pickles refused without opt-in."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch_loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export.serde.serialize")]
+        levels = [lg.level for lg in torch_loggers]
+        for lg in torch_loggers:
+            lg.setLevel(logging.ERROR + 10)  # torch logs the traceback before raising
+        try:
+            with _no_pickles(allow_pickle):
+                return torch.export.load(str(path))
+        finally:
+            for lg, level in zip(torch_loggers, levels):
+                lg.setLevel(level)
+
+
+def _caused_by_refusal(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PickleRefused):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def load_file(path: Path, *, allow_pickle: bool = False) -> LoadedModel:
     """Read a PyTorch model file; pickled modules only with ``allow_pickle`` (it runs code).
 
@@ -72,17 +149,13 @@ def load_file(path: Path, *, allow_pickle: bool = False) -> LoadedModel:
         raise AdapterError(f"{path}: no such model file")
     if path.suffix.lower() == ".pt2":
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch_logger = logging.getLogger("torch.export")
-                level = torch_logger.level
-                torch_logger.setLevel(logging.ERROR + 10)  # torch logs the traceback before raising
-                try:
-                    program = torch.export.load(str(path))
-                finally:
-                    torch_logger.setLevel(level)
+            program = _load_program(path, allow_pickle=allow_pickle)
         except Exception as exc:
-            raise AdapterError(f"{name} is not a readable torch.export .pt2 file: {one_line(exc, 160)}") from exc
+            if not _caused_by_refusal(exc):
+                raise AdapterError(f"{name} is not a readable torch.export .pt2 file: {one_line(exc, 160)}") from exc
+            raise AdapterError(f"{name} holds pickled objects (weights, constants or sample inputs) and "
+                               "loading them runs code from the file: pass --allow-pickle (allow_pickle=True) "
+                               "only if you trust it") from exc
         return LoadedModel(program, "exported program", path, _program_examples(program))
     if _is_torchscript(path):
         try:
