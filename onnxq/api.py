@@ -11,15 +11,14 @@ from typing import Any
 
 import onnx
 
-from . import rewrite
+from . import pipelines, rewrite
 from .adapters import adapter_for_data, adapter_for_object, adapter_for_path
-from .calibration.ranges import RangeCache, Ranges
-from .calibration.runner import collect_ranges, range_settings
+from .calibration.ranges import Ranges
 from .config import Mode, QuantConfig
 from .errors import ConfigError
 from .feeds import Dataset, load_data
-from .model import load_model, model_hash, model_size, save_model
-from .plan import QuantPlan, is_transformer, make_plan, refine_plan
+from .model import load_model, model_size, save_model
+from .plan import QuantPlan, make_plan
 from .prepare import prepare
 from .report import Report
 
@@ -68,7 +67,7 @@ def calibrate(model: Any, calibration: Any, *, config: QuantConfig | None = None
     prepared = prepare(float_model, config)
     plan = make_plan(prepared, config, supported_op_types=rewrite.static_op_types())
     data = _dataset(calibration, prepared, config)
-    return _ranges(prepared, plan, data, config, progress=progress, cache_dir=cache_dir)
+    return pipelines.calibrate_ranges(prepared, plan, data, config, progress=progress, cache_dir=cache_dir)
 
 
 def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None = None,
@@ -110,76 +109,68 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         return _pass_through(float_model, export_notes, config, source)
     if qat:  # QAT weights are DequantizeLinear outputs: nothing for SmoothQuant to rescale
         config = config.replace(smooth_alpha=None)
+    _check_data_needs(config, calibration, ranges)
+    input_names = [i.name for i in float_model.graph.input]
+    calibration = resolve_data(calibration, input_names)
+    evaluation = resolve_data(evaluation, input_names)
+    prepared = prepare(float_model, config)
+    # check every data source before any long work starts
+    needs_calibration = (config.mode is Mode.STATIC and (ranges is None or _passes_need_data(config))
+                         or _needs_data(config))
+    calib_data = _dataset(calibration, prepared, config) if needs_calibration else None
+    eval_source = evaluation if evaluation is not None else calibration
+    eval_data = (load_data(eval_source, float_model, batch_size=config.batch_size)
+                 if eval_source is not None else None)
+
+    job = pipelines.Job(prepared, config, calib_data, ranges, qat=qat, progress=progress, cache_dir=cache_dir)
+    built = pipelines.PIPELINES[config.mode](job)
+    plan, quantized = built.plan, built.model
+    notes = list(plan.notes)
+    float_ops: list[Any] = []
+    if config.mode is Mode.STATIC:
+        quantized, float_ops, integer_notes = _integer_steps(quantized, built.ranges, config)
+        notes += integer_notes
+    tuning = None
+    if config.target is not None:  # keep the most harmful nodes float until the target holds
+        from .strict import float_nodes
+        from .tune import tune
+
+        assert built.recipe is not None  # target needs static or dynamic mode (QuantConfig checks it)
+        tuning = tune(float_model, built.recipe.model, plan, quantized, eval_data, config, ranges=built.ranges,
+                      progress=progress, metric=metric, rebuild=built.recipe.build)
+        plan, quantized = tuning.plan, tuning.model
+        float_ops = float_nodes(quantized) if config.mode is Mode.STATIC else []
+    for note in notes:
+        logger.info(note)
+
+    report = _report(float_model, _float_io_view(quantized, config), eval_data, config, plan, notes,
+                     progress=progress, latency=latency, threads=threads)
+    _add_integer_details(report, float_model if qat else None, quantized, float_ops, config)
+    report.passes = [record.to_dict() for record in built.passes]
+    if tuning is not None:
+        tuning.annotate(report)
+    report.notes[:0] = export_notes
+    if evaluation is None and calibration is not None:
+        report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
+    return QuantResult(model=quantized, report=report, plan=plan, ranges=built.ranges, source=source)
+
+
+def _check_data_needs(config: QuantConfig, calibration: Any, ranges: Ranges | None) -> None:
+    """The data a config needs is there (before any export or preparation)."""
     if config.mode is Mode.STATIC and ranges is None and calibration is None:
         raise ConfigError("static quantization needs calibration data (calibration=...) "
                           "or ranges; use mode='dynamic' to quantize without data")
     if _needs_data(config) and calibration is None:
         raise ConfigError("weight_only_algorithm='gptq' needs calibration data (calibration=...); "
                           "rtn and hqq need none")
-    input_names = [i.name for i in float_model.graph.input]
-    calibration = resolve_data(calibration, input_names)
-    evaluation = resolve_data(evaluation, input_names)
-    prepared = prepare(float_model, config)
-    # check every data source before any long work starts
-    needs_calibration = (config.mode is Mode.STATIC and ranges is None) or _needs_data(config)
-    calib_data = _dataset(calibration, prepared, config) if needs_calibration else None
-    eval_source = evaluation if evaluation is not None else calibration
-    eval_data = (load_data(eval_source, float_model, batch_size=config.batch_size)
-                 if eval_source is not None else None)
+    if _passes_need_data(config) and calibration is None:
+        raise ConfigError("bias_correction and weight_rounding='adaptive' need calibration data "
+                          "(calibration=...)")
 
-    if config.mode is Mode.STATIC:
-        plan = make_plan(prepared, config, supported_op_types=rewrite.static_op_types())
-        if qat:
-            from .qat import exclude_qat_nodes
 
-            plan = exclude_qat_nodes(plan, prepared)
-        if ranges is None:
-            assert calib_data is not None  # checked above
-            # SmoothQuant needs the calibration data and changes which tensors need ranges, so it
-            # runs only when we calibrate here (ranges passed in were made for the unsmoothed model)
-            prepared, plan = _smooth(prepared, plan, calib_data, config, progress=progress)
-            if config.io_type is not None:  # integer I/O needs the range of every float input/output
-                from .rewrite.io_types import float_io_tensors
-
-                plan.tensors_to_calibrate += [t for t in float_io_tensors(prepared)
-                                              if t not in plan.tensors_to_calibrate]
-            ranges = _ranges(prepared, plan, calib_data, config, progress=progress, cache_dir=cache_dir)
-        plan = refine_plan(plan, prepared, ranges)
-        if qat:  # the float part only; the model's own Q/DQ stay exactly as they are
-            from .qat import quantize_rest
-
-            quantized = quantize_rest(prepared, plan, ranges, config, rewrite.quantize_static)
-        else:
-            quantized = rewrite.quantize_static(prepared, plan, ranges, config)
-        quantized, float_ops = _integer_steps(quantized, plan, ranges, config)
-    elif config.mode in (Mode.FLOAT16, Mode.WEIGHT_ONLY):  # no activation quantization, no ranges
-        plan, quantized = _convert(prepared, config, calib_data)
-        float_ops = []
-    else:
-        plan = make_plan(prepared, config, supported_op_types=rewrite.dynamic_op_types())
-        quantized = rewrite.quantize_dynamic(prepared, plan, config)
-        float_ops = []
-    tuning = None
-    if config.target is not None:  # issue 5: keep the most harmful nodes float until the target holds
-        from .strict import float_nodes
-        from .tune import tune
-
-        tuning = tune(float_model, prepared, plan, quantized, eval_data, config, ranges=ranges, progress=progress,
-                      metric=metric)
-        plan, quantized = tuning.plan, tuning.model
-        float_ops = float_nodes(quantized) if config.mode is Mode.STATIC else []
-    for note in plan.notes:
-        logger.info(note)
-
-    report = _report(float_model, _float_io_view(quantized, config), eval_data, config, plan,
-                     progress=progress, latency=latency, threads=threads)
-    _add_integer_details(report, float_model if qat else None, quantized, float_ops, config)
-    if tuning is not None:
-        tuning.annotate(report)
-    report.notes[:0] = export_notes
-    if evaluation is None and calibration is not None:
-        report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
-    return QuantResult(model=quantized, report=report, plan=plan, ranges=ranges, source=source)
+def _passes_need_data(config: QuantConfig) -> bool:
+    """Bias correction and adaptive rounding read the calibration data even when ranges are given."""
+    return config.mode is Mode.STATIC and (config.bias_correction or config.weight_rounding == "adaptive")
 
 
 def is_prequantized(model: onnx.ModelProto) -> bool:
@@ -200,20 +191,26 @@ def _pass_through(model: onnx.ModelProto, export_notes: list[str], config: Quant
     return QuantResult(model=model, report=report, plan=plan, ranges=None, source=source)
 
 
-def _integer_steps(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
-                   config: QuantConfig) -> tuple[onnx.ModelProto, list[Any]]:
-    """After the static rewrite: integer-only I/O, then the float-node analysis (strict mode raises)."""
+def _integer_steps(model: onnx.ModelProto, ranges: Ranges | None,
+                   config: QuantConfig) -> tuple[onnx.ModelProto, list[Any], list[str]]:
+    """After the static rewrite: integer-only I/O, then the float-node analysis (strict mode raises).
+
+    Returns:
+        The model, its float compute nodes, and notes for the report.
+    """
     from .rewrite.io_types import integer_io
     from .strict import check_strict, float_nodes
 
+    notes: list[str] = []
     if config.activation_type.bits == 16:
-        plan.notes.append(f"16x8: {config.activation_type.value} activations, int8 weights, opset 21. ONNX "
-                          "Runtime's CPU kernels run 16-bit QDQ in float between Q/DQ: this buys accuracy, "
-                          "not speed.")
+        notes.append(f"16x8: {config.activation_type.value} activations, int8 weights, opset 21. ONNX "
+                     "Runtime's CPU kernels run 16-bit QDQ in float between Q/DQ: this buys accuracy, "
+                     "not speed.")
     if config.io_type is not None:
-        model, notes = integer_io(model, ranges, config.io_type, config.activation_type)
-        plan.notes.extend(notes)
-    return model, (check_strict(model) if config.strict else float_nodes(model))
+        assert ranges is not None
+        model, io_notes = integer_io(model, ranges, config.io_type, config.activation_type)
+        notes.extend(io_notes)
+    return model, (check_strict(model) if config.strict else float_nodes(model)), notes
 
 
 def _float_io_view(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
@@ -245,26 +242,6 @@ def _add_integer_details(report: Report, qat_model: onnx.ModelProto | None, quan
 def _needs_data(config: QuantConfig) -> bool:
     """Weight-only GPTQ reads calibration data (static mode's own need is checked apart)."""
     return config.mode is Mode.WEIGHT_ONLY and config.weight_only_algorithm == "gptq"
-
-
-def _convert(model: onnx.ModelProto, config: QuantConfig,
-             data: Dataset | None) -> tuple[QuantPlan, onnx.ModelProto]:
-    """float16 or weight-only: plan and rewrite (no activation ranges involved)."""
-    if config.mode is Mode.FLOAT16:
-        plan = rewrite.float16_plan(model, config)
-        return plan, rewrite.quantize_float16(model, plan, config)
-    plan = rewrite.weight_only_plan(model, config)
-    return plan, rewrite.quantize_weight_only(model, plan, config, calibration=data)
-
-
-def _smooth(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,
-            progress: bool) -> tuple[onnx.ModelProto, QuantPlan]:
-    """SmoothQuant on transformer graphs (float-equivalent); a no-op when off or not a transformer."""
-    if config.smooth_alpha is None or not (config.transformer_policy and is_transformer(model)):
-        return model, plan
-    from .smooth import smooth
-
-    return smooth(model, plan, data, alpha=config.smooth_alpha, progress=progress)
 
 
 def resolve_model(model: Any, *, example_inputs: Any = None, data: Any = None,
@@ -303,26 +280,8 @@ def _dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Datase
                      shuffle=config.shuffle, seed=config.seed)
 
 
-def _ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,
-            progress: bool, cache_dir: str | os.PathLike[str] | None) -> Ranges:
-    if cache_dir is None:  # hashing the model and every sample is only worth it for the cache
-        return collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
-    cache = RangeCache(cache_dir)
-    key_model, key_data = model_hash(model), data.fingerprint()
-    if key_data is not None:
-        cached = cache.get(key_model, key_data, range_settings(config))
-        if cached is not None and all(t in cached for t in plan.tensors_to_calibrate):
-            logger.info("calibration ranges loaded from the cache")
-            return cached
-    ranges = collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
-    ranges.model_hash, ranges.data_hash = key_model, key_data
-    if key_data is not None:
-        cache.put(ranges)
-    return ranges
-
-
 def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Dataset | None, config: QuantConfig,
-            plan: QuantPlan, *, progress: bool, latency: bool, threads: int | None) -> Report:
+            plan: QuantPlan, notes: list[str], *, progress: bool, latency: bool, threads: int | None) -> Report:
     from .validate import validate
 
     if data is None:
@@ -335,6 +294,6 @@ def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Data
                           threads=threads, progress=progress)
     report.mode = config.mode.value
     report.config = config.to_dict()
-    report.notes = plan.notes + report.notes
+    report.notes = list(notes) + report.notes
     report.float_nodes = plan.float_nodes
     return report

@@ -190,7 +190,8 @@ class TuneResult:
 
 def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPlan, quantized: onnx.ModelProto,
          data: Any, config: QuantConfig, *, ranges: Any = None, progress: bool = False,
-         metric: MetricFn | None = None) -> TuneResult:
+         metric: MetricFn | None = None,
+         rebuild: Callable[[QuantPlan], onnx.ModelProto] | None = None) -> TuneResult:
     """Fall back the most harmful nodes to float until ``config.target`` holds or the budget ends.
 
     Args:
@@ -256,7 +257,8 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
             logger.info("cannot keep %s float without new calibration ranges; skipped", ", ".join(nodes))
             continue
         nodes = [d.name for d in candidate.decisions if d.name in chosen and not d.quantize]
-        plan, quantized = candidate, _rewrite(prepared, candidate, ranges, config)
+        plan = candidate
+        quantized = rebuild(candidate) if rebuild is not None else _rewrite(prepared, candidate, ranges, config)
         value = measure(quantized)
         primary = entry.node if entry.node in nodes else nodes[0]
         steps.append(FallbackStep(step=len(steps), node=primary, op_type=by_name[primary].op_type,

@@ -9,6 +9,7 @@ from builders import cnn_data, encoder_data, fed_by_dequantize, tiny_cnn, tiny_e
 
 import onnxq
 import onnxq.api
+import onnxq.pipelines
 from onnxq import CalibrationMethod, ConfigError, ModelError, QuantConfig
 
 
@@ -112,7 +113,7 @@ def test_calibrate_then_quantize_with_ranges_and_cache(cnn, tmp_path, monkeypatc
     def fail(*args, **kwargs):
         raise AssertionError("calibration ran although the ranges were cached")
 
-    monkeypatch.setattr(onnxq.api, "collect_ranges", fail)
+    monkeypatch.setattr(onnxq.pipelines, "collect_ranges", fail)
     cached = onnxq.calibrate(cnn, cnn_data(32), config=config, cache_dir=tmp_path / "cache")
     assert cached.tensors == ranges.tensors
     result = onnxq.quantize(cnn, config=config, ranges=ranges, evaluation=cnn_data(16), latency=False)

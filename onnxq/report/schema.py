@@ -13,7 +13,8 @@ JSON conventions (``schema_version`` 2; version 1 files still load):
 
 Version history: 2 added ``layers`` (per-layer error, :class:`LayerMetrics`), ``fallback``
 (:class:`FallbackStep`), ``target`` and ``target_met`` (issue 5); a version-1 file loads with
-those empty / ``None``.
+those empty / ``None``. Within version 2, ``passes`` (accuracy-recovery passes, issue 10) was added
+as an optional list; files without it load with it empty.
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ class Report:
         fallback: the steps of the accuracy-driven fallback, step 0 being the first quantization.
         target: the goal of ``QuantConfig.target`` in canonical text (``"cosine>=0.999"``), if any.
         target_met: whether the goal held at the end; ``None`` without a target.
+        passes: what each accuracy-recovery pass did (equalization, bias correction, adaptive
+            rounding), as ``{"name", "summary", "changed", "details", "seconds"}``.
         schema_version: version of this JSON layout.
     """
 
@@ -192,6 +195,7 @@ class Report:
     fallback: list[FallbackStep] = field(default_factory=list)
     target: str | None = None
     target_met: bool | None = None
+    passes: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------- queries
@@ -261,6 +265,7 @@ class Report:
                 fallback=[_step_from_dict(d) for d in data.get("fallback") or []],
                 target=None if data.get("target") is None else str(data["target"]),
                 target_met=None if data.get("target_met") is None else bool(data["target_met"]),
+                passes=[dict(d) for d in data.get("passes") or []],
                 schema_version=SCHEMA_VERSION,
             )
         except (TypeError, ValueError, AttributeError) as exc:
@@ -339,6 +344,8 @@ class Report:
             lines.extend(f"  step {s.step}: " + (f"kept {', '.join(s.nodes or [s.node or ''])} float -> "
                                                   if s.step else "first quantization -> ")
                          + f"{format_number(s.metric_value, '.6g')}" for s in self.fallback)
+        lines.extend(f"pass:     {p.get('name')}: {p.get('summary')} ({float(p.get('seconds') or 0):.1f} s)"
+                     for p in self.passes)
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 

@@ -1,0 +1,266 @@
+"""One small pipeline per mode, and the one build step that the fallback re-uses.
+
+Each pipeline takes a :class:`Job` (the prepared model, the checked data, the config) and returns
+a :class:`Built`: the plan, the quantized model, the ranges, a :class:`Recipe` that rebuilds the
+graph for another plan (the fallback calls it), and what every accuracy pass did. Nothing here
+validates or reports: :mod:`onnxq.api` runs the fallback and validation once on what a pipeline
+returns. Stages return new values; no plan or model is changed after it was built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import onnx
+
+from . import rewrite
+from .calibration.ranges import RangeCache, Ranges
+from .calibration.runner import collect_ranges, range_settings
+from .config import Mode, QuantConfig
+from .feeds import Dataset
+from .model import model_hash
+from .passes import PassRecord
+from .plan import QuantPlan, is_transformer, make_plan, refine_plan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """The inputs every mode pipeline gets, checked before any long work.
+
+    Attributes:
+        prepared: the prepared float model (opset, shapes, ORT basic optimisation).
+        config: the run's configuration.
+        calibration: calibration batches, where the mode needs data.
+        ranges: ranges given by the caller (static mode skips calibration).
+        qat: the model already holds Q/DQ pairs (quantization-aware training).
+        progress: progress bars on stderr.
+        cache_dir: calibration cache folder.
+    """
+
+    prepared: onnx.ModelProto
+    config: QuantConfig
+    calibration: Dataset | None = None
+    ranges: Ranges | None = None
+    qat: bool = False
+    progress: bool = False
+    cache_dir: str | os.PathLike[str] | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to turn a plan into a graph: the fallback rebuilds with the same model, ranges and weights.
+
+    Attributes:
+        model: the float model the plan refers to (smoothed / equalized / bias-corrected).
+        ranges: calibrated ranges (static) or ``None``.
+        config: the run's configuration.
+        weights: node name -> integer weights chosen by adaptive rounding, re-applied to every build
+            in which that node is still quantized with the same scales.
+        qat: rewrite only the float part of a QAT model.
+    """
+
+    model: onnx.ModelProto
+    ranges: Ranges | None
+    config: QuantConfig
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    qat: bool = False
+
+    def build(self, plan: QuantPlan) -> onnx.ModelProto:
+        """The quantized graph of ``plan`` (ORT's rewrite, then the chosen integer weights)."""
+        work = onnx.ModelProto()
+        work.CopyFrom(self.model)  # ORT's quantizers may change their input model
+        if plan.mode != Mode.STATIC.value:
+            return rewrite.quantize_dynamic(work, plan, self.config)
+        if self.qat:  # the float part only; the model's own Q/DQ stay exactly as they are
+            from .qat import quantize_rest
+
+            model = quantize_rest(work, plan, self.ranges, self.config, rewrite.quantize_static)
+        else:
+            model = rewrite.quantize_static(work, plan, self.ranges, self.config)
+        return _apply_weights(model, self.weights)
+
+
+@dataclass
+class Built:
+    """What a mode pipeline produced.
+
+    Attributes:
+        plan: which nodes were quantized, with reasons.
+        model: the quantized model.
+        ranges: the activation ranges used (static mode).
+        recipe: rebuilds the graph for another plan (``None``: the mode has no fallback).
+        passes: what each accuracy pass did.
+    """
+
+    plan: QuantPlan
+    model: onnx.ModelProto
+    ranges: Ranges | None = None
+    recipe: Recipe | None = None
+    passes: list[PassRecord] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------- the pipelines
+
+
+def static(job: Job) -> Built:
+    """Calibrated QDQ: plan -> float passes -> calibration -> plan refinement -> rewrite -> weight passes."""
+    config, model = job.config, job.prepared
+    plan = make_plan(model, config, supported_op_types=rewrite.static_op_types())
+    if job.qat:
+        from .qat import exclude_qat_nodes
+
+        plan = exclude_qat_nodes(plan, model)
+    passes: list[PassRecord] = []
+    ranges = job.ranges
+    if ranges is None:
+        assert job.calibration is not None  # api.quantize checked it
+        # float-equivalent passes change which values the tensors take: they run before calibration,
+        # and only when we calibrate here (ranges passed in were made for the unchanged model)
+        model, plan = _smooth(model, plan, job)
+        model = _equalize(model, job, passes)
+        if config.io_type is not None:  # integer I/O needs the range of every float input/output
+            from .rewrite.io_types import float_io_tensors
+
+            plan = replace(plan, tensors_to_calibrate=plan.tensors_to_calibrate + [
+                t for t in float_io_tensors(model) if t not in plan.tensors_to_calibrate])
+        ranges = calibrate_ranges(model, plan, job.calibration, config, progress=job.progress,
+                                  cache_dir=job.cache_dir)
+    plan = refine_plan(plan, model, ranges)
+    recipe = Recipe(model, ranges, config, qat=job.qat)
+    if job.calibration is not None and not job.qat:
+        recipe = _correct_biases(recipe, plan, job, passes)
+        recipe = _round_weights(recipe, plan, job, passes)
+    return Built(plan, recipe.build(plan), ranges, recipe, passes)
+
+
+def dynamic(job: Job) -> Built:
+    """Int8 weights, activations quantized by ORT at run time: no data, no ranges."""
+    plan = make_plan(job.prepared, job.config, supported_op_types=rewrite.dynamic_op_types())
+    recipe = Recipe(job.prepared, None, job.config)
+    return Built(plan, recipe.build(plan), None, recipe)
+
+
+def float16(job: Job) -> Built:
+    """float16 weights and activations through ORT's converter (no fallback: nothing is calibrated)."""
+    plan = rewrite.float16_plan(job.prepared, job.config)
+    return Built(plan, rewrite.quantize_float16(job.prepared, plan, job.config))
+
+
+def weight_only(job: Job) -> Built:
+    """Block-wise int4/int8 MatMul weights (MatMulNBits); GPTQ reads the calibration data."""
+    plan = rewrite.weight_only_plan(job.prepared, job.config)
+    return Built(plan, rewrite.quantize_weight_only(job.prepared, plan, job.config, calibration=job.calibration))
+
+
+PIPELINES: dict[Mode, Callable[[Job], Built]] = {
+    Mode.STATIC: static, Mode.DYNAMIC: dynamic, Mode.FLOAT16: float16, Mode.WEIGHT_ONLY: weight_only,
+}
+
+
+# ------------------------------------------------------------------------------- calibration
+
+
+def calibrate_ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,
+                     progress: bool, cache_dir: str | os.PathLike[str] | None) -> Ranges:
+    """The ranges of ``plan.tensors_to_calibrate``, from the cache when it holds them."""
+    if cache_dir is None:  # hashing the model and every sample is only worth it for the cache
+        return collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
+    cache = RangeCache(cache_dir)
+    key_model, key_data = model_hash(model), data.fingerprint()
+    if key_data is not None:
+        cached = cache.get(key_model, key_data, range_settings(config))
+        if cached is not None and all(t in cached for t in plan.tensors_to_calibrate):
+            logger.info("calibration ranges loaded from the cache")
+            return cached
+    ranges = collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
+    ranges.model_hash, ranges.data_hash = key_model, key_data
+    if key_data is not None:
+        cache.put(ranges)
+    return ranges
+
+
+# ------------------------------------------------------------------------------- the passes
+
+
+def _smooth(model: onnx.ModelProto, plan: QuantPlan, job: Job) -> tuple[onnx.ModelProto, QuantPlan]:
+    """SmoothQuant on transformer graphs (float-equivalent); a no-op when off or not a transformer."""
+    config = job.config
+    if job.qat:  # QAT weights are DequantizeLinear outputs: nothing for SmoothQuant to rescale
+        return model, plan
+    if config.smooth_alpha is None or not (config.transformer_policy and is_transformer(model)):
+        return model, plan
+    from .smooth import smooth
+
+    return smooth(model, plan, job.calibration, alpha=config.smooth_alpha, progress=job.progress)
+
+
+def _equalize(model: onnx.ModelProto, job: Job, passes: list[PassRecord]) -> onnx.ModelProto:
+    """Cross-layer equalization (float-equivalent) before calibration, when the config asks for it."""
+    if not job.config.equalization or job.qat:
+        return model
+    from .passes.equalize import equalize
+
+    model, record = _timed(lambda: equalize(model, data=job.calibration))
+    passes.append(record)
+    return model
+
+
+def _correct_biases(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassRecord]) -> Recipe:
+    """Fold the quantized weights' expected output error into the float biases."""
+    if not job.config.bias_correction:
+        return recipe
+    from .passes.bias_correction import correct_biases
+
+    model, record = _timed(lambda: correct_biases(recipe.model, job.calibration, _builder(recipe, plan),
+                                                  progress=job.progress))
+    passes.append(record)
+    return replace(recipe, model=model)
+
+
+def _round_weights(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassRecord]) -> Recipe:
+    """Adaptive rounding: integer weights chosen on the calibration data, kept for every rebuild."""
+    if job.config.weight_rounding != "adaptive":
+        return recipe
+    from .passes.adaround import adaround
+    from .rewrite.weights import read_quantized_weights
+
+    nearest = recipe.build(plan)
+    rounded, record = _timed(lambda: adaround(recipe.model, nearest, job.calibration,
+                                              time_budget_s=job.config.rounding_seconds, progress=job.progress))
+    weights = {node: w.q for node, w in read_quantized_weights(rounded).items()}
+    passes.append(record)
+    return replace(recipe, weights=weights)
+
+
+def _builder(recipe: Recipe, plan: QuantPlan) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
+    """``model -> quantized model`` with the recipe's ranges and config, for passes that re-quantize."""
+    return lambda model: replace(recipe, model=model).build(plan)
+
+
+def _timed(run: Callable[[], tuple[Any, PassRecord]]) -> tuple[Any, PassRecord]:
+    start = time.perf_counter()
+    value, record = run()
+    if not record.seconds:
+        record.seconds = time.perf_counter() - start
+    logger.info("%s: %s (%.1f s)", record.name, record.summary, record.seconds)
+    return value, record
+
+
+def _apply_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Put chosen integer weights back into a rebuilt graph, where the node is quantized as before."""
+    if not weights:
+        return model
+    from .rewrite.weights import read_quantized_weights, replace_quantized_weights
+
+    current = read_quantized_weights(model)
+    new = {w.initializer: weights[node] for node, w in current.items()
+           if node in weights and weights[node].shape == w.q.shape and weights[node].dtype == w.q.dtype}
+    return replace_quantized_weights(model, new) if new else model
