@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib", metavar="DATA", help="calibration data: .npz, folder of .npy/.npz, or an ONNX "
                    "test_data_set folder (keys = input names, first axis = samples)")
     q.add_argument("--method", choices=[m.value for m in CalibrationMethod], default="minmax",
-                   help="range estimator: minmax (default), entropy (KL divergence), percentile, mse")
+                   help="range estimator: minmax (default), entropy (KL divergence), percentile, mse, or auto "
+                        "(per tensor, the one of these that best preserves the tensor's consumers)")
     q.add_argument("--percentile", type=float, default=99.999, metavar="P",
                    help="percentile of values kept by --method percentile (default 99.999)")
     q.add_argument("--bins", type=int, default=2048, help="histogram bins for entropy/percentile/mse (default 2048)")
@@ -94,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "float (needs --calib); existing Q/DQ stay untouched. Default: pass it through unchanged")
     q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                    help="7-bit weights (AVX2 CPUs without VNNI); --no-reduce-range overrides a preset")
+    q.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None, dest="equalize",
+                   help="static: cross-layer equalization of Conv/Gemm pairs before calibration (float-equivalent; "
+                        "pairs through Relu6/Clip are skipped)")
+    q.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="static: fold the quantized weights' expected output error, measured on --calib, into the "
+                        "biases")
+    q.add_argument("--rounding", choices=["nearest", "adaptive"], default=None,
+                   help="static: weight rounding: nearest (default) or adaptive (AdaRound, layer by layer on --calib; "
+                        "takes minutes on a large CNN, see --rounding-seconds)")
+    q.add_argument("--rounding-seconds", type=float, default=None, metavar="S",
+                   help="time budget of --rounding adaptive; layers not reached keep nearest rounding")
     q.add_argument("--op-types", nargs="+", metavar="OP", help="quantize only these op types")
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME_OR_GLOB",
                    help="node names or glob patterns to keep in float")
@@ -231,7 +243,9 @@ def _preset_names() -> list[str]:
 _OPTIONAL_FIELDS = {"per_channel": "per_channel", "activation_type": "activation_type",
                     "reduce_range": "reduce_range", "weight_bits": "bits", "block_size": "block_size",
                     "weight_only_algorithm": "algorithm", "weight_only_symmetric": "symmetric",
-                    "float16_keep_io_types": "keep_io_types"}
+                    "float16_keep_io_types": "keep_io_types", "equalization": "equalize",
+                    "bias_correction": "bias_correction", "weight_rounding": "rounding",
+                    "rounding_seconds": "rounding_seconds"}
 
 
 def _config(args: argparse.Namespace, **fields: object) -> QuantConfig:
