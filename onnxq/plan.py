@@ -162,6 +162,23 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types
     return set_calibration_targets(plan, model)
 
 
+def user_choice(node: onnx.NodeProto, config: QuantConfig) -> str | None:
+    """Why the user's selection keeps ``node`` out of the conversion, or ``None`` when it does not.
+
+    The one selection policy of every mode: ``exclude_op_types``, ``exclude_nodes``, ``keep_float``
+    (names or globs) and the ``include_nodes`` list.
+    """
+    if node.op_type in config.exclude_op_types:
+        return "op type excluded by the user"
+    if matches(node.name, config.exclude_nodes):
+        return "excluded by the user"
+    if matches(node.name, config.keep_float):
+        return "pinned to float by the user (keep_float)"
+    if config.include_nodes and not matches(node.name, config.include_nodes):
+        return "not in the user's include list"
+    return None
+
+
 def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], supported: set[str],
             constants: set[str], transformer: bool) -> NodeDecision:
     def decision(quantize: bool, reason: str) -> NodeDecision:
@@ -174,12 +191,9 @@ def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], suppo
     if node.op_type not in op_types:
         policy = "transformer policy: stays float" if transformer else "op type not selected"
         return decision(False, policy)
-    if matches(node.name, config.exclude_nodes):
-        return decision(False, "excluded by the user")
-    if matches(node.name, config.keep_float):
-        return decision(False, "pinned to float by the user (keep_float)")
-    if config.include_nodes and not matches(node.name, config.include_nodes):
-        return decision(False, "not in the user's include list")
+    reason = user_choice(node, config)
+    if reason is not None:
+        return decision(False, reason)
     if transformer and node.op_type in _WEIGHT_INPUT and node.input[_WEIGHT_INPUT[node.op_type]] not in constants:
         reason = ("activation x activation product (attention scores): stays float" if node.op_type != "Gather"
                   else "gathers from an activation, not a weight table: stays float")

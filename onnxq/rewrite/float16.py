@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from ..config import QuantConfig
 from ..errors import QuantizationError
-from ..plan import NodeDecision, QuantPlan, matches
+from ..plan import NodeDecision, QuantPlan, user_choice
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +53,14 @@ def float16_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         def decision(convert: bool, reason: str, node: onnx.NodeProto = node) -> NodeDecision:
             return NodeDecision(node.name, node.op_type, convert, reason)
 
+        chosen = user_choice(node, config)
         if node.op_type in user_ops:
             decisions.append(decision(False, "op type in the user's float16 block list: stays float32"))
         elif node.op_type in defaults:
             decisions.append(decision(False, "op type in the default float16 block list (no float16 kernel "
                                              "or overflows float16): stays float32"))
-        elif matches(node.name, config.exclude_nodes):
-            decisions.append(decision(False, "excluded by the user: stays float32"))
-        elif config.include_nodes and not matches(node.name, config.include_nodes):
-            decisions.append(decision(False, "not in the user's include list: stays float32"))
+        elif chosen is not None:
+            decisions.append(decision(False, f"{chosen}: stays float32"))
         else:
             decisions.append(decision(True, "float16"))
     blocked = [d for d in decisions if not d.quantize]

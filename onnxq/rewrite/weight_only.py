@@ -29,7 +29,7 @@ import onnx
 
 from ..config import QuantConfig
 from ..errors import ConfigError, QuantizationError
-from ..plan import NodeDecision, QuantPlan, constant_names, matches
+from ..plan import NodeDecision, QuantPlan, constant_names, user_choice
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +55,11 @@ def weight_only_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
                      candidate: bool = candidate) -> NodeDecision:
             return NodeDecision(node.name, node.op_type, quantize, reason, candidate)
 
+        chosen = user_choice(node, config) if candidate else None
         if not candidate:
             decisions.append(decision(False, "op type not quantizable in weight-only mode"))
-        elif node.op_type in config.exclude_op_types:
-            decisions.append(decision(False, "op type excluded by the user"))
-        elif matches(node.name, config.exclude_nodes):
-            decisions.append(decision(False, "excluded by the user"))
-        elif config.include_nodes and not matches(node.name, config.include_nodes):
-            decisions.append(decision(False, "not in the user's include list"))
+        elif chosen is not None:
+            decisions.append(decision(False, chosen))
         elif node.input[1] not in initializers:
             reason = ("weight is computed in the graph, not an initializer" if node.input[1] in constants
                       else "activation x activation product (no constant weight)")
