@@ -5,9 +5,10 @@ here hand both to ONNX Runtime's quantizers and return the rewritten model in me
 """
 
 from .float16 import float16_plan, float32_facade, quantize_float16
+from .keep_float import keep_float_at_runtime
 from .qdq import dynamic_op_types, preprocess, quantize_dynamic, quantize_static, static_op_types, tensors_data
 from .weight_only import quantize_weight_only, weight_only_plan
 
 __all__ = ["dynamic_op_types", "preprocess", "quantize_dynamic", "quantize_static", "static_op_types",
            "tensors_data", "float16_plan", "float32_facade", "quantize_float16", "quantize_weight_only",
-           "weight_only_plan"]
+           "weight_only_plan", "keep_float_at_runtime"]

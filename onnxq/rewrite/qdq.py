@@ -24,6 +24,7 @@ from ..config import QuantConfig
 from ..config import QuantType as OnnxqQuantType
 from ..errors import QuantizationError
 from ..plan import QuantPlan
+from .keep_float import keep_float_at_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
         list(plan.op_types),
         extra_options,
     )
-    return _run(quantizer, "static")
+    quantized = _run(quantizer, "static")
+    keep_float_at_runtime(quantized)  # else ORT re-quantizes float Conv/Gemm weights at session creation
+    return quantized
 
 
 def quantize_dynamic(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfig) -> onnx.ModelProto:
