@@ -22,13 +22,16 @@ Metrics (the ``--metric`` of ``onnxq compare``) and when an output passes:
 ``accuracy-drop``   float accuracy minus quantized accuracy, in percentage points,
                     ``<= threshold`` (e.g. 0.5); same output as ``accuracy``
 ==================  =============================================================================
+
+The names, directions and units are those of the one registry, :mod:`onnxq.metrics`; the API also
+takes their ``_`` spellings and aliases (``accuracy_drop``, ``min_cosine``, ``sqnr_db``), so the
+metric and value of a ``QuantConfig.target`` (``metrics.parse_target``) gate the same way here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -41,50 +44,20 @@ import numpy as np
 
 from ._atomic import write_text_atomic
 from .errors import ConfigError, DataError
+from .feeds import load_data
+from .metrics import Metric, get_metric
+from .model import load_model
 from .report.schema import OutputMetrics, Report, _jsonable, _to_float, _to_optional_float, format_number
+from .validate import validate
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["METRICS", "Comparison", "Metric", "OutputCheck", "check_report", "compare"]
 
 
-@dataclass(frozen=True)
-class Metric:
-    """One metric a comparison can gate on.
-
-    Attributes:
-        name: the name used by the CLI and the API (``"cosine"``, ``"max-abs"`` ...).
-        field: the :class:`~onnxq.report.schema.OutputMetrics` field, or ``None`` for the
-            accuracy metrics, which come from the report's accuracies.
-        higher_is_better: pass when ``value >= threshold`` (else ``value <= threshold``).
-        unit: how the value is expressed, for messages.
-    """
-
-    name: str
-    field: str | None
-    higher_is_better: bool
-    unit: str = ""
-
-    @property
-    def operator(self) -> str:
-        """``">="`` or ``"<="``: how a passing value relates to the threshold."""
-        return ">=" if self.higher_is_better else "<="
-
-
-#: The metrics :func:`compare` accepts, by name.
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("cosine", "cosine", True),
-    Metric("min-cosine", "min_cosine", True),
-    Metric("sqnr", "sqnr_db", True, " dB"),
-    Metric("max-abs", "max_abs_error", False),
-    Metric("mean-abs", "mean_abs_error", False),
-    Metric("top1", "top1_agreement", True),
-    Metric("accuracy", None, True),
-    Metric("accuracy-drop", None, False, " points"),
-)}
-
-
-_FRACTIONS = frozenset({"cosine", "min-cosine", "top1", "accuracy"})
+#: The metrics :func:`compare` gates on, by their command-line names (entries of :mod:`onnxq.metrics`).
+METRICS: dict[str, Metric] = {m.cli_name: m for m in map(get_metric, (
+    "cosine", "min_cosine", "sqnr", "max_abs", "mean_abs", "top1", "accuracy", "accuracy_drop"))}
 
 
 @dataclass
@@ -93,7 +66,7 @@ class OutputCheck:
 
     Attributes:
         output: the graph output name.
-        metric: the metric name (a key of :data:`METRICS`).
+        metric: the metric's command-line name (a key of :data:`METRICS`).
         value: the measured value; ``None`` when the metric does not apply to this output.
         threshold: the threshold it was checked against.
         passed: ``True``/``False``; ``None`` when skipped (the metric does not apply).
@@ -113,7 +86,7 @@ class Comparison:
     """The result of :func:`compare`: one verdict per output plus the full validation report.
 
     Attributes:
-        metric: the metric name.
+        metric: the metric's command-line name (a key of :data:`METRICS`).
         threshold: the threshold.
         checks: one verdict per output, in the float model's output order.
         report: the validation report the verdicts were taken from.
@@ -145,7 +118,7 @@ class Comparison:
 
     def format(self) -> str:
         """One line per output (``PASS``/``FAIL``/``SKIP``) and a verdict line."""
-        metric = METRICS[self.metric]
+        metric = get_metric(self.metric)
         lines = []
         for c in self.checks:
             tag = "SKIP" if c.passed is None else "PASS" if c.passed else "FAIL"
@@ -215,7 +188,7 @@ class Comparison:
                                                    "timestamp": self.timestamp})
         props = ET.SubElement(suite, "properties")
         for key, value in (("metric", self.metric), ("threshold", _fmt(self.threshold)),
-                           ("operator", METRICS[self.metric].operator), ("float_model", self.float_model),
+                           ("operator", get_metric(self.metric).operator), ("float_model", self.float_model),
                            ("quant_model", self.quant_model), ("samples", self.report.samples)):
             if value is not None:
                 ET.SubElement(props, "property", {"name": key, "value": str(value)})
@@ -247,7 +220,8 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
         quant_model: the quantized model, or a path to it.
         data: evaluation data (anything :func:`onnxq.feeds.load_data` accepts; a ``labels`` key
             of an ``.npz`` supplies labels).
-        metric: a key of :data:`METRICS` (see the module docstring for the pass rules).
+        metric: a key of :data:`METRICS` or its ``_`` spelling (see the module docstring for the
+            pass rules).
         threshold: the threshold (a fraction for ``cosine``/``top1``/``accuracy``, dB for
             ``sqnr``, percentage points for ``accuracy-drop``).
         labels: class labels for the accuracy metrics when ``data`` has none: an array, or a
@@ -266,17 +240,14 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
             value for the metric.
         ModelError: the models cannot be compared.
     """
-    from .feeds import load_data
-    from .model import load_model
-    from .validate import validate
-
-    check_metric(metric, threshold)
+    spec = check_metric(metric, threshold)
+    metric = spec.cli_name
     started = time.perf_counter()
     float_proto = load_model(float_model, check=False)
     dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
     if labels is not None:
         dataset = _Labelled(dataset, _read_labels(labels), limited=limit is not None)
-    elif METRICS[metric].field is None and not dataset.has_labels:
+    elif spec.needs_labels and not dataset.has_labels:
         raise DataError(f"--metric {metric} needs labels: add a 'labels' array to the data file "
                         "or pass --labels FILE.npy")
     del float_proto
@@ -284,25 +255,26 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
     comparison = Comparison(metric=metric, threshold=float(threshold), checks=check_report(report, metric, threshold),
                             report=report, float_model=_path_or_none(float_model),
                             quant_model=_path_or_none(quant_model), seconds=time.perf_counter() - started)
-    logger.debug("compare %s %s %s: %s", metric, METRICS[metric].operator, threshold,
+    logger.debug("compare %s %s %s: %s", metric, spec.operator, threshold,
                  "passed" if comparison.passed else "failed")
     return comparison
 
 
 def check_metric(metric: str, threshold: float) -> Metric:
-    """Return the :class:`Metric` named ``metric``.
+    """Return the :class:`~onnxq.metrics.Metric` named ``metric`` (any spelling of :data:`METRICS`).
 
     Raises:
-        ConfigError: unknown metric, or a threshold that is not a finite number.
+        ConfigError: unknown metric, one compare cannot gate on, or a threshold that is not a
+            finite number (or a fraction above 1).
     """
-    if metric not in METRICS:
+    try:
+        spec = get_metric(metric)
+    except ConfigError:
+        spec = None
+    if spec is None or spec.cli_name not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
-    if metric in _FRACTIONS and not -1.0 <= threshold <= 1.0:
-        raise ConfigError(f"the {metric} threshold is a fraction (at most 1), got {threshold}"
-                          + (f"; did you mean {threshold / 100:g}?" if 1.0 < threshold <= 100.0 else ""))
-    return METRICS[metric]
+    spec.check_threshold(threshold)
+    return spec
 
 
 def check_report(report: Report, metric: str, threshold: float) -> list[OutputCheck]:
@@ -317,31 +289,30 @@ def check_report(report: Report, metric: str, threshold: float) -> list[OutputCh
             ``accuracy`` without labels).
     """
     spec = check_metric(metric, threshold)
+    metric = spec.cli_name
     checks: list[OutputCheck] = []
-    if spec.field is not None:
-        values = {o.name: getattr(o, spec.field) for o in report.outputs}
+    if spec.kind == "output":
+        values = {o.name: spec.output_value(o) for o in report.outputs}
         why_none = "not class scores [N, C]"
     else:
         scored = next((o.name for o in report.outputs if o.top1_agreement is not None), None)
-        accuracy = _accuracy_value(report, metric)
+        accuracy = spec.report_value(report)
         values = {o.name: (accuracy if o.name == scored else None) for o in report.outputs}
         why_none = "not the scored class-score output"
     if all(v is None for v in values.values()):
         raise DataError(f"no output has a value for metric {metric!r}"
                         + (" (needs an output of class scores [N, C])" if metric == "top1" else
-                           " (needs labels and an output of class scores [N, C])" if spec.field is None else ""))
+                           " (needs labels and an output of class scores [N, C])" if spec.needs_labels else ""))
     for name, value in values.items():
         if value is None:
             checks.append(OutputCheck(name, metric, None, float(threshold), None,
                                       f"{name}: {metric} not applicable ({why_none})"))
             continue
-        value = float(value)
-        ok = (value >= threshold) if spec.higher_is_better else (value <= threshold)
-        ok = bool(ok) and not math.isnan(value)
+        ok = spec.passes(value, threshold)
         relation = spec.operator if ok else ("<" if spec.higher_is_better else ">")
         checks.append(OutputCheck(name, metric, value, float(threshold), ok,
-                                  f"{name}: {metric} {_fmt(value)}{spec.unit} {relation} threshold "
-                                  f"{_fmt(threshold)}{spec.unit}"))
+                                  f"{name}: {metric} {_fmt(value)}{spec.suffix} {relation} threshold "
+                                  f"{_fmt(threshold)}{spec.suffix}"))
     return checks
 
 
@@ -392,16 +363,6 @@ def _read_labels(labels: Any) -> np.ndarray:
         if len(keys) == 1:
             return loaded[keys[0]]
     raise DataError(f"{path} holds {keys}: name the labels array 'labels'")
-
-
-def _accuracy_value(report: Report, metric: str) -> float | None:
-    if report.quant_accuracy is None:
-        return None
-    if metric == "accuracy":
-        return report.quant_accuracy
-    if report.float_accuracy is None:
-        return None
-    return 100.0 * (report.float_accuracy - report.quant_accuracy)
 
 
 def _metrics_text(metrics: OutputMetrics | None, report: Report) -> str:

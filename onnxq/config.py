@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .hardware import saturates_u8s8
+from .metrics import parse_target
 
 
 class Mode(str, Enum):
@@ -224,8 +225,6 @@ class QuantConfig:
             raise ConfigError(f"max_tune_seconds must be > 0 or None, got {self.max_tune_seconds!r}")
         if self.target is None:
             return
-        from .tune import parse_target
-
         object.__setattr__(self, "target", str(parse_target(self.target)))
         if self.mode not in (Mode.STATIC, Mode.DYNAMIC):
             raise ConfigError(f"target needs mode='static' or 'dynamic', not mode={self.mode.value!r}")

@@ -24,8 +24,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .compare import METRICS, check_metric
 from .errors import ConfigError
+from .feeds import load_data
+from .metrics import METRICS, get_metric
+from .model import load_model
+from .report.schema import format_number
+from .runtime import create_session, run
+from .validate import OutputAccumulator, check_same_io, is_class_scores
 
 __all__ = ["assert_quantized_close"]
 
@@ -45,8 +50,9 @@ def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str]
         quant_model: the quantized model, or a path to it.
         data: evaluation data (anything :func:`onnxq.feeds.load_data` accepts).
         metric: ``cosine`` (mean per-sample cosine >= threshold), ``min-cosine``, ``sqnr`` (dB,
-            >=), ``max-abs`` (<=), ``mean-abs`` (<=) or ``top1`` (fraction of agreeing argmax,
-            >=, class-score outputs only). See :mod:`onnxq.compare`.
+            >=), ``max-abs`` (<=), ``mean-abs`` (<=), ``top1`` (fraction of agreeing argmax, >=,
+            class-score outputs only) or ``top5`` (float top-1 within the quantized top 5, >=);
+            names, spellings and directions of :mod:`onnxq.metrics`.
         threshold: the threshold on the aggregate value.
         outputs: output names to check; default: every output the metric applies to.
         batch_size: samples per batch.
@@ -61,15 +67,12 @@ def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str]
             :func:`onnxq.compare.compare` with labels), or no output the metric applies to.
         DataError, ModelError: the data or the models do not fit.
     """
-    from .feeds import load_data
-    from .model import load_model
-    from .runtime import create_session, run
-    from .validate import OutputAccumulator, check_same_io, is_class_scores
-
-    spec = check_metric(metric, threshold)
-    if spec.field is None:
+    spec = get_metric(metric)
+    if spec.kind != "output":
         raise ConfigError(f"assert_quantized_close compares outputs, not task accuracy; for {metric!r} "
                           "use onnxq.compare.compare(..., labels=...)")
+    spec.check_threshold(threshold)
+    metric = spec.cli_name
     float_proto = load_model(float_model, check=False)
     quant_proto = load_model(quant_model, check=False)
     check_same_io(float_proto, quant_proto)
@@ -97,11 +100,11 @@ def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str]
             n = max(n, ref.shape[0] if ref.ndim else 1)
             if name not in usable:
                 continue
-            if ref.dtype.kind not in "biuf" or (metric == "top1" and not is_class_scores(ref)):
+            if ref.dtype.kind not in "biuf" or (spec.name in ("top1", "top5") and not is_class_scores(ref)):
                 usable.discard(name)
                 continue
             accumulators[name].update(ref, cand)
-            worst[name].update(offset, *_per_sample(metric, ref, cand))
+            worst[name].update(offset, *_per_sample(spec.name, ref, cand))
         offset += n
         del float_out, quant_out
 
@@ -110,24 +113,22 @@ def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str]
     for name in names:
         if name not in usable:
             continue
-        value = getattr(accumulators[name].result(), spec.field)
+        value = spec.output_value(accumulators[name].result())
         if value is None:
             continue
-        value = float(value)
         values[name] = value
-        ok = value >= threshold if spec.higher_is_better else value <= threshold
-        if ok and not math.isnan(value):
+        if spec.passes(value, threshold):
             continue
         relation = "<" if spec.higher_is_better else ">"
-        misses.append(f"output {name!r}: {metric} {_fmt(value)}{spec.unit} {relation} threshold "
-                      f"{_fmt(threshold)}{spec.unit} over {accumulators[name].samples} samples; "
-                      f"worst sample #{worst[name].describe(metric, spec.unit)}")
+        misses.append(f"output {name!r}: {metric} {_fmt(value)}{spec.suffix} {relation} threshold "
+                      f"{_fmt(threshold)}{spec.suffix} over {accumulators[name].samples} samples; "
+                      f"worst sample #{worst[name].describe(metric, spec.suffix)}")
     if not values:
         raise ConfigError(f"no output to check with metric {metric!r}"
-                          + (" (top1 needs class scores [N, C])" if metric == "top1" else ""))
+                          + (f" ({metric} needs class scores [N, C])" if spec.name in ("top1", "top5") else ""))
     if misses:
         header = (f"quantized model is not close enough to the float model "
-                  f"({metric} {spec.operator} {_fmt(threshold)}{spec.unit} required):")
+                  f"({metric} {spec.operator} {_fmt(threshold)}{spec.suffix} required):")
         raise AssertionError("\n".join([header, *("  " + m for m in misses)]))
     return values
 
@@ -166,8 +167,13 @@ def _worse(value: float, current: float, higher_is_better: bool) -> bool:
 
 
 def _per_sample(metric: str, ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
-    """The metric of each sample of one batch (axis 0 = samples), plus details for top-1."""
+    """The metric (canonical name) of each sample of one batch (axis 0 = samples), plus class details."""
     n = ref.shape[0] if ref.ndim else 1
+    if metric == "top5":
+        ref_class = np.argmax(ref, axis=1)
+        top5 = np.argsort(-cand, axis=1, kind="stable")[:, :5]
+        details = [f"float class {int(r)}, quantized top 5 {[int(c) for c in t]}" for r, t in zip(ref_class, top5)]
+        return (top5 == ref_class[:, None]).any(axis=1).astype(np.float64), details
     if metric == "top1":
         ref_class = np.argmax(ref, axis=1)
         cand_class = np.argmax(cand, axis=1)
@@ -176,9 +182,9 @@ def _per_sample(metric: str, ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndar
     r = ref.astype(np.float64).reshape(n, -1)
     c = cand.astype(np.float64).reshape(n, -1)
     diff = r - c
-    if metric == "max-abs":
+    if metric == "max_abs":
         return (np.abs(diff).max(axis=1) if diff.shape[1] else np.zeros(n)), None
-    if metric == "mean-abs":
+    if metric == "mean_abs":
         return (np.abs(diff).mean(axis=1) if diff.shape[1] else np.zeros(n)), None
     rr = np.einsum("ij,ij->i", r, r)
     noise = np.einsum("ij,ij->i", diff, diff)
@@ -200,10 +206,8 @@ def _source(original: Any, proto: onnx.ModelProto) -> Any:
 
 
 def _fmt(value: float) -> str:
-    from .report.schema import format_number
-
     return format_number(value, ".6g")
 
 
-# the metrics this helper accepts (for documentation and tests)
-SUPPORTED_METRICS = tuple(name for name, m in METRICS.items() if m.field is not None)
+# the metrics this helper accepts, by their command-line names (for documentation and tests)
+SUPPORTED_METRICS = tuple(m.cli_name for m in METRICS.values() if m.kind == "output")

@@ -21,102 +21,41 @@ without it), when their nodes are float already, or when their error is zero. Ea
 even if it did not improve the metric (greedy, in ranked order), and recorded as a
 :class:`~onnxq.report.schema.FallbackStep`.
 
-Targets (``metric op value``; the worst output counts):
-
-* ``cosine`` / ``min_cosine`` — mean / worst-sample cosine to the float output (``>=``);
-* ``sqnr`` — SQNR in dB (``>=``);
-* ``top1`` — top-1 agreement with the float model on class-score outputs, a fraction or ``99%``;
-* ``accuracy_drop`` — float accuracy minus quantized accuracy in points (``<=``); needs labels.
+Targets (``metric op value``; the worst output counts) use the names of :mod:`onnxq.metrics`,
+where they are parsed: ``cosine`` / ``min_cosine``, ``sqnr`` (dB), ``max_abs`` / ``mean_abs``,
+``top1`` / ``top5`` (agreement with the float model, a fraction or ``99%``), ``accuracy`` (absolute,
+a fraction; needs labels), ``accuracy_drop`` (points; needs labels), ``metric`` / ``metric_drop``
+(the user's metric function).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, field, replace
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import onnx
 
 from .config import Mode, QuantConfig
 from .errors import ConfigError
+from .metrics import MetricFn, Target, parse_target, worst_value
 from .plan import NodeDecision, QuantPlan, matches, set_calibration_targets
 from .report.schema import FallbackStep, LayerMetrics, Report
+from .runtime import create_session, run
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Target", "TuneResult", "parse_target", "tune"]
 
-#: metric -> (direction, aliases); direction +1: higher is better.
-_METRICS = {"cosine": 1, "min_cosine": 1, "sqnr": 1, "top1": 1, "accuracy_drop": -1,
-            "metric": 1, "metric_drop": -1}  # metric*: the user's metric function
-_ALIASES = {"sqnr_db": "sqnr", "top1_agreement": "top1", "cos": "cosine", "accuracy": "accuracy_drop",
-            "acc_drop": "accuracy_drop"}
-_PATTERN = re.compile(r"^\s*([A-Za-z][\w\-]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(%?)\s*$")
-_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
-
 FALLBACK_REASON = "kept float by the accuracy fallback"
-
-
-@dataclass(frozen=True)
-class Target:
-    """A parsed accuracy goal, e.g. ``Target("cosine", ">=", 0.999)``."""
-
-    metric: str
-    op: str
-    value: float
-
-    def holds(self, value: float) -> bool:
-        """Whether a measured ``value`` meets the goal (NaN never does)."""
-        return not math.isnan(value) and _OPS[self.op](value, self.value)
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.value:g}"
-
-
-def parse_target(text: str) -> Target:
-    """Parse ``"cosine>=0.999"``-style text.
-
-    Raises:
-        ConfigError: unknown metric, bad syntax, or an operator pointing the wrong way.
-    """
-    if isinstance(text, Target):
-        return text
-    match = _PATTERN.match(text) if isinstance(text, str) else None
-    known = "cosine, min_cosine, sqnr, top1, accuracy_drop, metric, metric_drop"
-    if match is None:
-        raise ConfigError(f"target {text!r} is not 'METRIC>=VALUE' or 'METRIC<=VALUE' (metrics: {known})")
-    name, op, number, percent = match.groups()
-    metric = _ALIASES.get(name.lower().replace("-", "_"), name.lower().replace("-", "_"))
-    if metric not in _METRICS:
-        raise ConfigError(f"target {text!r}: unknown metric {name!r} (known: {known})")
-    value = float(number)
-    if percent and metric == "top1":
-        value /= 100.0
-    elif percent and metric != "accuracy_drop":
-        raise ConfigError(f"target {text!r}: '%' only fits top1 and accuracy_drop")
-    higher = _METRICS[metric] > 0
-    if higher != (op in (">=", ">")):
-        raise ConfigError(f"target {text!r}: {metric} is better when {'higher' if higher else 'lower'}, "
-                          f"use {'>=' if higher else '<='}")
-    if metric in ("cosine", "min_cosine", "top1") and not -1.0 <= value <= 1.0:
-        raise ConfigError(f"target {text!r}: {metric} is at most 1 (top1 takes a fraction or a percentage)")
-    return Target(metric, op, value)
-
-
-#: A user metric: ``fn(outputs, labels) -> float``, higher is better; ``outputs`` maps each output
-#: name to its values over the whole evaluation set, ``labels`` is ``None`` without labels.
-MetricFn = Callable[[dict[str, np.ndarray], Optional[np.ndarray]], float]
 
 
 def user_metric(model: onnx.ModelProto, data: Any, fn: MetricFn) -> float:
     """``fn`` on the model's outputs over ``data`` (outputs are gathered; activations are not)."""
-    from .runtime import create_session, run
-
     session = create_session(model)
     names = [o.name for o in session.get_outputs()]
     outputs: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -135,22 +74,15 @@ def user_metric(model: onnx.ModelProto, data: Any, fn: MetricFn) -> float:
 
 
 def metric_value(report: Report, target: Target) -> float:
-    """The target's metric on a validation report (worst output).
+    """The target's metric on a validation report (worst output; see :func:`onnxq.metrics.worst_value`).
 
     Raises:
         ConfigError: the report cannot give that metric (no labels, no class-score output).
     """
-    if target.metric == "accuracy_drop":
-        if report.float_accuracy is None or report.quant_accuracy is None:
-            raise ConfigError(f"target {target} needs labels in the evaluation data and a class-score output")
-        return 100.0 * (report.float_accuracy - report.quant_accuracy)
-    field_name = {"cosine": "cosine", "min_cosine": "min_cosine", "sqnr": "sqnr_db", "top1": "top1_agreement"}
-    name = field_name[target.metric]
-    values = [getattr(o, name) for o in report.outputs if getattr(o, name) is not None]
-    if not values:
-        raise ConfigError(f"target {target}: no output has a {name} (top1 needs class scores [N, C])")
-    numbers = [float(v) for v in values]
-    return math.nan if any(math.isnan(v) for v in numbers) else min(numbers)  # NaN counts as worst
+    try:
+        return worst_value(report, target.metric)
+    except ConfigError as exc:
+        raise ConfigError(f"target {target}: {exc}") from None
 
 
 @dataclass
@@ -218,7 +150,7 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
     target = parse_target(config.target)
     if data is None:
         raise ConfigError(f"target {target} needs evaluation data (or calibration data to validate on)")
-    if target.metric == "accuracy_drop" and not getattr(data, "has_labels", False):
+    if target.spec.needs_labels and not getattr(data, "has_labels", False):
         raise ConfigError(f"target {target} needs labels in the evaluation data")
     uses_fn = target.metric in ("metric", "metric_drop")
     if uses_fn and metric is None:

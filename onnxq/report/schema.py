@@ -31,12 +31,14 @@ import numpy as np
 
 from .._atomic import write_text_atomic
 from ..errors import ConfigError, DataError
+from ..metrics import METRICS, get_metric
 
 SCHEMA_VERSION = 2
 
-#: Metrics of :class:`OutputMetrics` where a larger value is better (the others: smaller is better).
-HIGHER_IS_BETTER = frozenset({"cosine", "min_cosine", "sqnr_db", "top1_agreement", "top5_agreement"})
-LOWER_IS_BETTER = frozenset({"max_abs_error", "mean_abs_error"})
+#: Fields of :class:`OutputMetrics` where a larger value is better, and where a smaller one is
+#: (directions from :mod:`onnxq.metrics`).
+HIGHER_IS_BETTER = frozenset(m.field for m in METRICS.values() if m.field and m.higher_is_better)
+LOWER_IS_BETTER = frozenset(m.field for m in METRICS.values() if m.field and not m.higher_is_better)
 
 _NONFINITE_IN = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf,
                  "-inf": -math.inf, "-infinity": -math.inf, "nan": math.nan}
@@ -45,6 +47,9 @@ _NONFINITE_IN = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infi
 @dataclass
 class OutputMetrics:
     """How close one quantized model output stays to the float output, over all evaluation samples.
+
+    Each field is the value of one metric of :mod:`onnxq.metrics` (``cosine``, ``min_cosine``,
+    ``sqnr``, ``max_abs``, ``mean_abs``, ``top1``, ``top5``).
 
     Attributes:
         name: the graph output name.
@@ -157,8 +162,9 @@ class Report:
         quant_size_bytes: size of the quantized model.
         size_ratio: ``float_size_bytes / quant_size_bytes``.
         latency: timing of one batch, or ``None`` when not measured.
-        float_accuracy: top-1 accuracy of the float model against the labels, if any.
-        quant_accuracy: top-1 accuracy of the quantized model against the labels, if any.
+        float_accuracy: top-1 accuracy of the float model against the labels, if any (a fraction).
+        quant_accuracy: top-1 accuracy of the quantized model against the labels, if any: the
+            metric ``accuracy``; ``accuracy_drop`` is ``100 * (float_accuracy - quant_accuracy)``.
         mode: quantization mode (filled by the caller).
         config: the configuration used, as a JSON-able dict (filled by the caller).
         notes: human-readable remarks, e.g. ``"Conv left in float: ..."``.
@@ -170,7 +176,8 @@ class Report:
         layers: per-layer quantization error, most harmful first (filled when the fallback of
             ``QuantConfig.target`` analysed the model; see :func:`onnxq.analyze`).
         fallback: the steps of the accuracy-driven fallback, step 0 being the first quantization.
-        target: the goal of ``QuantConfig.target`` in canonical text (``"cosine>=0.999"``), if any.
+        target: the goal of ``QuantConfig.target`` in canonical text (``"cosine>=0.999"``; metric
+            names of :mod:`onnxq.metrics`), if any.
         target_met: whether the goal held at the end; ``None`` without a target.
         passes: what each accuracy-recovery pass did (equalization, bias correction, adaptive
             rounding), as ``{"name", "summary", "changed", "details", "seconds"}``.
@@ -203,23 +210,29 @@ class Report:
     def worst(self, metric: str = "cosine") -> OutputMetrics:
         """Return the output that is worst on ``metric``.
 
-        Lowest value for similarity metrics (``cosine``, ``min_cosine``, ``sqnr_db``,
-        ``top1_agreement``, ``top5_agreement``), highest for errors (``max_abs_error``,
-        ``mean_abs_error``). NaN counts as worst; outputs where the metric is ``None`` are skipped.
+        ``metric`` is a per-output metric of :mod:`onnxq.metrics` (``cosine``, ``min_cosine``,
+        ``sqnr``, ``max_abs``, ``mean_abs``, ``top1``, ``top5``, any spelling) or an
+        :class:`OutputMetrics` field name (``sqnr_db``, ``top1_agreement`` ...). Lowest value for
+        similarity metrics, highest for errors. NaN counts as worst; outputs where the metric is
+        ``None`` are skipped.
 
         Raises:
             ConfigError: unknown metric, or no output has a value for it.
         """
-        if metric not in HIGHER_IS_BETTER and metric not in LOWER_IS_BETTER:
-            known = ", ".join(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER))
+        known = ", ".join(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER))
+        try:
+            spec = get_metric(metric)
+        except ConfigError:
+            spec = None
+        if spec is None or spec.field is None:
             raise ConfigError(f"unknown metric {metric!r}; known: {known}")
-        candidates = [o for o in self.outputs if getattr(o, metric) is not None]
+        candidates = [o for o in self.outputs if spec.output_value(o) is not None]
         if not candidates:
             raise ConfigError(f"no output of the report has a value for {metric!r}")
-        sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
+        sign = 1.0 if spec.higher_is_better else -1.0
 
         def badness_key(o: OutputMetrics) -> tuple[int, float]:
-            value = float(getattr(o, metric))
+            value = float(spec.output_value(o))
             return (0, 0.0) if math.isnan(value) else (1, sign * value)
 
         return min(candidates, key=badness_key)
