@@ -13,14 +13,16 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import onnx
 from onnx.external_data_helper import set_external_data, uses_external_data
 
+from ._graph import LARGE_MODEL_BYTES, opset_version, proto_size
+from ._graph import all_tensors as _all_tensors, initializer_tensors as _initializer_tensors
 from .errors import ModelError
-from .summary import ModelSummary, TensorInfo, summarize
+from .summary import ModelSummary, TensorInfo, summarize  # re-exported; summary.py never imports model.py
 
 __all__ = [
     "LARGE_MODEL_BYTES",
@@ -38,10 +40,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Serialized size (bytes) above which a model cannot be one protobuf message: such models are
-#: checked by path and saved with their tensors in an external-data side file.
-LARGE_MODEL_BYTES: int = 2**31 - 1
-
 #: Tensors at least this large (bytes of raw data) go to the side file when saving externally.
 EXTERNAL_TENSOR_MIN_BYTES: int = 1024
 
@@ -51,7 +49,6 @@ _EXTERNAL_ALIGNMENT = 4096
 #: Messages up to this size are hashed in one serialization; larger ones field by field.
 _HASH_CHUNK_BYTES = 2**30
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _PathLike = str | os.PathLike
 
 
@@ -190,18 +187,6 @@ def _check_large_in_memory(model: onnx.ModelProto) -> None:
 
 
 # ------------------------------------------------------------------------------------- opsets
-
-
-def opset_version(model: onnx.ModelProto) -> int:
-    """Return the model's opset for the default ONNX domain (``""`` or ``"ai.onnx"``).
-
-    Raises:
-        ModelError: the model imports no default-domain opset.
-    """
-    for entry in model.opset_import:
-        if entry.domain in _DEFAULT_DOMAINS:
-            return int(entry.version)
-    raise ModelError("model imports no opset for the default ONNX domain")
 
 
 def ensure_opset(model: onnx.ModelProto, minimum: int = 13) -> onnx.ModelProto:
@@ -453,12 +438,7 @@ def model_size(model_or_path: onnx.ModelProto | _PathLike) -> int:
         ModelError: the path cannot be read or refers to unsafe or missing external data.
     """
     if isinstance(model_or_path, onnx.ModelProto):
-        external = 0
-        for tensor in _all_tensors(model_or_path):
-            if uses_external_data(tensor):
-                info = {entry.key: entry.value for entry in tensor.external_data}
-                external += int(info.get("length") or 0)
-        return model_or_path.ByteSize() + external
+        return proto_size(model_or_path)
     path = Path(model_or_path)
     label = f"'{os.fspath(model_or_path)}'"
     if not path.is_file():
@@ -510,41 +490,6 @@ def _is_repeated(field: object) -> bool:
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _graph_tensors(graph: onnx.GraphProto, *, attributes: bool) -> Iterator[onnx.TensorProto]:
-    """Initializers (and optionally attribute tensors) of a graph and all its subgraphs."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attributes:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
-                if attribute.HasField("sparse_tensor"):
-                    yield attribute.sparse_tensor.values
-                    yield attribute.sparse_tensor.indices
-            if attribute.HasField("g"):
-                yield from _graph_tensors(attribute.g, attributes=attributes)
-            for sub in attribute.graphs:
-                yield from _graph_tensors(sub, attributes=attributes)
-
-
-def _initializer_tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
-    return _graph_tensors(model.graph, attributes=False)
-
-
-def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    yield from _graph_tensors(model.graph, attributes=True)
-    for function in model.functions:
-        for node in function.node:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
 
 
 def _one_line(exc: BaseException) -> str:

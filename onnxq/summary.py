@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ._graph import LARGE_MODEL_BYTES, opset_version, proto_size
 from .errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -128,8 +129,6 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     Returns:
         The summary; MAC figures are estimates from weight shapes and shape inference.
     """
-    from .model import LARGE_MODEL_BYTES, model_size, opset_version
-
     try:
         opset = opset_version(model)
     except ModelError:
@@ -160,7 +159,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
         producer=producer,
         op_counts=dict(sorted(op_counts.items(), key=lambda item: (-item[1], item[0]))),
         num_parameters=sum(_num_elements(t) for t in _graph_initializers(model.graph)),
-        size_bytes=model_size(model),
+        size_bytes=proto_size(model),
         quantized_ops=quantized_ops,
         quantized_compute_share=quantized_macs / total_macs if total_macs else 0.0,
         estimated_macs=total_macs,

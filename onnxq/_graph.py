@@ -1,0 +1,84 @@
+"""Shared facts about ONNX protos in memory: the protobuf size limit, opsets, tensors, sizes.
+
+Contract: pure functions on ``onnx.ModelProto`` / ``GraphProto`` objects that never read or write
+files (that is :mod:`onnxq.model`'s job) and import nothing of onnxq but :mod:`onnxq.errors`, so
+both :mod:`onnxq.model` and :mod:`onnxq.summary` build on them without importing each other.
+:mod:`onnxq.model` re-exports the public ones (``LARGE_MODEL_BYTES``, ``opset_version``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import onnx
+from onnx.external_data_helper import uses_external_data
+
+from .errors import ModelError
+
+__all__ = ["LARGE_MODEL_BYTES", "all_tensors", "graph_tensors", "initializer_tensors", "opset_version",
+           "proto_size"]
+
+#: Serialized size (bytes) above which a model cannot be one protobuf message: such models are
+#: checked by path and saved with their tensors in an external-data side file.
+LARGE_MODEL_BYTES: int = 2**31 - 1
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    """Return the model's opset for the default ONNX domain (``""`` or ``"ai.onnx"``).
+
+    Raises:
+        ModelError: the model imports no default-domain opset.
+    """
+    for entry in model.opset_import:
+        if entry.domain in _DEFAULT_DOMAINS:
+            return int(entry.version)
+    raise ModelError("model imports no opset for the default ONNX domain")
+
+
+def graph_tensors(graph: onnx.GraphProto, *, attributes: bool) -> Iterator[onnx.TensorProto]:
+    """Initializers (and optionally attribute tensors) of a graph and all its subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attributes:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("sparse_tensor"):
+                    yield attribute.sparse_tensor.values
+                    yield attribute.sparse_tensor.indices
+            if attribute.HasField("g"):
+                yield from graph_tensors(attribute.g, attributes=attributes)
+            for sub in attribute.graphs:
+                yield from graph_tensors(sub, attributes=attributes)
+
+
+def initializer_tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
+    """Initializers of the main graph and its subgraphs."""
+    return graph_tensors(model.graph, attributes=False)
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of a model: initializers, attribute tensors, subgraphs and functions."""
+    yield from graph_tensors(model.graph, attributes=True)
+    for function in model.functions:
+        for node in function.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+
+
+def proto_size(model: onnx.ModelProto) -> int:
+    """Bytes of a model in memory serialized, plus the lengths its external-data entries declare."""
+    external = 0
+    for tensor in all_tensors(model):
+        if uses_external_data(tensor):
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            external += int(info.get("length") or 0)
+    return model.ByteSize() + external
