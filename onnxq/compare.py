@@ -47,7 +47,7 @@ from .errors import ConfigError, DataError
 from .feeds import load_data
 from .metrics import Metric, get_metric
 from .model import load_model
-from .report.schema import OutputMetrics, Report, _jsonable, _to_float, _to_optional_float, format_number
+from .report.schema import OutputMetrics, Report, format_number, to_float, to_jsonable, to_optional_float
 from .validate import validate
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite floats as ``"inf"``/``"-inf"``/``"nan"``)."""
-        return _jsonable({
+        return to_jsonable({
             "metric": self.metric, "threshold": self.threshold, "passed": self.passed,
             "checks": [vars(c) for c in self.checks], "float_model": self.float_model,
             "quant_model": self.quant_model, "seconds": self.seconds, "timestamp": self.timestamp,
@@ -152,10 +152,10 @@ class Comparison:
         """
         try:
             checks = [OutputCheck(output=str(c["output"]), metric=str(c["metric"]),
-                                  value=_to_optional_float(c.get("value")), threshold=_to_float(c["threshold"]),
+                                  value=to_optional_float(c.get("value")), threshold=to_float(c["threshold"]),
                                   passed=c.get("passed"), message=str(c.get("message", "")))
                       for c in data["checks"]]
-            return cls(metric=str(data["metric"]), threshold=_to_float(data["threshold"]), checks=checks,
+            return cls(metric=str(data["metric"]), threshold=to_float(data["threshold"]), checks=checks,
                        report=Report.from_dict(data["report"]), float_model=data.get("float_model"),
                        quant_model=data.get("quant_model"),
                        seconds=float(data.get("seconds", 0.0)), timestamp=str(data.get("timestamp", "")))

@@ -241,7 +241,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (non-finite floats as ``"inf"``/``"-inf"``/``"nan"``)."""
-        return _jsonable(dataclasses.asdict(self))
+        return to_jsonable(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
@@ -264,10 +264,10 @@ class Report:
                 samples=int(_require(data, "samples", "report")),
                 float_size_bytes=int(_require(data, "float_size_bytes", "report")),
                 quant_size_bytes=int(_require(data, "quant_size_bytes", "report")),
-                size_ratio=_to_float(_require(data, "size_ratio", "report")),
+                size_ratio=to_float(_require(data, "size_ratio", "report")),
                 latency=None if latency_raw is None else _latency_from_dict(latency_raw),
-                float_accuracy=_to_optional_float(data.get("float_accuracy")),
-                quant_accuracy=_to_optional_float(data.get("quant_accuracy")),
+                float_accuracy=to_optional_float(data.get("float_accuracy")),
+                quant_accuracy=to_optional_float(data.get("quant_accuracy")),
                 mode=data.get("mode"),
                 config=data.get("config"),
                 notes=[str(n) for n in data.get("notes") or []],
@@ -333,7 +333,7 @@ class Report:
         rows = [(o.name, format_number(o.cosine, ".6f"), format_number(o.min_cosine, ".6f"),
                  format_number(o.sqnr_db, ".2f"), format_number(o.max_abs_error, ".4g"),
                  format_percent(o.top1_agreement)) for o in self.outputs]
-        lines.extend(_table(header, rows))
+        lines.extend(format_table(header, rows))
         lines.append(f"size:     {format_bytes(self.float_size_bytes)} -> "
                      f"{format_bytes(self.quant_size_bytes)} (x{format_number(self.size_ratio, '.2f')})")
         if self.latency is not None:
@@ -398,7 +398,8 @@ def format_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """An aligned text table: a header line, a rule, one line per row (first column left-aligned)."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -413,20 +414,20 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 # ------------------------------------------------------------------------- JSON helpers
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
     """Turn ``value`` into plain JSON values (non-finite floats become strings)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, (set, frozenset)):
-        return [_jsonable(v) for v in sorted(value, key=str)]
+        return [to_jsonable(v) for v in sorted(value, key=str)]
     if isinstance(value, enum.Enum):
-        return _jsonable(value.value)
+        return to_jsonable(value.value)
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return to_jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return to_jsonable(value.item())
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
@@ -438,11 +439,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
+        return to_jsonable(dataclasses.asdict(value))
     raise DataError(f"cannot store a {type(value).__name__} in a report")
 
 
-def _to_float(value: Any) -> float:
+def to_float(value: Any) -> float:
+    """A JSON number, or one of the strings ``"inf"``/``"-inf"``/``"nan"``, as a float.
+
+    Raises:
+        DataError: anything else.
+    """
     if isinstance(value, str):
         key = value.strip().lower()
         if key in _NONFINITE_IN:
@@ -453,8 +459,9 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
-def _to_optional_float(value: Any) -> float | None:
-    return None if value is None else _to_float(value)
+def to_optional_float(value: Any) -> float | None:
+    """:func:`to_float`, with ``None`` kept."""
+    return None if value is None else to_float(value)
 
 
 def _require(data: dict[str, Any], key: str, what: str) -> Any:
@@ -468,22 +475,22 @@ def _require(data: dict[str, Any], key: str, what: str) -> Any:
 def _output_from_dict(data: dict[str, Any]) -> OutputMetrics:
     return OutputMetrics(
         name=str(_require(data, "name", "output metrics")),
-        max_abs_error=_to_float(_require(data, "max_abs_error", "output metrics")),
-        mean_abs_error=_to_float(_require(data, "mean_abs_error", "output metrics")),
-        cosine=_to_float(_require(data, "cosine", "output metrics")),
-        min_cosine=_to_float(_require(data, "min_cosine", "output metrics")),
-        sqnr_db=_to_float(_require(data, "sqnr_db", "output metrics")),
-        top1_agreement=_to_optional_float(data.get("top1_agreement")),
-        top5_agreement=_to_optional_float(data.get("top5_agreement")),
+        max_abs_error=to_float(_require(data, "max_abs_error", "output metrics")),
+        mean_abs_error=to_float(_require(data, "mean_abs_error", "output metrics")),
+        cosine=to_float(_require(data, "cosine", "output metrics")),
+        min_cosine=to_float(_require(data, "min_cosine", "output metrics")),
+        sqnr_db=to_float(_require(data, "sqnr_db", "output metrics")),
+        top1_agreement=to_optional_float(data.get("top1_agreement")),
+        top5_agreement=to_optional_float(data.get("top5_agreement")),
     )
 
 
 def _latency_from_dict(data: dict[str, Any]) -> LatencyMetrics:
     threads = data.get("threads")
     return LatencyMetrics(
-        float_ms=_to_float(_require(data, "float_ms", "latency")),
-        quant_ms=_to_float(_require(data, "quant_ms", "latency")),
-        speedup=_to_float(_require(data, "speedup", "latency")),
+        float_ms=to_float(_require(data, "float_ms", "latency")),
+        quant_ms=to_float(_require(data, "quant_ms", "latency")),
+        speedup=to_float(_require(data, "speedup", "latency")),
         batch_size=int(_require(data, "batch_size", "latency")),
         threads=None if threads is None else int(threads),
         runs=int(_require(data, "runs", "latency")),
@@ -500,11 +507,11 @@ def _layer_from_dict(data: dict[str, Any]) -> LayerMetrics:
         node=_optional_str(data.get("node")),
         op_type=_optional_str(data.get("op_type")),
         kind=str(_require(data, "kind", "layer metrics")),
-        sqnr_db=_to_float(_require(data, "sqnr_db", "layer metrics")),
-        cosine=_to_float(_require(data, "cosine", "layer metrics")),
+        sqnr_db=to_float(_require(data, "sqnr_db", "layer metrics")),
+        cosine=to_float(_require(data, "cosine", "layer metrics")),
         fallback_nodes=[str(n) for n in data.get("fallback_nodes") or []],
-        model_sqnr_db=_to_optional_float(data.get("model_sqnr_db")),
-        model_cosine=_to_optional_float(data.get("model_cosine")),
+        model_sqnr_db=to_optional_float(data.get("model_sqnr_db")),
+        model_cosine=to_optional_float(data.get("model_cosine")),
     )
 
 
@@ -513,9 +520,12 @@ def _step_from_dict(data: dict[str, Any]) -> FallbackStep:
         step=int(_require(data, "step", "fallback step")),
         node=_optional_str(data.get("node")),
         op_type=_optional_str(data.get("op_type")),
-        metric_value=_to_float(_require(data, "metric_value", "fallback step")),
+        metric_value=to_float(_require(data, "metric_value", "fallback step")),
         goal_met=bool(_require(data, "goal_met", "fallback step")),
         nodes=[str(n) for n in data.get("nodes") or []],
         tensor=_optional_str(data.get("tensor")),
     )
 
+
+# The names these helpers had before they were public (still imported by cli.py and analyze.py).
+_jsonable, _to_float, _to_optional_float, _table = to_jsonable, to_float, to_optional_float, format_table
