@@ -227,3 +227,48 @@ def test_shared_dequantize_keeps_quantized_consumer_fused(tmp_path):
     quantized = onnxq.quantize(model, x, config=QuantConfig(exclude_nodes=["branch_b"]), latency=False).model
     ops = [node.op_type for node in optimized(quantized, "extended", tmp_path)[0].graph.node]
     assert ops.count("QLinearConv") == 2 and ops.count("Conv") == 1, ops
+
+
+def _hand_qdq(op: str) -> onnx.ModelProto:
+    """``Q -> DQ -> op (float weight) -> Q -> DQ`` built by hand: ConvTranspose, or Gemm with transA=1."""
+    rng = np.random.default_rng(2)
+    if op == "ConvTranspose":
+        shape, weight, attrs, out_shape = ["N", 4, 5, 5], rng.standard_normal((4, 6, 3, 3)), {}, ["N", 6, 7, 7]
+    else:
+        shape, weight, attrs, out_shape = [4, "N"], rng.standard_normal((6, 4)), {"transA": 1, "transB": 1}, ["N", 6]
+    n = helper.make_node
+    nodes = [n("QuantizeLinear", ["x", "s_in", "zp"], ["xq"]), n("DequantizeLinear", ["xq", "s_in", "zp"], ["xd"]),
+             n(op, ["xd", "w", "b"], ["h"], name="float_op", **attrs), n("Relu", ["h"], ["r"]),
+             n("QuantizeLinear", ["r", "s_out", "zp"], ["rq"]), n("DequantizeLinear", ["rq", "s_out", "zp"], ["y"])]
+    inits = [numpy_helper.from_array((weight / 3).astype(np.float32), "w"),
+             numpy_helper.from_array((0.1 * rng.standard_normal(6)).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "s_in"),
+             numpy_helper.from_array(np.array(4 / 255, np.float32), "s_out"),
+             numpy_helper.from_array(np.array(0, np.uint8), "zp")]
+    graph = helper.make_graph(nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("op", ["ConvTranspose", "Gemm"])
+def test_conv_transpose_and_transposed_gemm_input(op, tmp_path):
+    model = _hand_qdq(op)
+    plain = optimized(model, "extended", tmp_path)[0]
+    assert "float_op_weight_q" in {i.name for i in plain.graph.initializer}, \
+        "ORT no longer re-quantizes this op's weight: update REQUANTIZED_OP_TYPES"
+    assert keep_float_at_runtime(model) == ["float_op"]
+    onnx.checker.check_model(model)
+    graph = optimized(model, "extended", tmp_path)[0].graph
+    node = next(n for n in graph.node if n.name == "float_op")
+    weights = {i.name: i for i in graph.initializer}
+    assert node.op_type == op and weights[node.input[1]].data_type == TensorProto.FLOAT
+    assert not any(name.endswith("_weight_q") for name in weights)
+    shape = [2 if d.dim_param else d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = {"x": np.random.default_rng(3).random(shape).astype(np.float32)}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, x)[0]
+    got = optimized(model, "all", tmp_path)[1].run(None, x)[0]
+    np.testing.assert_allclose(got, reference, atol=4 / 255 * 1.001)  # one output level at most
