@@ -11,10 +11,17 @@ Variants, each quantized in its own capped process with a private working folder
     onnxq: ``onnxq.quantize(model, calib.npz, config=QuantConfig(**kwargs))`` for every keyword dict of
     :data:`ONNXQ_VARIANTS` (add a pass switch there, e.g. ``{"bias_correction": True}``); a dict that
     ``QuantConfig`` does not accept is recorded as ``skipped: not available``.
-    ORT: ``quant_pre_process`` + ``quantize_static`` (QDQ, ``per_channel=True``, weights QInt8, ORT's default
-    ``reduce_range=False``) for U8S8 and S8S8 x MinMax / Entropy / Percentile (:data:`ORT_SETTINGS`);
-    "ORT best" is the ORT setting with the highest top-1 agreement.
-One evaluation process scores every model with the same code (:func:`bench.cases.effnet.agreement`).
+    ORT: ``quant_pre_process`` + ``quantize_static`` (QDQ, ``per_channel=True``, weights QInt8) for U8S8 and S8S8
+    x MinMax / Entropy / Percentile (:data:`ORT_SETTINGS`) with ``reduce_range`` as this CPU needs it
+    (``onnxq.hardware.saturates_u8s8()``: True on AVX2 without VNNI, where the int8 kernels saturate; onnxq's
+    default does the same), plus, on such a CPU, MinMax with ORT's default ``reduce_range=False`` (which loses
+    about 14 points of top-1 agreement there to saturation: a fair "ORT best" must not be that run). With ORT's
+    own chunked calibration, ``extra_options={"CalibStridedMinMax": ...}`` (:data:`ORT_CALIB_STRIDE`): without
+    it ORT's histogram calibrators hold every activation of all 128 crops and exceed the 12 GiB cap (measured:
+    10.8 GB RSS, then an allocation failure); chunks merge exactly for MinMax and through ORT's histogram merge
+    for Entropy / Percentile. "ORT best" is the ORT setting with the highest top-1 agreement.
+One evaluation process scores every model with the same code (:func:`bench.cases.effnet.agreement`), another
+times them.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from .harness import ort_pre_process, ort_session, run_job
 
 THREADS = 2
 CALIB_BATCH = 8  # onnxq's default QuantConfig.batch_size; ORT's reader uses the same
+ORT_CALIB_STRIDE = 4  # reader batches per ORT calibration chunk (32 crops), see the module docstring
 
 #: (name, QuantConfig keyword arguments). The lead adds pass switches here.
 ONNXQ_VARIANTS: list[tuple[str, dict[str, Any]]] = [
@@ -39,16 +47,19 @@ ONNXQ_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("onnxq-entropy", {"method": "entropy"}),
     ("onnxq-percentile", {"method": "percentile"}),
 ]
-#: (name, activation type, ORT calibration method)
-ORT_SETTINGS: list[tuple[str, str, str]] = [
-    (f"ort-{act.lower()}-{method}", act, method)
+#: (name, activation type, ORT calibration method, reduce_range: None = as this CPU needs it)
+ORT_SETTINGS: list[tuple[str, str, str, bool | None]] = [
+    (f"ort-{act.lower()}-{method}", act, method, None)
     for act in ("U8S8", "S8S8") for method in ("minmax", "entropy", "percentile")
 ]
+#: ORT's own default reduce_range=False; run only where the CPU needs reduce_range (else the same as above)
+ORT_DEFAULT_RR: list[tuple[str, str, str, bool | None]] = [
+    ("ort-u8s8-minmax-no-rr", "U8S8", "minmax", False), ("ort-s8s8-minmax-no-rr", "S8S8", "minmax", False)]
 #: ORT settings left out of --quick (the histogram calibrators are the slow ones; U8S8 MinMax/Entropy stay)
-QUICK_SKIPPED_ORT = ("ort-u8s8-percentile", "ort-s8s8-entropy", "ort-s8s8-percentile")
+QUICK_SKIPPED_ORT = ("ort-u8s8-percentile", "ort-s8s8-entropy", "ort-s8s8-percentile", "ort-s8s8-minmax-no-rr")
 
 SETTINGS = {  # crops, latency at batch 32: (warm-up, rounds, timed runs per round)
-    "full": {"n_calib": 128, "n_eval": 512, "latency": {32: (2, 5, 4)}},
+    "full": {"n_calib": 128, "n_eval": 512, "latency": {32: (1, 4, 3)}},
     "quick": {"n_calib": 128, "n_eval": 256, "latency": {32: (1, 2, 3)}},
 }
 
@@ -103,14 +114,22 @@ def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
         images = np.ascontiguousarray(npz[p["input"]], dtype=np.float32)
 
     class Reader(CalibrationDataReader):
+        """Batches of CALIB_BATCH crops; ``len`` and ``set_range`` count batches (ORT's strided calibration)."""
+
         def __init__(self) -> None:
-            self.pos = 0
+            self.pos, self.end = 0, len(self)
+
+        def __len__(self) -> int:
+            return -(-len(images) // CALIB_BATCH)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.pos, self.end = start_index, min(end_index, len(self))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.pos >= len(images):
+            if self.pos >= self.end:
                 return None
-            self.pos += CALIB_BATCH
-            return {p["input"]: images[self.pos - CALIB_BATCH:self.pos]}
+            self.pos += 1
+            return {p["input"]: images[(self.pos - 1) * CALIB_BATCH:self.pos * CALIB_BATCH]}
 
     start = time.perf_counter()
     model, note = ort_pre_process(p["model"], Path.cwd() / "pre.onnx")
@@ -118,14 +137,19 @@ def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[p["method"]]
     activation = {"U8S8": QuantType.QUInt8, "S8S8": QuantType.QInt8}[p["activation"]]
-    quantize_static(model, p["out"], Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=method)
+    reader, stride = Reader(), p.get("stride")
+    if stride and len(reader) % stride:
+        stride = None  # ORT refuses a stride that does not divide the batch count: one chunk
+    quantize_static(model, p["out"], reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=method,
+                    reduce_range=bool(p["reduce_range"]),
+                    extra_options={"CalibStridedMinMax": stride} if stride else {})
     return {"quantize_s": round(time.perf_counter() - start, 3), "pre_process_s": round(pre_s, 3),
-            "pre_process": note, "reduce_range": False}
+            "pre_process": note, "reduce_range": bool(p["reduce_range"]), "calib_stride_batches": stride}
 
 
 def task_evaluate(p: dict[str, Any]) -> dict[str, Any]:
-    """Agreement with float (first model), size and batch-32 latency of every model in ``p["models"]``."""
+    """Agreement with float (the first model) and size of every model in ``p["models"]``."""
     import onnx
 
     from .cases.effnet import agreement, logits
@@ -140,11 +164,20 @@ def task_evaluate(p: dict[str, Any]) -> dict[str, Any]:
         ops = [n.op_type for n in onnx.load(path, load_external_data=False).graph.node]
         out[name] = {**agreement(reference, result), "bytes": Path(path).stat().st_size,
                      "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16],
-                     "quantize_linear_nodes": ops.count("QuantizeLinear"), "latency_ms": {}}
+                     "quantize_linear_nodes": ops.count("QuantizeLinear")}
+    return {"models": out, "samples": int(len(images))}
+
+
+def task_latency(p: dict[str, Any]) -> dict[str, Any]:
+    """Median batch latency per model, in rounds with one live session at a time (see bench.classifier);
+    a job of its own, so that scoring and timing each fit the per-process time cap."""
+    with np.load(p["eval"]) as npz:
+        images = np.ascontiguousarray(npz[p["input"]][:max(int(b) for b in p["latency_runs"])], dtype=np.float32)
+    out: dict[str, Any] = {name: {"latency_ms": {}} for name in p["models"]}
     for batch_size, (warmup, rounds, per_round) in p["latency_runs"].items():
         feeds = {p["input"]: np.ascontiguousarray(images[:int(batch_size)])}
         times: dict[str, list[float]] = {name: [] for name in p["models"]}
-        for _ in range(rounds):  # one live session at a time (see bench.classifier)
+        for _ in range(rounds):
             for name, path in p["models"].items():
                 session = ort_session(path, p["threads"])
                 for _ in range(warmup):
@@ -156,7 +189,7 @@ def task_evaluate(p: dict[str, Any]) -> dict[str, Any]:
                 del session
         for name in p["models"]:
             out[name]["latency_ms"][str(batch_size)] = round(statistics.median(times[name]) * 1000.0, 3)
-    return {"models": out, "samples": int(len(images))}
+    return {"models": out}
 
 
 # ----------------------------------------------------------------------------------------- parent
@@ -164,15 +197,20 @@ def task_evaluate(p: dict[str, Any]) -> dict[str, Any]:
 def _quantize_all(mode: str, *, model: Path, calib: Path, workdir: Path,
                   job: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Every onnxq variant and ORT setting in its own process: (rows, {name: quantized model path})."""
+    from onnxq.hardware import saturates_u8s8
+
     from .cases.effnet import INPUT_NAME
 
+    host_rr = saturates_u8s8()
     rows: list[dict[str, Any]] = []
     models: dict[str, str] = {}
     plans = [(name, "onnxq", "bench.effnet_accuracy:task_quantize_onnxq", {"config": kwargs}, str(kwargs or "default"))
              for name, kwargs in ONNXQ_VARIANTS]
-    plans += [(name, "ort", "bench.effnet_accuracy:task_quantize_ort",
-               {"activation": act, "method": method, "input": INPUT_NAME}, f"{act} {method}")
-              for name, act, method in ORT_SETTINGS]
+    for name, act, method, rr in ORT_SETTINGS + (ORT_DEFAULT_RR if host_rr else []):
+        rr = host_rr if rr is None else rr
+        plans.append((name, "ort", "bench.effnet_accuracy:task_quantize_ort",
+                      {"activation": act, "method": method, "input": INPUT_NAME, "stride": ORT_CALIB_STRIDE,
+                       "reduce_range": rr}, f"{act} {method}, reduce_range={rr}"))
     for name, tool, task, params, what in plans:
         row: dict[str, Any] = {"name": name, "tool": tool, "setting": what}
         if mode == "quick" and name in QUICK_SKIPPED_ORT:
@@ -228,12 +266,20 @@ def run(mode: str, workdir: Path, *, caps: dict[str, float], log: Callable[[str]
     result["variants"], models = _quantize_all(mode, model=model, calib=calib, workdir=workdir, job=job)
     runs = {str(k): v for k, v in settings["latency"].items()}
     result["latency_runs"] = runs
-    scored = run_job("bench.effnet_accuracy:task_evaluate",
-                     {"models": {"float": str(model), **models}, "eval": str(evaluation), "input": INPUT_NAME,
-                      "threads": THREADS, "latency_runs": runs},
-                     workdir=workdir / "evaluate", label="effnet-evaluate", **job)
-    result["evaluation_status"], result["evaluation_error"] = scored["status"], scored.get("error")
-    _summarise(result, scored.get("models", {}) if scored["status"] == "ok" else {})
+    params = {"models": {"float": str(model), **models}, "eval": str(evaluation), "input": INPUT_NAME,
+              "threads": THREADS}
+    scored = run_job("bench.effnet_accuracy:task_evaluate", params, workdir=workdir / "evaluate",
+                     label="effnet-evaluate", **job)
+    timed = run_job("bench.effnet_accuracy:task_latency", {**params, "latency_runs": runs},
+                    workdir=workdir / "evaluate", label="effnet-latency", **job)
+    failed = [r for r in (scored, timed) if r["status"] != "ok"]
+    result["evaluation_status"] = failed[0]["status"] if failed else "ok"
+    result["evaluation_error"] = "; ".join(f"{r['label']}: {r.get('error')}" for r in failed) or None
+    scores = scored.get("models", {}) if scored["status"] == "ok" else {}
+    for name, timing in (timed.get("models", {}) if timed["status"] == "ok" else {}).items():
+        if name in scores:
+            scores[name].update(timing)
+    _summarise(result, scores)
     return result
 
 

@@ -1083,8 +1083,14 @@ def _render_effnet(case: dict[str, Any]) -> list[str]:
     out.append(
         "onnxq: `onnxq.quantize(model.onnx, calib.npz, config=QuantConfig(**kwargs))` per variant. ORT as a user runs "
         "it: `quant_pre_process`, then `quantize_static(..., quant_format=QDQ, per_channel=True, weight_type=QInt8)` "
-        "with QUInt8 (U8S8) or QInt8 (S8S8) activations and MinMax / Entropy / Percentile (ORT's default "
-        "`reduce_range=False`; batches of 8). Latency: ONNX Runtime CPU, "
+        "with QUInt8 (U8S8) or QInt8 (S8S8) activations and MinMax / Entropy / Percentile, `reduce_range` as this "
+        "CPU needs it (True on AVX2 without VNNI, where the int8 kernels saturate; onnxq's default does the same) "
+        "and, on such a CPU, also MinMax with ORT's default `reduce_range=False` (`-no-rr`); batches of 8"
+        + (f"; ORT's chunked calibration `extra_options={{\"CalibStridedMinMax\": {strides[0]}}}`, without which its "
+           "histogram calibrators hold every activation of every crop and exceed the memory cap"
+           if (strides := sorted({v["calib_stride_batches"] for v in case.get("variants", [])
+                                  if v.get("calib_stride_batches")})) else "")
+        + "). Latency: ONNX Runtime CPU, "
         f"{case.get('threads', '?')} intra-op threads, median of {_runs_text(case.get('latency_runs') or {})}; "
         "ratios = float / quantized.\n")
     if case.get("evaluation_status") not in (None, "ok"):

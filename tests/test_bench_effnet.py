@@ -54,7 +54,8 @@ def test_unknown_quantconfig_keyword_is_skipped() -> None:
 def test_case_is_registered_and_skipped_in_tiny_mode(tmp_path) -> None:
     assert "effnet" in bench_main.CASES and "effnet" in bench_main.TINY_SKIPPED
     assert effnet_accuracy.run("tiny", tmp_path, caps={}, log=print) == {"status": "skipped: tiny mode"}
-    assert {name for name, _, _ in effnet_accuracy.ORT_SETTINGS} >= set(effnet_accuracy.QUICK_SKIPPED_ORT)
+    names = {s[0] for s in effnet_accuracy.ORT_SETTINGS + effnet_accuracy.ORT_DEFAULT_RR}
+    assert names >= set(effnet_accuracy.QUICK_SKIPPED_ORT)
 
 
 def _row(name: str, tool: str, top1: float, ms: float) -> dict:
