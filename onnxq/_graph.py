@@ -16,7 +16,7 @@ from onnx.external_data_helper import uses_external_data
 from .errors import ModelError
 
 __all__ = ["LARGE_MODEL_BYTES", "all_tensors", "graph_tensors", "initializer_tensors", "opset_version",
-           "proto_size"]
+           "proto_size", "serialized_size"]
 
 #: Serialized size (bytes) above which a model cannot be one protobuf message: such models are
 #: checked by path and saved with their tensors in an external-data side file.
@@ -81,4 +81,37 @@ def proto_size(model: onnx.ModelProto) -> int:
         if uses_external_data(tensor):
             info = {entry.key: entry.value for entry in tensor.external_data}
             external += int(info.get("length") or 0)
-    return model.ByteSize() + external
+    return serialized_size(model) + external
+
+
+def serialized_size(message: object) -> int:
+    """``message.ByteSize()``, also above protobuf's 2 GiB limit, where ``ByteSize`` raises.
+
+    Beyond the limit the size is summed field by field (exact for the bytes that matter: tensor
+    data; a few bytes of framing per field are estimated), so ``> LARGE_MODEL_BYTES`` tests hold.
+    """
+    try:
+        return int(message.ByteSize())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - EncodeError: the message is over 2 GiB
+        return _large_size(message)
+
+
+def _large_size(message: object) -> int:
+    total = 0
+    for field, value in message.ListFields():  # type: ignore[attr-defined]
+        items = value if _is_repeated(field) else [value]
+        for item in items:
+            if field.type == field.TYPE_MESSAGE:
+                total += serialized_size(item) + 6
+            elif isinstance(item, (bytes, str)):
+                total += len(item) + 6
+            else:
+                total += 9
+    return total
+
+
+def _is_repeated(field: object) -> bool:
+    repeated = getattr(field, "is_repeated", None)  # protobuf >= 6; ``label`` before
+    if repeated is None:
+        return field.label == field.LABEL_REPEATED  # type: ignore[attr-defined]
+    return bool(repeated)

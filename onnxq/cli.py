@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
+import signal
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .config import CalibrationMethod, Mode, QuantConfig, QuantType
-from .errors import ConfigError, OnnxqError
+from .errors import ConfigError, DataError, ModelError, OnnxqError
 
 logger = logging.getLogger("onnxq")
 
@@ -26,11 +30,83 @@ class ExitCode(IntEnum):
     CHECK_FAILED = 1     #: a comparison or accuracy gate did not hold (outputs are still written)
     USAGE_ERROR = 2      #: bad arguments, unreadable model or data, impossible configuration
     INTERNAL_ERROR = 3   #: a bug in onnxq or a dependency (run with --debug for the traceback)
+    INTERRUPTED = 130    #: stopped by SIGINT (Ctrl-C); temporary files removed, nothing half-written
+    TERMINATED = 143     #: stopped by SIGTERM; cleaned up as for SIGINT
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message and where to read more, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        self.exit(ExitCode.USAGE_ERROR, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
+
+
+def _int_in(low: int | None, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (``low=None``: the upper bound only; QuantConfig
+    checks the lower one with its own message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if low is None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        if low is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def _float_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in [low, high] (or (low, high] with ``low_open``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+        if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {text}")
+        return value
+    parse.__name__ = "float"
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+#: Bounds of the numeric options: beyond them a run exhausts memory or time instead of helping.
+MAX_BINS = 1 << 16
+MAX_BATCH_SIZE = 1 << 16
+MAX_BLOCK_SIZE = 1 << 16
+MAX_THREADS = 1024
+MAX_STEPS = 10_000
+MAX_SECONDS = 7 * 24 * 3600.0
+_SAMPLES = _int_in(None, 2**62)
+_BATCH = _int_in(None, MAX_BATCH_SIZE)
+_THREADS = _int_in(1, MAX_THREADS)
+_SECONDS = _float_in(0.0, MAX_SECONDS, low_open=True)
+
+
+def _opset(text: str) -> int:
+    """An argparse type: an opset the installed onnx package defines."""
+    from onnx.defs import onnx_opset_version
+
+    return _int_in(7, onnx_opset_version())(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="onnxq", description="Quantize ONNX models with ONNX Runtime and measure how close they stay to float.")
     parser.add_argument("--version", action="version", version=f"onnxq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -39,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
     common.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
     timing = argparse.ArgumentParser(add_help=False)
-    timing.add_argument("--threads", type=int, metavar="T", help="ORT threads for the latency measurement")
+    timing.add_argument("--threads", type=_THREADS, metavar="T", help="ORT threads for the latency measurement")
     timing.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
 
     q = sub.add_parser("quantize", parents=[common, timing], help="quantize a float ONNX model",
@@ -56,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hardware preset setting --activation-type, --reduce-range and per-channel weights "
                         f"({', '.join(_preset_names())}; see `onnxq presets`); explicit flags override it")
     q.add_argument("--bits", type=int, choices=[4, 8], help="weight-only: bits per weight (default 4)")
-    q.add_argument("--block-size", type=int, metavar="N",
+    q.add_argument("--block-size", type=_int_in(None, MAX_BLOCK_SIZE), metavar="N",
                    help="weight-only: weights per scale along K, a power of two >= 16 (default 128, ORT's default; "
                         "smaller is more accurate and larger)")
     q.add_argument("--algorithm", choices=["rtn", "gptq", "hqq"],
@@ -71,12 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--no-keep-io-types)")
     q.add_argument("--calib", metavar="DATA", help="calibration data: .npz, folder of .npy/.npz, or an ONNX "
                    "test_data_set folder (keys = input names, first axis = samples)")
-    q.add_argument("--method", choices=[m.value for m in CalibrationMethod], default="minmax",
+    q.add_argument("--method", choices=[m.value for m in CalibrationMethod], default=None,
                    help="range estimator: minmax (default), entropy (KL divergence), percentile, mse, or auto "
                         "(per tensor, the one of these that best preserves the tensor's consumers)")
-    q.add_argument("--percentile", type=float, default=99.999, metavar="P",
+    q.add_argument("--percentile", type=_finite_float, default=None, metavar="P",
                    help="percentile of values kept by --method percentile (default 99.999)")
-    q.add_argument("--bins", type=int, default=2048, help="histogram bins for entropy/percentile/mse (default 2048)")
+    q.add_argument("--bins", type=_int_in(None, MAX_BINS), default=None,
+                   help=f"histogram bins for entropy/percentile/mse (default 2048, at most {MAX_BINS})")
     # default None on the flags a --target-hw preset sets: only a flag given on the command line overrides it
     q.add_argument("--per-tensor", action="store_false", dest="per_channel", default=None,
                    help="one weight scale per tensor instead of per channel")
@@ -104,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rounding", choices=["nearest", "adaptive"], default=None,
                    help="static: weight rounding: nearest (default) or adaptive (AdaRound, layer by layer on --calib; "
                         "takes minutes on a large CNN, see --rounding-seconds)")
-    q.add_argument("--rounding-seconds", type=float, default=None, metavar="S",
+    q.add_argument("--rounding-seconds", type=_SECONDS, default=None, metavar="S",
                    help="time budget of --rounding adaptive; layers not reached keep nearest rounding")
     q.add_argument("--op-types", nargs="+", metavar="OP", help="quantize only these op types")
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME_OR_GLOB",
@@ -115,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-transformer-policy", action="store_true",
                    help="on transformer graphs, quantize every supported op (ORT's default) instead of "
                         "only the linear layers")
-    q.add_argument("--smooth-alpha", type=float, default=0.75, metavar="A",
+    q.add_argument("--smooth-alpha", type=_float_in(0.0, 1.0), default=None, metavar="A",
                    help="SmoothQuant strength for transformer linear layers (default 0.75): moves activation "
                         "outliers into the weights before calibration, float-equivalent")
     q.add_argument("--no-smooth", action="store_true", help="disable SmoothQuant on transformer graphs")
@@ -125,10 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--report", metavar="FILE.json|FILE.html",
                    help="write the validation report: a self-contained HTML page with plots when the name ends "
                         "in .html/.htm (needs matplotlib), JSON otherwise")
-    q.add_argument("--samples", type=int, metavar="N", help="use at most N calibration samples")
-    q.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per batch (default 8)")
+    q.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N calibration samples")
+    q.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
     q.add_argument("--shuffle", action="store_true", help="shuffle calibration samples (seeded) before --samples")
-    q.add_argument("--seed", type=int, default=0, help="seed for --shuffle (default 0)")
+    q.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=None, help="seed for --shuffle (default 0)")
     q.add_argument("--cache-dir", metavar="DIR", help="reuse calibration ranges cached in DIR "
                    "(keyed by model hash, data hash and settings)")
     q.add_argument("--allow-pickle", action="store_true",
@@ -141,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your task metric for --target 'metric>=X' / 'metric_drop<=X': a function "
                         "fn(outputs: dict[name, array], labels: array | None) -> float, higher is better, "
                         "imported from MODULE (on sys.path or the current folder)")
-    q.add_argument("--max-steps", type=int, default=20, metavar="N", help="at most N fallback steps (default 20)")
-    q.add_argument("--max-tune-seconds", type=float, metavar="S", help="stop the fallback after S seconds")
+    q.add_argument("--max-steps", type=_int_in(0, MAX_STEPS), default=None, metavar="N",
+                   help="at most N fallback steps (default 20)")
+    q.add_argument("--max-tune-seconds", type=_SECONDS, metavar="S", help="stop the fallback after S seconds")
     q.add_argument("--keep-float", nargs="+", default=[], metavar="NAME_OR_GLOB",
                    help="nodes always kept float (pinned; not fallback steps)")
     q.add_argument("--force-quantize", nargs="+", default=[], metavar="NAME_OR_GLOB",
@@ -156,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", metavar="MODEL", help="framework model file or folder")
     e.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
     e.add_argument("--data", metavar="DATA", help="example inputs (.npz etc.) when the file does not carry them")
-    e.add_argument("--opset", type=int, help="ONNX opset to export with (default: the adapter's)")
+    e.add_argument("--opset", type=_opset, help="ONNX opset to export with (default: the adapter's)")
     e.add_argument("--allow-pickle", action="store_true",
                    help="allow loading pickled model files (this runs code from the file)")
     e.set_defaults(func=_cmd_export)
@@ -170,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     v.add_argument("--html", metavar="FILE.html",
                    help="also write a self-contained HTML report with plots (needs matplotlib)")
-    v.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
-    v.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per batch (default 8)")
+    v.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N samples")
+    v.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
     v.set_defaults(func=_cmd_validate)
 
     from .compare import METRICS
@@ -200,9 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "metrics when the data file has none")
     c.add_argument("--junit", metavar="OUT.xml", help="write JUnit XML (one test case per output), also on failure")
     c.add_argument("--json", action="store_true", help="print the verdicts and the report as JSON")
-    c.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
-    c.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per batch (default 8)")
-    c.add_argument("--threads", type=int, metavar="T", help="ONNX Runtime intra-op threads")
+    c.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N samples")
+    c.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
+    c.add_argument("--threads", type=_THREADS, metavar="T", help="ONNX Runtime intra-op threads")
     c.set_defaults(func=_cmd_compare)
 
     i = sub.add_parser("inspect", parents=[common], help="describe a model: inputs, outputs, ops, quantized share",
@@ -219,10 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("float_model", metavar="FLOAT", help="float ONNX model")
     a.add_argument("quant_model", metavar="QUANT", help="quantized ONNX model")
     a.add_argument("--data", required=True, metavar="DATA", help="inputs to run both models on")
-    a.add_argument("--top", type=int, metavar="K", help="show the K most harmful entries only")
+    a.add_argument("--top", type=_int_in(1, 2**31), metavar="K", help="show the K most harmful entries only")
     a.add_argument("--json", action="store_true", help="print JSON (a list of layer metrics) instead of a table")
-    a.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
-    a.add_argument("--batch-size", type=int, default=8, metavar="B", help="samples per batch (default 8)")
+    a.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N samples")
+    a.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
     a.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("presets", parents=[common], help="list the hardware presets of --target-hw",
@@ -245,7 +323,57 @@ _OPTIONAL_FIELDS = {"per_channel": "per_channel", "activation_type": "activation
                     "weight_only_algorithm": "algorithm", "weight_only_symmetric": "symmetric",
                     "float16_keep_io_types": "keep_io_types", "equalization": "equalize",
                     "bias_correction": "bias_correction", "weight_rounding": "rounding",
-                    "rounding_seconds": "rounding_seconds"}
+                    "rounding_seconds": "rounding_seconds", "method": "method", "percentile": "percentile",
+                    "num_bins": "bins", "smooth_alpha": "smooth_alpha", "seed": "seed",
+                    "max_fallback_steps": "max_steps"}
+
+#: Flags that act only in some modes: given in another one they would be silently ignored, so they
+#: are refused (exit 2) before any work. dest -> (flag, modes where it acts).
+_MODE_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "method": ("--method", ("static",)), "percentile": ("--percentile", ("static",)),
+    "bins": ("--bins", ("static",)), "cache_dir": ("--cache-dir", ("static",)),
+    "smooth_alpha": ("--smooth-alpha", ("static",)), "no_smooth": ("--no-smooth", ("static",)),
+    "activation_type": ("--activation-type", ("static",)),
+    "samples": ("--samples", ("static", "weight-only")), "shuffle": ("--shuffle", ("static", "weight-only")),
+    "seed": ("--seed", ("static", "weight-only")), "quantize_conv": ("--quantize-conv", ("dynamic",)),
+    "per_channel": ("--per-tensor", ("static", "dynamic")), "reduce_range": ("--reduce-range", ("static", "dynamic")),
+}
+_SWITCHES = frozenset({"shuffle", "quantize_conv", "no_smooth"})  # store_true: False means not given
+#: Calibration methods that read --bins / --percentile.
+_BINS_METHODS = ("entropy", "percentile", "mse", "auto")
+_PERCENTILE_METHODS = ("percentile", "auto")
+
+
+def _check_mode_options(args: argparse.Namespace) -> None:
+    """Refuse flags given explicitly that do nothing in the chosen mode or with the chosen method.
+
+    Raises:
+        ConfigError: one line naming every such flag and where it would act.
+    """
+    mode, method = args.mode, args.method or "minmax"
+    calibrates = mode == "static" or (mode == "weight-only" and args.algorithm == "gptq")
+    idle: list[str] = []
+    for dest, (flag, modes) in _MODE_FLAGS.items():
+        given = getattr(args, dest, None)
+        if given is None or (given is False and dest in _SWITCHES):
+            continue
+        if mode not in modes or not calibrates and "weight-only" in modes:
+            where = ", ".join(f"--mode {m}" + (" --algorithm gptq" if m == "weight-only" else "") for m in modes)
+            idle.append(f"{flag} (acts with {where} only)")
+        elif dest == "bins" and method not in _BINS_METHODS:
+            idle.append(f"--bins (acts with --method {'/'.join(_BINS_METHODS)} only)")
+        elif dest == "percentile" and method not in _PERCENTILE_METHODS:
+            idle.append(f"--percentile (acts with --method {'/'.join(_PERCENTILE_METHODS)} only)")
+        elif dest == "seed" and not args.shuffle:
+            idle.append("--seed (acts with --shuffle only)")
+    for flag, given in (("--max-steps", args.max_steps), ("--max-tune-seconds", args.max_tune_seconds),
+                        ("--metric-fn", args.metric_fn)):
+        if given is not None and not args.target:
+            idle.append(f"{flag} (acts with --target only)")
+    if idle:
+        them = "it" if len(idle) == 1 else "them"
+        raise ConfigError(f"{'; '.join(idle)}: would do nothing in this run (--mode {mode}"
+                          f"{f' --method {method}' if mode == 'static' else ''}), drop {them}")
 
 
 def _config(args: argparse.Namespace, **fields: object) -> QuantConfig:
@@ -254,6 +382,8 @@ def _config(args: argparse.Namespace, **fields: object) -> QuantConfig:
 
     fields.update({name: getattr(args, dest) for name, dest in _OPTIONAL_FIELDS.items()
                    if getattr(args, dest, None) is not None})
+    if getattr(args, "no_smooth", False):
+        fields["smooth_alpha"] = None
     if args.fp16_block_ops:
         fields["float16_op_block_list"] = tuple(args.fp16_block_ops)
     return preset(args.target_hw, **fields) if args.target_hw else QuantConfig(**fields)
@@ -264,24 +394,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.quiet, args.debug)
+    with _signals_as_exceptions(), warnings.catch_warnings():
+        if not args.debug:  # numpy / dependency warnings are not the user's business; --debug shows them
+            warnings.simplefilter("ignore")
+        try:
+            return int(args.func(args))
+        except OnnxqError as exc:
+            if args.debug:
+                traceback.print_exc()
+            print(f"onnxq: error: {_one_line(exc)}", file=sys.stderr)
+            for node in getattr(exc, "nodes", []):  # StrictModeError: one line per float node
+                print(f"  {node.format()}", file=sys.stderr)
+            return ExitCode.USAGE_ERROR
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (see _signals_as_exceptions)
+            terminated = isinstance(exc, _Terminated)
+            print(f"onnxq: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+        except Exception as exc:  # a bug: one line unless --debug
+            if args.debug:
+                raise
+            print(f"onnxq: internal error: {type(exc).__name__}: {_one_line(exc) if str(exc) else ''} "
+                  "(run with --debug for the traceback)", file=sys.stderr)
+            return ExitCode.INTERNAL_ERROR
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and temporary folder cleans up."""
+
+
+@contextlib.contextmanager
+def _signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated` (SIGINT already raises KeyboardInterrupt); after the
+    first signal both are ignored so that the cleanup it starts runs to the end."""
+    def on_signal(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    try:  # a signal the shell made us ignore (nohup, background jobs) stays ignored
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
     try:
-        return int(args.func(args))
-    except OnnxqError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"onnxq: error: {exc}", file=sys.stderr)
-        for node in getattr(exc, "nodes", []):  # StrictModeError: one line per float node
-            print(f"  {node.format()}", file=sys.stderr)
-        return ExitCode.USAGE_ERROR
-    except KeyboardInterrupt:
-        print("onnxq: interrupted", file=sys.stderr)
-        return ExitCode.USAGE_ERROR
-    except Exception as exc:  # a bug: one line unless --debug
-        if args.debug:
-            raise
-        print(f"onnxq: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(run with --debug for the traceback)", file=sys.stderr)
-        return ExitCode.INTERNAL_ERROR
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
 
 
 def _configure_logging(quiet: bool, debug: bool) -> None:
@@ -294,46 +459,72 @@ def _configure_logging(quiet: bool, debug: bool) -> None:
     root.propagate = False
 
 
-def _check_output_path(output: str, *inputs: str | None) -> None:
-    """Before any work: ``output`` is none of the run's inputs (the model's external-data files
-    included, in any spelling or through links), not a folder, and its folder exists."""
-    from .model import check_not_protected, protected_files
+def _check_output_path(output: str, *inputs: str | None, what: str = "output", model: bool = False) -> None:
+    """Before any work: ``output`` can be written atomically and is none of the run's inputs (the
+    model's external-data files included, in any spelling or through links)."""
+    from ._paths import check_output_file
 
-    out = Path(output)
-    check_not_protected(out, protected_files(*inputs))
-    if out.is_dir():
-        raise ConfigError(f"output {output} is a directory: give a file name")
-    if not out.resolve().parent.is_dir():
-        raise ConfigError(f"output folder {out.parent} does not exist")
+    check_output_file(output, what=what, protect=inputs, side_file=model)
+
+
+def _check_data_paths(model: str, *sources: str | None, batch_size: int | None = None,
+                      samples: int | None = None) -> None:
+    """Before any work: every data source exists, is a folder or a regular file, and, when the
+    model is an ONNX file, fits its inputs (names, dtypes, shapes; read from the headers only).
+    ``samples`` limits the first source only (the calibration data)."""
+    from .adapters import adapter_for_path
+    from .feeds import check_data
+    from .model import load_model_header
+
+    given = [source for source in sources if source]
+    if not given:
+        return
+    for source in given:
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"data path '{source}' does not exist")
+        if not (path.is_dir() or path.is_file()):
+            raise DataError(f"data path '{source}' is not a regular file or a folder")
+    if adapter_for_path(model) is not None:  # a framework file: its inputs are known after export
+        return
+    header = load_model_header(model)
+    for index, source in enumerate(sources):
+        if source:
+            check_data(source, header, batch_size=batch_size, limit=samples if index == 0 else None)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .api import quantize
 
     inputs = (args.model, args.calib, args.eval)
-    _check_output_path(args.output, *inputs)
+    _check_output_path(args.output, *inputs, model=True)
     if args.report:
-        _check_output_path(args.report, *inputs, args.output)
+        _check_output_path(args.report, *inputs, args.output, what="report")
         if Path(args.report).suffix.lower() in (".html", ".htm"):
             from .report.html import require_matplotlib
 
             require_matplotlib()  # before any long work
+    if args.cache_dir:
+        from ._paths import check_output_folder
+
+        check_output_folder(args.cache_dir, what="--cache-dir")
     config = _config(
-        args, mode=args.mode, method=args.method, percentile=args.percentile, num_bins=args.bins,
-        op_types=tuple(args.op_types) if args.op_types else None, exclude_nodes=tuple(args.exclude),
-        exclude_op_types=tuple(args.exclude_op), include_nodes=tuple(args.include),
+        args, mode=args.mode, op_types=tuple(args.op_types) if args.op_types else None,
+        exclude_nodes=tuple(args.exclude), exclude_op_types=tuple(args.exclude_op), include_nodes=tuple(args.include),
         transformer_policy=not args.no_transformer_policy, quantize_conv_dynamic=args.quantize_conv,
-        smooth_alpha=None if args.no_smooth else args.smooth_alpha,
-        samples=args.samples, batch_size=args.batch_size, shuffle=args.shuffle, seed=args.seed,
+        samples=args.samples, batch_size=args.batch_size, shuffle=args.shuffle,
         io_type=args.io_type, strict=args.strict, qat_quantize_rest=args.qat_quantize_rest,
-        target=args.target, max_fallback_steps=args.max_steps, max_tune_seconds=args.max_tune_seconds,
+        target=args.target, max_tune_seconds=args.max_tune_seconds,
         keep_float=tuple(args.keep_float), force_quantize=tuple(args.force_quantize))
+    _check_mode_options(args)
     if config.mode is Mode.STATIC and not args.calib:
         raise ConfigError("static quantization needs calibration data: pass --calib DATA "
                           "(or --mode dynamic, which needs none)")
+    metric = _metric_fn(args.metric_fn)
+    _check_data_paths(args.model, args.calib, args.eval, batch_size=args.batch_size, samples=args.samples)
     result = quantize(args.model, args.calib, config=config, evaluation=args.eval, progress=not args.quiet,
                       cache_dir=args.cache_dir, latency=not args.no_latency, threads=args.threads,
-                      allow_pickle=args.allow_pickle, metric=_metric_fn(args.metric_fn))
+                      allow_pickle=args.allow_pickle, metric=metric)
     written = result.save(args.output)
     if args.report and Path(args.report).suffix.lower() in (".html", ".htm"):
         from .report.html import html_report
@@ -362,7 +553,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _metric_fn(spec: str | None) -> Any:
-    """Import ``MODULE:FUNC`` for --metric-fn."""
+    """Import ``MODULE:FUNC`` for --metric-fn (the user's own code: it runs when imported)."""
     if spec is None:
         return None
     module_name, _, func_name = spec.partition(":")
@@ -374,21 +565,24 @@ def _metric_fn(spec: str | None) -> Any:
         sys.path.insert(0, "")  # the current folder, like `python -m`
     try:
         func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--metric-fn {spec!r}: cannot import it ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - ImportError, SyntaxError, or whatever the module raises: its fault
+        raise ConfigError(f"--metric-fn {spec!r}: cannot import it ({type(exc).__name__}: {_one_line(exc)})") from exc
     if not callable(func):
         raise ConfigError(f"--metric-fn {spec!r} is not a function")
     return func
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from ._quiet import captured_output
     from .api import resolve_model
     from .model import save_model
 
-    _check_output_path(args.output, args.model, args.data)
+    _check_output_path(args.output, args.model, args.data, model=True)
+    _check_data_paths(args.model, args.data)
     options = {"opset": args.opset} if args.opset else {}
-    model, notes = resolve_model(args.model, data=args.data, export_options=options,
-                                 allow_pickle=args.allow_pickle)
+    with captured_output("exporter"):  # exporters print tracebacks and warnings of their own
+        model, notes = resolve_model(args.model, data=args.data, export_options=options,
+                                     allow_pickle=args.allow_pickle)
     written = save_model(model, args.output, protect=[args.model])
     if not args.quiet:
         for note in notes:
@@ -397,14 +591,37 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _check_model_pair(float_model: str, quant_model: str, data: str | None, *, batch_size: int,
+                      samples: int | None, quantized: bool = False) -> None:
+    """Before any work: both models are ONNX files with the same inputs and outputs (headers only),
+    the data fits them, and with ``quantized`` the second model holds quantized layers."""
+    from .model import load_model_header
+    from .validate import check_same_io
+
+    float_header, quant_header = load_model_header(float_model), load_model_header(quant_model)
+    check_same_io(float_header, quant_header)
+    if quantized and not any(node.op_type in _QUANTIZED_OPS for node in quant_header.graph.node):
+        raise ModelError(f"{quant_model} holds no quantized layer (no QuantizeLinear/DequantizeLinear or "
+                         "integer op): give the quantized model second")
+    _check_data_paths(float_model, data, batch_size=batch_size, samples=samples)
+
+
+#: Ops that mark a quantized model (QDQ, dynamic integer ops, QLinear ops, weight-only).
+_QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                            "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm", "MatMulNBits",
+                            "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLSTM"})
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .validate import validate
 
     if args.html:
         from .report.html import require_matplotlib
 
-        _check_output_path(args.html, args.float_model, args.quant_model, args.data)
+        _check_output_path(args.html, args.float_model, args.quant_model, args.data, what="--html report")
         require_matplotlib()
+    _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
+                      samples=args.samples)
     report = validate(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                       limit=args.samples, latency=not args.no_latency, threads=args.threads,
                       progress=not args.quiet and not args.json)
@@ -418,10 +635,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from .compare import check_metric, compare, read_labels
 
+    check_metric(args.metric, args.threshold)
     if args.junit:
-        _check_output_path(args.junit, args.float_model, args.quant_model, args.data, args.labels)
+        _check_output_path(args.junit, args.float_model, args.quant_model, args.data, args.labels,
+                           what="JUnit file")
+    if args.labels:
+        read_labels(args.labels)
+    _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
+                      samples=args.samples)
     result = compare(args.float_model, args.quant_model, args.data, metric=args.metric, threshold=args.threshold,
                      labels=args.labels, batch_size=args.batch_size, limit=args.samples, threads=args.threads,
                      progress=not args.quiet and not args.json)
@@ -458,10 +681,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze, format_layers
     from .report.schema import _jsonable
 
-    if args.top is not None and args.top < 1:
-        raise ConfigError(f"--top must be at least 1, got {args.top}")
+    _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
+                      samples=args.samples, quantized=True)
     layers = analyze(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                      limit=args.samples, progress=not args.quiet and not args.json)
+    if not layers:
+        raise ModelError(f"no quantized layer of {args.quant_model} corresponds to a node of {args.float_model}: "
+                         "give the float model and its own quantized version")
     shown = layers if args.top is None else layers[:args.top]
     if args.json:
         print(json.dumps(_jsonable(shown), indent=2, allow_nan=False))
@@ -471,9 +697,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .model import load_model, summarize
+    from .model import load_model_header, summarize
 
-    summary = summarize(load_model(args.model, check=False))
+    summary = summarize(load_model_header(args.model))  # the graph, not the weights: fast at any size
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return ExitCode.OK
 

@@ -46,13 +46,13 @@ from ._atomic import write_text_atomic
 from .errors import ConfigError, DataError
 from .feeds import load_data
 from .metrics import Metric, get_metric
-from .model import load_model
+from .model import load_model, load_model_header
 from .report.schema import OutputMetrics, Report, format_number, to_float, to_jsonable, to_optional_float
 from .validate import validate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "Comparison", "Metric", "OutputCheck", "check_report", "compare"]
+__all__ = ["METRICS", "Comparison", "Metric", "OutputCheck", "check_report", "compare", "read_labels"]
 
 
 #: The metrics :func:`compare` gates on, by their command-line names (entries of :mod:`onnxq.metrics`).
@@ -243,10 +243,13 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
     spec = check_metric(metric, threshold)
     metric = spec.cli_name
     started = time.perf_counter()
-    float_proto = load_model(float_model, check=False)
+    label_array = read_labels(labels) if labels is not None else None
+    # the inputs are all the data check needs: the graph without its weights, whatever the model's size
+    float_proto = (load_model_header(float_model) if isinstance(float_model, (str, os.PathLike))
+                   else load_model(float_model, check=False))
     dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
-    if labels is not None:
-        dataset = _Labelled(dataset, _read_labels(labels), limited=limit is not None)
+    if label_array is not None:
+        dataset = _Labelled(dataset, label_array, limited=limit is not None)
     elif spec.needs_labels and not dataset.has_labels:
         raise DataError(f"--metric {metric} needs labels: add a 'labels' array to the data file "
                         "or pass --labels FILE.npy")
@@ -346,23 +349,51 @@ class _Labelled:
             raise DataError(f"{len(self._labels)} labels for {offset} evaluation samples")
 
 
-def _read_labels(labels: Any) -> np.ndarray:
+def read_labels(labels: Any) -> np.ndarray:
+    """Class labels from an array or a ``.npy`` / ``.npz`` file (key ``labels``, or its only array).
+
+    Never unpickles. Labels are numbers: class indices (one per sample) or one-hot rows.
+
+    Raises:
+        DataError: the file is missing, not a regular file, unreadable or pickled, or the labels
+            are not numeric arrays of rank 1 or 2.
+    """
     if not isinstance(labels, (str, os.PathLike)):
-        return np.asarray(labels)
+        return _checked_labels(labels, "the labels")
     path = Path(labels)
+    if not path.is_file():
+        why = "not a regular file" if path.exists() else "no such file"
+        raise DataError(f"cannot read labels from {path}: {why}")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read labels from {path}: {exc}") from exc
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        keys = list(loaded.keys())
-        if "labels" in keys:
-            return loaded["labels"]
-        if len(keys) == 1:
-            return loaded[keys[0]]
-    raise DataError(f"{path} holds {keys}: name the labels array 'labels'")
+        if isinstance(loaded, np.ndarray):
+            return _checked_labels(loaded, str(path))
+        with loaded:
+            keys = list(loaded.keys())
+            key = "labels" if "labels" in keys else keys[0] if len(keys) == 1 else None
+            if key is None:
+                raise DataError(f"{path} holds {keys}: name the labels array 'labels'")
+            return _checked_labels(loaded[key], f"{path}[{key!r}]")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError (pickled arrays), BadZipFile, EOFError, ...
+        raise DataError(f"cannot read labels from {path}: {_one_line(exc)}") from exc
+
+
+def _checked_labels(labels: Any, where: str) -> np.ndarray:
+    try:
+        array = np.asarray(labels)
+    except Exception as exc:  # noqa: BLE001 - ragged lists and other non-arrays
+        raise DataError(f"{where}: labels must be an array of class indices ({_one_line(exc)})") from exc
+    if array.dtype.kind not in "iubf" or array.ndim not in (1, 2):
+        raise DataError(f"{where}: labels must be class indices (one per sample) or one-hot rows, "
+                        f"got {array.dtype} with shape {list(array.shape)}")
+    return array
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
 
 
 def _metrics_text(metrics: OutputMetrics | None, report: Report) -> str:

@@ -69,7 +69,7 @@ from .errors import ConfigError, DataError, ModelError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Dataset", "InputSpec", "input_specs", "load_data"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Dataset", "InputSpec", "check_data", "input_specs", "load_data"]
 
 DEFAULT_BATCH_SIZE = 8
 _SCAN_CHUNK_BYTES = 32 << 20  # value checks read at most this much of one input at a time
@@ -667,7 +667,10 @@ def _tensor_array(path: Path) -> np.ndarray:
 
 def _test_set_block(folder: Path, specs: list[InputSpec]) -> _Block:
     """One ONNX ``test_data_set_*`` folder of ``input_<i>.pb`` TensorProto files."""
-    files = [p for p in folder.iterdir() if re.fullmatch(r"input_\d+\.pb", p.name)]
+    files = [p for p in _visible_entries(folder) if re.fullmatch(r"input_\d+\.pb", p.name)]
+    for path in files:
+        if not path.is_file():
+            raise DataError(f"'{path}' is not a regular file")
     if not files:
         raise DataError(f"test data folder '{folder}' holds no input_<i>.pb files")
     meta: Meta = {}
@@ -705,7 +708,7 @@ def _folder_blocks(folder: Path, specs: list[InputSpec],
     sets = [p for p in entries if p.is_dir() and p.name.startswith("test_data_set_")]
     if sets:
         return [_test_set_block(s, specs) for s in sets], origin
-    if any(p.is_file() and re.fullmatch(r"input_\d+\.pb", p.name) for p in entries):
+    if any(re.fullmatch(r"input_\d+\.pb", p.name) for p in entries):
         return [_test_set_block(folder, specs)], origin
     npy = [p for p in entries if p.is_file() and p.suffix.lower() == ".npy"]
     npz = [p for p in entries if p.is_file() and p.suffix.lower() == ".npz"]
@@ -726,6 +729,8 @@ def _path_blocks(path: Path, specs: list[InputSpec],
         raise DataError(f"data path '{path}' does not exist")
     if path.is_dir():
         return _folder_blocks(path, specs, labels_key)
+    if not path.is_file():  # a FIFO would block the reader forever; devices and sockets too
+        raise DataError(f"data path '{path}' is not a regular file or a folder")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return [_npz_block(path, allow_sample=False)], f"'{path}'"
@@ -810,7 +815,7 @@ class _IndexedDataset(Dataset):
     """Samples with random access: in-memory arrays, .npz / .npy files, test-data folders."""
 
     def __init__(self, table: _Table, order: np.ndarray, requested_batch: int,
-                 check_values: bool = True) -> None:
+                 check_values: bool = True, quiet: bool = False) -> None:
         self.specs = table.specs
         self._table = table
         self._order = order
@@ -825,14 +830,15 @@ class _IndexedDataset(Dataset):
                 raise DataError(f"the model takes batches of exactly {self.batch_size} samples, "
                                 f"but the data holds only {self.num_samples}")
             dropped = self.num_samples - self.num_batches * self.batch_size
-            if dropped:
+            if dropped and not quiet:
                 logger.warning("dropping the last %d samples: the model takes batches of "
                                "exactly %d", dropped, self.batch_size)
                 self.num_samples -= dropped
         else:
             self.num_batches = math.ceil(self.num_samples / self.batch_size)
         self._fingerprint = None
-        self._log_casts()
+        if not quiet:
+            self._log_casts()
         if check_values:
             self._scan()
 
@@ -1137,6 +1143,34 @@ def load_data(source: Any, model_or_specs: onnx.ModelProto | list[InputSpec], *,
     table = _Table(blocks[0], specs, key, blocks[1])
     order = _select(np.arange(table.total, dtype=np.int64), limit, shuffle, seed)
     return _IndexedDataset(table, order, requested)
+
+
+def check_data(source: Any, model_or_specs: onnx.ModelProto | list[InputSpec], *,
+               batch_size: int | None = None, limit: int | None = None, labels_key: str = "labels") -> None:
+    """The checks of :func:`load_data` that read no values, for a quick look before any work.
+
+    Names, dtypes, ranks, fixed dimensions, sample counts, labels, empty data and unreadable or
+    corrupt files (headers only: a large ``.npz`` costs what its directory costs). Values
+    (NaN / Inf, narrowing casts) are left to :func:`load_data`. A ``Dataset`` and streamed
+    sources (generators, other iterables) are not looked at: reading them here would consume them.
+
+    Raises:
+        DataError, ConfigError, ModelError: as :func:`load_data` would for the same source.
+    """
+    _check_arguments(batch_size, limit)
+    specs = _specs_of(model_or_specs)
+    if isinstance(source, Dataset):
+        return
+    key = None if any(s.name == labels_key for s in specs) else labels_key
+    if isinstance(source, (list, tuple)) and not source:
+        raise DataError("no samples: the data list is empty")
+    blocks = _blocks_of(source, specs, key)
+    if blocks is None:
+        return
+    table = _Table(blocks[0], specs, key, blocks[1])
+    order = _select(np.arange(table.total, dtype=np.int64), limit, False, 0)
+    _IndexedDataset(table, order, batch_size if batch_size is not None else DEFAULT_BATCH_SIZE,
+                    check_values=False, quiet=True)
 
 
 def _check_arguments(batch_size: int | None, limit: int | None) -> None:

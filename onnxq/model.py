@@ -19,9 +19,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import onnx
 from onnx.external_data_helper import set_external_data, uses_external_data
 
-from ._graph import LARGE_MODEL_BYTES, opset_version, proto_size
+from ._graph import LARGE_MODEL_BYTES, opset_version, proto_size, serialized_size
 from ._graph import all_tensors as _all_tensors, initializer_tensors as _initializer_tensors
-from .errors import ModelError
+from ._atomic import output_target
+from .errors import ConfigError, ModelError
 from .summary import ModelSummary, TensorInfo, summarize  # re-exported; summary.py never imports model.py
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "TensorInfo",
     "ensure_opset",
     "load_model",
+    "load_model_header",
     "model_hash",
     "model_size",
     "opset_version",
@@ -85,6 +87,36 @@ def load_model(source: _PathLike | onnx.ModelProto, *, check: bool = True) -> on
         if check:
             _check(model, None, "the in-memory model")
         return model
+    model, path, label = _read_structure(source)
+    _load_external_data(model, path, label)
+    if check:
+        _check(model, path, label)
+    if logger.isEnabledFor(logging.DEBUG):  # ByteSize() itself raises above 2 GiB
+        logger.debug("loaded model %s (%d bytes)", label, serialized_size(model))
+    return model
+
+
+def load_model_header(source: _PathLike) -> onnx.ModelProto:
+    """The graph of an ONNX file without its tensor data: cheap whatever the model's size.
+
+    External-data references are validated as :func:`load_model` does (inside the model's
+    folder, file present, within its size) but not read. The result serves to look at inputs,
+    outputs, nodes and shapes before any work (``inspect``, checks of data against the model);
+    it cannot be run or saved.
+
+    Raises:
+        ModelError: the file is missing, not a regular file, not ONNX, or has unsafe or missing
+            external data.
+    """
+    model, path, label = _read_structure(source)
+    for tensor in _all_tensors(model):
+        if uses_external_data(tensor):
+            _external_ref(tensor, path.parent, label)
+    return model
+
+
+def _read_structure(source: object) -> tuple[onnx.ModelProto, Path, str]:
+    """Parse an ONNX file's protobuf without reading its external data: (model, path, label)."""
     if not isinstance(source, (str, os.PathLike)):
         kind = type(source).__name__
         raise ModelError(f"cannot read model: expected a path or an onnx.ModelProto, got {kind}")
@@ -92,7 +124,7 @@ def load_model(source: _PathLike | onnx.ModelProto, *, check: bool = True) -> on
     label = f"'{os.fspath(source)}'"
     if not path.exists():
         raise ModelError(f"cannot read model {label}: no such file")
-    if not path.is_file():
+    if not path.is_file():  # a folder, FIFO, socket or device: never opened
         raise ModelError(f"cannot read model {label}: not a file")
     try:
         model = onnx.load_model(os.fspath(path), format="protobuf", load_external_data=False)
@@ -101,11 +133,7 @@ def load_model(source: _PathLike | onnx.ModelProto, *, check: bool = True) -> on
     if not model.HasField("graph"):
         reason = "empty file" if path.stat().st_size == 0 else "no graph"
         raise ModelError(f"cannot read model {label}: not an ONNX file ({reason})")
-    _load_external_data(model, path, label)
-    if check:
-        _check(model, path, label)
-    logger.debug("loaded model %s (%d bytes)", label, model.ByteSize())
-    return model
+    return model, path, label
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path, label: str) -> None:
@@ -146,7 +174,8 @@ def _external_ref(tensor: onnx.TensorProto, base: Path, label: str) -> tuple[Pat
     if folder not in file.parents:
         raise ModelError(f"{where} points outside the model's folder: '{location}' (refused)")
     if not file.is_file():
-        raise ModelError(f"{where}: file '{location}' not found next to the model")
+        found = "is not a regular file" if file.exists() else "not found next to the model"
+        raise ModelError(f"{where}: file '{location}' {found}")
     try:
         offset = int(info.get("offset", "0") or 0)
         length = int(info["length"]) if info.get("length") else None
@@ -163,7 +192,7 @@ def _external_ref(tensor: onnx.TensorProto, base: Path, label: str) -> tuple[Pat
 def _check(model: onnx.ModelProto, path: Path | None, label: str) -> None:
     """Run the ONNX checker; large models are checked by path (protobuf cannot hold them)."""
     try:
-        if model.ByteSize() <= LARGE_MODEL_BYTES:
+        if serialized_size(model) <= LARGE_MODEL_BYTES:
             onnx.checker.check_model(model, full_check=False)
         elif path is not None:
             onnx.checker.check_model(os.fspath(path), full_check=False)
@@ -226,6 +255,8 @@ def save_model(model: onnx.ModelProto, path: _PathLike, *,
     temporary file remains. Models larger than ``LARGE_MODEL_BYTES`` keep their tensors in one
     side file ``<name>.data`` next to ``path`` (relative location), also written under a
     temporary name first. Memory peaks at about twice the model's size in that case.
+    A ``path`` that is a symbolic link is written through: the link stays, its target (and the
+    side file next to that target) receive the model.
 
     Args:
         model: the model (never modified).
@@ -236,11 +267,14 @@ def save_model(model: onnx.ModelProto, path: _PathLike, *,
         ``path`` as a ``Path``.
 
     Raises:
-        ModelError: the folder is missing, ``path`` is a directory or a protected file, or the
-            write fails.
+        ModelError: the folder is missing, ``path`` is a directory, a protected file or not a
+            regular file (FIFO, device), or the write fails.
     """
-    target = Path(path)
     label = f"'{os.fspath(path)}'"
+    try:
+        target = output_target(path)
+    except ConfigError as exc:
+        raise ModelError(f"cannot save model to {label}: {exc}") from exc
     folder = target.parent
     if not folder.exists():
         raise ModelError(f"cannot save model to {label}: folder '{folder}' does not exist")
@@ -248,6 +282,8 @@ def save_model(model: onnx.ModelProto, path: _PathLike, *,
         raise ModelError(f"cannot save model to {label}: '{folder}' is not a folder")
     if target.is_dir():
         raise ModelError(f"cannot save model to {label}: it is a directory")
+    if target.exists() and not target.is_file():
+        raise ModelError(f"cannot save model to {label}: it is not a regular file (refusing to replace it)")
     data_name = target.name + ".data"
     data_target = folder / data_name
     protect = protected_files(*protect)  # the input model's external-data files too
@@ -259,15 +295,15 @@ def save_model(model: onnx.ModelProto, path: _PathLike, *,
         raise ModelError(
             f"cannot save model to {label}: tensor '{unloaded[0]}' refers to external data that "
             "is not loaded (load the model with onnxq.model.load_model)")
-    large = model.ByteSize() > LARGE_MODEL_BYTES
+    large = serialized_size(model) > LARGE_MODEL_BYTES
     if large:
         for guarded in protect:
             if _same_file(data_target, Path(guarded)):
                 raise ModelError(
                     f"refusing to overwrite the input model {os.fspath(guarded)} "
                     f"(external data file '{data_name}')")
-        if data_target.is_dir():
-            raise ModelError(f"cannot save model to {label}: '{data_target}' is a directory")
+        if data_target.exists() and not data_target.is_file():
+            raise ModelError(f"cannot save model to {label}: '{data_target}' is not a regular file")
     try:
         if large:
             _write_external(model, target, data_target, data_name, restore=False)
@@ -284,7 +320,7 @@ def save_model(model: onnx.ModelProto, path: _PathLike, *,
     except Exception as exc:
         raise ModelError(f"cannot save model to {label}: {_one_line(exc)}") from exc
     logger.debug("saved model %s%s", label, f" with external data '{data_name}'" if large else "")
-    return target
+    return Path(path)
 
 
 def _write_external(model: onnx.ModelProto, target: Path, data_target: Path, location: str, *,
@@ -464,7 +500,7 @@ def model_hash(model: onnx.ModelProto) -> str:
 
 
 def _hash_message(digest: hashlib._Hash, message: object) -> None:
-    size = message.ByteSize()  # type: ignore[attr-defined]
+    size = serialized_size(message)
     if size <= _HASH_CHUNK_BYTES:
         data = message.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
         digest.update(b"m" + len(data).to_bytes(8, "little") + data)

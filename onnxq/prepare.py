@@ -12,7 +12,9 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .config import Mode, QuantConfig
+from ._graph import serialized_size
 from .errors import ModelError, QuantizationError
+from ._quiet import captured_output
 from .model import ensure_opset, load_model
 
 logger = logging.getLogger(__name__)
@@ -30,15 +32,18 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
     """
     # 16-bit Q/DQ (16x8) are standard ONNX from opset 21: upgrade before planning, so that the plan,
     # calibration and rewrite all see the same graph
+    check_finite_weights(model)
     model = ensure_opset(model, OPSET_16BIT if config.activation_type.bits == 16 else MIN_OPSET)
     _name_nodes(model)
     try:
         from .rewrite import preprocess
 
-        model = preprocess(model, symbolic=not shapes_complete(model))
+        with captured_output("ONNX Runtime pre-processing"):
+            model = preprocess(model, symbolic=not shapes_complete(model))
     except QuantizationError as exc:
-        logger.warning("%s; falling back to ONNX shape inference + ORT basic optimisation", exc)
-        model = _basic_optimise(_infer_shapes(model))
+        with captured_output("ONNX Runtime basic optimisation"):
+            model = _basic_optimise(_infer_shapes(model))  # when this fails too, its error is the one shown
+        logger.warning("%s; fell back to ONNX shape inference + ORT basic optimisation", exc)
     if config.mode in (Mode.DYNAMIC, Mode.WEIGHT_ONLY):  # both rewrite MatMul, not Gemm
         _decompose_gemm(model)
     _name_nodes(model)
@@ -55,11 +60,58 @@ def shapes_complete(model: onnx.ModelProto) -> bool:
     return all(name in known for node in graph.node for name in node.output if name)
 
 
+def check_finite_weights(model: onnx.ModelProto) -> None:
+    """Refuse NaN or Inf in the weights and biases of the layers onnxq quantizes.
+
+    A non-finite weight makes every scale derived from it non-finite: the quantized model would
+    be silently wrong (cosine NaN), so it is refused as clearly as bad data is. Other constants
+    (e.g. ``-inf`` attention-mask fillers) are left alone.
+
+    Raises:
+        ModelError: naming the first such tensor, its node and how many values are not finite.
+    """
+    initializers = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        for position in _WEIGHT_INPUTS.get(node.op_type, ()):
+            if position >= len(node.input) or node.input[position] not in initializers:
+                continue
+            tensor = initializers[node.input[position]]
+            if tensor.data_type not in _FLOAT_TYPES:
+                continue
+            values = numpy_helper.to_array(tensor).reshape(-1)
+            nan = inf = 0
+            for start in range(0, values.size, _CHUNK):  # bounded temporaries on multi-GB weights
+                chunk = values[start:start + _CHUNK]
+                nan += int(np.count_nonzero(np.isnan(chunk)))
+                inf += int(np.count_nonzero(np.isinf(chunk)))
+            if nan or inf:
+                kinds = " and ".join(f"{n} {k}" for k, n in (("NaN", nan), ("Inf", inf)) if n)
+                raise ModelError(f"weight {tensor.name!r} of node {node.name or node.op_type!r} ({node.op_type}) "
+                                 f"holds {kinds} value(s) among {values.size}: a non-finite weight cannot be "
+                                 "quantized; fix the model")
+
+
+#: Inputs of these op types that hold weights or biases (quantized by ORT when constant).
+_WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1), "Gather": (0,),
+    "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "Attention": (1, 2), "EmbedLayerNormalization": (2, 3, 4),
+}
+_CHUNK = 1 << 24
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                          onnx.TensorProto.BFLOAT16})
+
+
 def _name_nodes(model: onnx.ModelProto) -> None:
-    """Give every unnamed node a unique name (exclusion lists and reports refer to names)."""
+    """Give every unnamed node, and every repeat of a name, a unique name (exclusion lists and
+    reports refer to names; ONNX Runtime refuses duplicates). The first holder keeps its name."""
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.name] = counts.get(n.name, 0) + 1
     taken = {n.name for n in model.graph.node if n.name}
+    seen: set[str] = set()
     for index, node in enumerate(model.graph.node):
-        if node.name and node.name in taken:
+        if node.name and (counts[node.name] == 1 or node.name not in seen):
+            seen.add(node.name)
             continue
         name = f"{node.op_type}_{index}"
         while name in taken:
@@ -80,7 +132,7 @@ def _basic_optimise(model: onnx.ModelProto) -> onnx.ModelProto:
     """ORT basic graph optimisations (constant folding, BN folding), written to a private folder."""
     with tempfile.TemporaryDirectory(prefix="onnxq-opt-") as tmp:
         source, target = Path(tmp) / "in.onnx", Path(tmp) / "opt.onnx"
-        large = model.ByteSize() > 2**31 - 1024
+        large = serialized_size(model) > 2**31 - 1024
         onnx.save_model(model, source, save_as_external_data=large, location="in.onnx.data")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

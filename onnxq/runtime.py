@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ._graph import serialized_size
 from .errors import ModelError
 
 _TWO_GB = 2**31 - 1
@@ -34,7 +35,7 @@ def create_session(model: onnx.ModelProto | str | os.PathLike[str], *, threads: 
     providers = ["CPUExecutionProvider"]
     try:
         if isinstance(model, onnx.ModelProto):
-            if model.ByteSize() < _TWO_GB:
+            if serialized_size(model) < _TWO_GB:
                 return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
             with tempfile.TemporaryDirectory(prefix="onnxq-") as tmp:
                 path = os.path.join(tmp, "model.onnx")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ._graph import LARGE_MODEL_BYTES, opset_version, proto_size
+from ._graph import LARGE_MODEL_BYTES, opset_version, proto_size, serialized_size
 from .errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
 
 def _infer_shapes(model: onnx.ModelProto, limit: int) -> onnx.ModelProto:
     """ONNX shape inference on a copy; the model itself when inference fails or it is too big."""
-    if model.ByteSize() > limit:
+    if serialized_size(model) > limit:
         return model
     try:
         return onnx.shape_inference.infer_shapes(model)

@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..config import QuantConfig
+from .._graph import serialized_size
 from ..errors import QuantizationError
 from ..plan import NodeDecision, QuantPlan, user_choice
 
@@ -93,13 +94,13 @@ def quantize_float16(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfi
     try:
         converted = convert_float_to_float16(
             work, keep_io_types=config.float16_keep_io_types,
-            disable_shape_infer=work.ByteSize() > _TWO_GB,
+            disable_shape_infer=serialized_size(work) > _TWO_GB,
             op_block_list=sorted({d.op_type for d in blocked if "op type" in d.reason}),
             node_block_list=[d.name for d in blocked])
     except Exception as exc:
         raise QuantizationError(f"ONNX Runtime float16 converter failed: {_first_line(exc)}") from exc
     _topological_sort(converted.graph)  # the converter appends its Casts at the end
-    if converted.ByteSize() > _TWO_GB:  # the in-memory checker refuses > 2 GB; ORT checks it when run
+    if serialized_size(converted) > _TWO_GB:  # the in-memory checker refuses > 2 GB; ORT checks it when run
         return converted
     try:
         onnx.checker.check_model(converted, full_check=False)

@@ -22,6 +22,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from ..calibration.ranges import Ranges
 from ..config import QuantConfig
 from ..config import QuantType as OnnxqQuantType
+from .._graph import serialized_size
 from ..errors import QuantizationError
 from ..plan import QuantPlan
 from .keep_float import keep_float_at_runtime
@@ -66,7 +67,7 @@ def preprocess(model: onnx.ModelProto, *, symbolic: bool = True) -> onnx.ModelPr
         # in place and, without symbolic inference, fails on some exported models.
         source, out = Path(tmp) / "float.onnx", Path(tmp) / "preprocessed.onnx"
         save_model(model, source)
-        large = model.ByteSize() > 2**31 - 1024
+        large = serialized_size(model) > 2**31 - 1024
         try:
             quant_pre_process(str(source), str(out), skip_symbolic_shape=not symbolic, save_as_external_data=large,
                               all_tensors_to_one_file=True,
