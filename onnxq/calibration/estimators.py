@@ -166,6 +166,76 @@ def mse_range(counts: np.ndarray, edges: np.ndarray, *, num_levels: int = 256) -
     return _clip(low, high, threshold)
 
 
+def quantization_grid(low: float, high: float, *, qmin: int, qmax: int, symmetric: bool = False) -> tuple[float, int]:
+    """``(scale, zero_point)`` of the range ``[low, high]`` on the integer levels ``[qmin, qmax]``.
+
+    Mirrors ``onnxruntime.quantization.quant_utils.compute_scale_zp``, which writes the Q/DQ
+    nodes: the range is rounded to float32 and widened to contain 0, made ``[-m, m]`` when
+    ``symmetric``, the scale is stored as float32 (1.0 for an empty range) and the zero point
+    rounded half to even from the unrounded scale.
+    """
+    rmin, rmax = min(float(np.float32(low)), 0.0), max(float(np.float32(high)), 0.0)
+    if symmetric:
+        rmax = max(abs(rmin), abs(rmax))
+        rmin = -rmax
+    scale = (rmax - rmin) / (qmax - qmin)
+    if float(np.float32(scale)) < float(np.finfo(np.float32).tiny):
+        return 1.0, 0
+    if symmetric:
+        zero_point = int(np.round((qmin + qmax) / 2.0))
+    else:
+        zero_point = int(np.clip(np.round(qmin - rmin / scale), qmin, qmax))
+    return float(np.float32(scale)), zero_point
+
+
+def quantization_error(counts: np.ndarray, edges: np.ndarray, *, scale: float, zero_point: int, qmin: int,
+                       qmax: int) -> float:
+    """The expected squared error of quantizing the histogrammed values on one integer grid.
+
+    The grid is ONNX's ``QuantizeLinear``/``DequantizeLinear`` pair: levels ``scale * (q - zero_point)``
+    for ``q`` in ``[qmin, qmax]``; a value rounds to the nearest level and values beyond the end
+    levels are clipped to them. Unlike the ``s**2 / 12`` rounding model of :func:`mse_range`, the
+    error is integrated exactly over each bin (values uniform inside a bin), so a bin much
+    narrower than a step, such as the spike of exact zeros of a post-ReLU tensor, costs what it
+    really costs (nearly nothing when it sits on a level).
+
+    Args:
+        counts: histogram counts, shape ``(n,)``.
+        edges: bin edges, shape ``(n + 1,)``.
+        scale: quantization step (> 0).
+        zero_point: integer zero point, in ``[qmin, qmax]``.
+        qmin: smallest integer level.
+        qmax: largest integer level (``> qmin``).
+
+    Returns:
+        The mean squared error per value (0 for a grid that represents every value exactly).
+
+    Raises:
+        CalibrationError: the histogram or the grid is malformed.
+    """
+    counts, edges = _check_histogram(counts, edges)
+    if not (math.isfinite(scale) and scale > 0.0) or not qmin <= zero_point <= qmax or qmax <= qmin:
+        raise CalibrationError(f"invalid grid: scale={scale}, zero_point={zero_point}, [{qmin}, {qmax}]")
+    lowest, steps = scale * (qmin - zero_point), qmax - qmin
+    integral = _error_integral((edges - lowest) / scale, steps)  # in units of scale**3
+    per_bin = np.diff(integral) / np.diff(edges / scale)         # mean error of each bin, units scale**2
+    return float(np.sum(counts * np.maximum(per_bin, 0.0)) / counts.sum() * scale * scale)
+
+
+def _error_integral(u: np.ndarray, steps: int) -> np.ndarray:
+    """``H(u) = integral from 0 to u of e(t)**2 dt`` for levels at the integers ``0..steps``.
+
+    ``e(t)`` is the error of rounding ``t`` to the nearest level (``t - round(t)`` inside
+    ``[0, steps]``) and of clipping to the end levels outside it. ``H`` is signed (negative below 0).
+    """
+    inside = np.clip(u, 0.0, float(steps))
+    level = np.floor(inside + 0.5)
+    rounding = level / 12.0 - 1.0 / 24.0 + ((inside - level) ** 3 + 0.125) / 3.0
+    below = np.minimum(u, 0.0) ** 3 / 3.0
+    above = np.maximum(u - steps, 0.0) ** 3 / 3.0
+    return rounding + below + above
+
+
 # --------------------------------------------------------------------------------------------
 # shared helpers
 

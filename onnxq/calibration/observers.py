@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -490,9 +490,11 @@ def compute_range(observer: MinMaxObserver | HistogramObserver, config: QuantCon
 
     ``MINMAX`` uses the observer's ``min``/``max`` (moving averages when configured); the
     histogram methods use :mod:`onnxq.calibration.estimators` and are clipped to the observed
-    extremes. The result always contains 0 (ONNX zero points need it), is finite, has
-    ``low < high`` and is rounded outwards to float32-representable numbers. A constant tensor
-    ``c`` gives ``(min(0, c), max(0, c))``; an all-zero tensor gives ``(0.0, 1.0)``.
+    extremes. ``AUTO`` on an observer alone takes the estimator of :func:`histogram_choice`
+    (calibration itself runs :mod:`onnxq.calibration.search`, which also measures the consumers).
+    The result always contains 0 (ONNX zero points need it), is finite, has ``low < high`` and
+    is rounded outwards to float32-representable numbers. A constant tensor ``c`` gives
+    ``(min(0, c), max(0, c))``; an all-zero tensor gives ``(0.0, 1.0)``.
 
     16-bit activations (16x8): MSE searches with 65536 levels; ENTROPY keeps the observed range,
     because a histogram of ``num_bins`` (< 65536) bins is coarser than the quantization grid and
@@ -517,6 +519,10 @@ def compute_range(observer: MinMaxObserver | HistogramObserver, config: QuantCon
     if not isinstance(observer, HistogramObserver):
         raise CalibrationError(f"unsupported observer type {type(observer).__name__}")
     data_min, data_max = observer.min, observer.max
+    if method is CalibrationMethod.AUTO and data_min != data_max:
+        # the histogram alone; calibration.search also weighs the error at the tensor's consumers
+        estimator = histogram_choice(observer, config)
+        return compute_range(observer, replace(config, method=CalibrationMethod(estimator)))
     if method is CalibrationMethod.MINMAX or data_min == data_max:
         return _finish(data_min, data_max)
     counts, edges = observer.counts, observer.edges
@@ -536,6 +542,51 @@ def compute_range(observer: MinMaxObserver | HistogramObserver, config: QuantCon
     else:  # pragma: no cover - the enum has no other members
         raise CalibrationError(f"unknown calibration method {method!r}")
     return _finish(max(low, data_min), min(high, data_max))
+
+
+#: The estimators ``AUTO`` chooses among, in order of preference when two give the same range.
+AUTO_CANDIDATES: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
+#: Integer levels of activations as onnxq's QDQ rewrite uses them: int8 is symmetric (S8S8).
+ACTIVATION_LIMITS = {QuantType.UINT8: (0, 255), QuantType.INT8: (-127, 127), QuantType.UINT16: (0, 65535),
+                     QuantType.INT16: (-32768, 32767)}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An integer quantization grid: levels ``scale * (q - zero_point)`` for ``q`` in ``[qmin, qmax]``."""
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+
+def activation_grid(low: float, high: float, activation_type: QuantType | str) -> Grid:
+    """The grid ORT's QDQ quantizer gives an activation with the range ``[low, high]``."""
+    kind = QuantType(activation_type)
+    qmin, qmax = ACTIVATION_LIMITS[kind]
+    scale, zero_point = estimators.quantization_grid(low, high, qmin=qmin, qmax=qmax,
+                                                     symmetric=kind is QuantType.INT8)
+    return Grid(scale, zero_point, qmin, qmax)
+
+
+def histogram_errors(observer: HistogramObserver, ranges: dict[str, tuple[float, float]],
+                     activation_type: QuantType | str) -> dict[str, float]:
+    """Estimator -> expected squared quantization error of the observed values on its range's grid."""
+    counts, edges = observer.counts, observer.edges
+    errors = {}
+    for name, (low, high) in ranges.items():
+        grid = activation_grid(low, high, activation_type)
+        errors[name] = estimators.quantization_error(counts, edges, scale=grid.scale, zero_point=grid.zero_point,
+                                                     qmin=grid.qmin, qmax=grid.qmax)
+    return errors
+
+
+def histogram_choice(observer: HistogramObserver, config: QuantConfig) -> str:
+    """The estimator whose range gives the observed values the smallest expected quantization error."""
+    ranges = {m: compute_range(observer, replace(config, method=CalibrationMethod(m))) for m in AUTO_CANDIDATES}
+    errors = histogram_errors(observer, ranges, config.activation_type)
+    return min(errors, key=lambda m: (errors[m], AUTO_CANDIDATES.index(m)))
 
 
 def _finish(low: float, high: float) -> tuple[float, float]:

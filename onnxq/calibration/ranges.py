@@ -54,6 +54,8 @@ class Ranges:
         model_hash: content hash of the calibrated model, when known.
         data_hash: fingerprint of the calibration data, when known.
         settings: the settings that change ranges (method, percentile, num_bins, ...).
+        chosen: tensor name -> the estimator that produced its range, when it was chosen per
+            tensor (``method="auto"``); empty otherwise. Written to JSON only when not empty.
     """
 
     tensors: dict[str, TensorRange]
@@ -62,6 +64,7 @@ class Ranges:
     model_hash: str | None = None
     data_hash: str | None = None
     settings: dict[str, Setting] = field(default_factory=dict)
+    chosen: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tensors)
@@ -79,7 +82,8 @@ class Ranges:
         """A new ``Ranges`` with the union of both intervals per tensor and the samples added.
 
         Meant for shards of the same calibration (same model, method and settings); mixing
-        those raises ``CalibrationError``. The data hash is kept only when both agree.
+        those raises ``CalibrationError``. The data hash is kept only when both agree, and so is
+        a tensor's ``chosen`` estimator.
         Note that for histogram methods the union of per-shard ranges is not the range of the
         whole data; merge observers instead when that matters.
         """
@@ -95,16 +99,19 @@ class Ranges:
         return Ranges(tensors=tensors, method=self.method, samples=self.samples + other.samples,
                       model_hash=self.model_hash or other.model_hash,
                       data_hash=self.data_hash if self.data_hash == other.data_hash else None,
-                      settings=dict(self.settings))
+                      settings=dict(self.settings), chosen=_agreed(self.chosen, other.chosen))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (plain floats, ints and strings)."""
-        return {
+        data = {
             "format": FORMAT, "version": VERSION, "method": self.method, "samples": int(self.samples),
             "model_hash": self.model_hash, "data_hash": self.data_hash,
             "settings": {k: _setting(v, k) for k, v in self.settings.items()},
             "tensors": {name: {"low": float(r.low), "high": float(r.high)} for name, r in self.tensors.items()},
         }
+        if self.chosen:  # absent otherwise: files of single-method ranges keep their old form
+            data["chosen"] = {str(name): str(method) for name, method in self.chosen.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Ranges:
@@ -128,7 +135,8 @@ class Ranges:
         return cls(tensors=parsed, method=_text(data.get("method", "minmax"), "method"), samples=samples,
                    model_hash=_optional_text(data.get("model_hash"), "model_hash"),
                    data_hash=_optional_text(data.get("data_hash"), "data_hash"),
-                   settings={str(k): _setting(v, k) for k, v in settings.items()})
+                   settings={str(k): _setting(v, k) for k, v in settings.items()},
+                   chosen=_chosen(data.get("chosen", {})))
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the ranges to ``path`` atomically (temporary file + ``os.replace``)."""
@@ -213,7 +221,8 @@ class RangeCache:
         settings.setdefault("method", ranges.method)
         path = self.path(ranges.model_hash, ranges.data_hash, settings)
         stored = Ranges(tensors=ranges.tensors, method=ranges.method, samples=ranges.samples,
-                        model_hash=ranges.model_hash, data_hash=ranges.data_hash, settings=settings)
+                        model_hash=ranges.model_hash, data_hash=ranges.data_hash, settings=settings,
+                        chosen=ranges.chosen)
         return stored.to_json(path)
 
 
@@ -267,6 +276,19 @@ def _setting(value: Any, name: Any) -> Setting:
     if isinstance(value, float) and math.isfinite(value):
         return value
     raise CalibrationError(f"setting {name!r} must be a finite number or a string, got {value!r}")
+
+
+def _chosen(value: Any) -> dict[str, str]:
+    """The ``chosen`` map of a ranges file: tensor name -> estimator name."""
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise CalibrationError("'chosen' must map tensor names to estimator names")
+    return {str(name): method for name, method in value.items()}
+
+
+def _agreed(first: Mapping[str, str], second: Mapping[str, str]) -> dict[str, str]:
+    """The entries of both maps that do not contradict each other."""
+    merged = {**second, **first}
+    return {name: method for name, method in merged.items() if second.get(name, method) == method}
 
 
 def _text(value: Any, name: str) -> str:

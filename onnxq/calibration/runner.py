@@ -14,27 +14,10 @@ from ..feeds import Dataset
 from ..runtime import create_session, run
 from .observers import compute_range, make_observer
 from .ranges import Ranges, TensorRange
+from .search import auto_settings, search_ranges
+from .tapping import tap  # re-exported: analyze, smooth and histograms import it from here
 
 logger = logging.getLogger(__name__)
-
-
-def tap(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs also expose ``tensors``."""
-    tapped = onnx.ModelProto()
-    tapped.CopyFrom(model)
-    graph = tapped.graph
-    known = {vi.name: vi for vi in list(graph.value_info) + list(graph.input)}
-    outputs = {o.name for o in graph.output}
-    for name in tensors:
-        if name in outputs:
-            continue
-        info = onnx.ValueInfoProto()
-        if name in known:
-            info.CopyFrom(known[name])
-        else:
-            info.name = name
-        graph.output.append(info)
-    return tapped
 
 
 def collect_ranges(model: onnx.ModelProto, data: Dataset, tensors: Sequence[str], config: QuantConfig, *,
@@ -45,6 +28,8 @@ def collect_ranges(model: onnx.ModelProto, data: Dataset, tensors: Sequence[str]
     observers and are dropped before the next batch runs, so memory does not grow with the
     number of samples.
     """
+    if config.method.value == "auto":  # per tensor, the estimator its consumers tolerate best
+        return search_ranges(model, data, tensors, config, progress=progress)
     tensors = list(dict.fromkeys(tensors))
     if not tensors:
         return Ranges(tensors={}, method=config.method.value, settings=range_settings(config))
@@ -72,6 +57,8 @@ def collect_ranges(model: onnx.ModelProto, data: Dataset, tensors: Sequence[str]
 
 def range_settings(config: QuantConfig) -> dict[str, float | int | str]:
     """The config fields that change ranges (part of the cache key)."""
+    if config.method.value == "auto":
+        return auto_settings(config)
     settings: dict[str, float | int | str] = {"method": config.method.value}
     if config.method.value in ("entropy", "percentile", "mse"):
         settings["num_bins"] = config.num_bins
