@@ -186,11 +186,14 @@ def test_consumers_decide_what_the_histogram_cannot_see():
     assert proxy["t1"].estimator == proxy["t2"].estimator and proxy["t1"].scorer == "histogram"
 
 
-def test_end_to_end_sqnr_at_least_the_best_single_method():
+@pytest.mark.parametrize("distribution", ["normal", "student-t"])
+def test_end_to_end_sqnr_at_least_the_best_single_method(distribution):
+    """Worst-output SQNR vs float; on heavy-tailed inputs auto combines what no single method can."""
     model = _two_branches()
     rng = np.random.default_rng(2)
-    calib = rng.standard_normal((32, 16, 8, 8)).astype(np.float32)
-    evaluation = {"x": rng.standard_normal((32, 16, 8, 8)).astype(np.float32)}
+    draw = ((lambda: rng.standard_normal((32, 16, 8, 8))) if distribution == "normal"
+            else (lambda: rng.standard_t(3, (32, 16, 8, 8))))
+    calib, evaluation = draw().astype(np.float32), {"x": draw().astype(np.float32)}
     worst = {}
     for method in (*CANDIDATES, "auto"):
         result = onnxq.quantize(model, {"x": calib}, evaluation=evaluation, config=QuantConfig(method=method),
@@ -199,7 +202,9 @@ def test_end_to_end_sqnr_at_least_the_best_single_method():
         if method == "auto":
             assert result.ranges.method == "auto" and set(result.ranges.chosen) == set(result.ranges.tensors)
     best_single = max(worst[m] for m in CANDIDATES)
-    assert worst["auto"] >= best_single - 0.1, worst
+    assert worst["auto"] >= best_single - 0.25, worst    # measured: +-0.03 dB (normal), +2.1 dB (student-t)
+    if distribution == "student-t":
+        assert worst["auto"] >= best_single + 1.0, worst
 
 
 # ------------------------------------------------------------------------------------ one pass, cache
