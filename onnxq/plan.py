@@ -63,6 +63,9 @@ class QuantPlan:
         fold_activations: the quantizer folds Relu/Clip into the producer's output quantization
             (asymmetric activations), so the pre-activation tensor needs no calibration.
         range_aliases: tensor -> tensor whose range it borrows (the folded pre-activations).
+        full_range_weights: weights that keep all 8 bits although ``reduce_range`` is on: the
+            depthwise Conv kernels of ONNX Runtime do not saturate (only the u8 x s8 pair sums of
+            regular Conv/Gemm/MatMul kernels on AVX2 without VNNI do).
     """
 
     mode: str
@@ -73,6 +76,7 @@ class QuantPlan:
     notes: list[str] = field(default_factory=list)
     fold_activations: bool = False
     range_aliases: dict[str, str] = field(default_factory=dict)
+    full_range_weights: list[str] = field(default_factory=list)
 
     @property
     def nodes_to_quantize(self) -> list[str]:
@@ -156,10 +160,30 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types
         skipped = sorted({n.op_type for n in model.graph.node if n.op_type in DYNAMIC_UNSUPPORTED})
         if skipped:
             notes.append(f"{', '.join(skipped)} stay float: ONNX Runtime has no dynamic int8 kernel for them.")
+    full_range = _depthwise_weights(model, decisions) if config.reduce_range and config.mode is Mode.STATIC else []
+    if full_range:
+        notes.append(f"reduce_range: 7-bit weights where ONNX Runtime's u8 x s8 kernels saturate on this CPU; "
+                     f"{len(full_range)} depthwise Conv weight(s) keep 8 bits (their kernel does not saturate).")
     plan = QuantPlan(mode=config.mode.value, op_types=sorted(op_types), decisions=decisions,
                      no_output_quantization_op_types=no_output_quant, notes=notes,
-                     fold_activations=config.activation_type is not QuantType.INT8)  # asymmetric
+                     fold_activations=config.activation_type is not QuantType.INT8,  # asymmetric
+                     full_range_weights=full_range)
     return set_calibration_targets(plan, model)
+
+
+def _depthwise_weights(model: onnx.ModelProto, decisions: list[NodeDecision]) -> list[str]:
+    """Constant weights of the quantized depthwise Convs (one input channel per group)."""
+    chosen = {d.name for d in decisions if d.quantize}
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.name not in chosen or len(node.input) < 2:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        shape = shapes.get(node.input[1])
+        if shape and len(shape) >= 3 and group > 1 and shape[1] == 1 and shape[0] == group:
+            found.append(node.input[1])
+    return found
 
 
 def user_choice(node: onnx.NodeProto, config: QuantConfig) -> str | None:

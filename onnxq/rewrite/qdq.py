@@ -119,6 +119,10 @@ def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
         "OpTypesToExcludeOutputQuantization": list(plan.no_output_quantization_op_types),
         "ForceQuantizeNoInputCheck": False,
     }
+    if config.reduce_range and config.per_channel and plan.full_range_weights:
+        # 8-bit weights where ORT's kernel does not saturate (depthwise Conv), 7-bit elsewhere
+        extra_options["TensorQuantOverrides"] = {name: [{"axis": 0, "reduce_range": False}]
+                                                 for name in plan.full_range_weights}
     quantizer = QDQQuantizer(
         model,
         config.per_channel,
