@@ -600,10 +600,48 @@ def _check_model_pair(float_model: str, quant_model: str, data: str | None, *, b
 
     float_header, quant_header = load_model_header(float_model), load_model_header(quant_model)
     check_same_io(float_header, quant_header)
-    if quantized and not any(node.op_type in _QUANTIZED_OPS for node in quant_header.graph.node):
-        raise ModelError(f"{quant_model} holds no quantized layer (no QuantizeLinear/DequantizeLinear or "
-                         "integer op): give the quantized model second")
+    if quantized:  # analyze maps layers: the second model must be a quantization of the first
+        _check_same_signature(float_header, quant_header)
+        if not any(node.op_type in _QUANTIZED_OPS for node in quant_header.graph.node):
+            raise ModelError(f"{quant_model} holds no quantized layer (no QuantizeLinear/DequantizeLinear or "
+                             "integer op): give the quantized model second")
+        weights = {t.name for t in float_header.graph.initializer}
+        kept = {t.name.removesuffix("_quantized") for t in quant_header.graph.initializer}
+        if weights and not weights & kept:
+            raise ModelError(f"no quantized layer of {quant_model} corresponds to a node of {float_model} (they "
+                             "share no weight): give the float model and its own quantized version")
     _check_data_paths(float_model, data, batch_size=batch_size, samples=samples)
+
+
+def _check_same_signature(float_header: Any, quant_header: Any) -> None:
+    """Inputs and outputs agree in element type and in every fixed dimension."""
+    def signature(values: Any) -> dict[str, tuple[int, list[int | None]]]:
+        out = {}
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+            out[value.name] = (tensor.elem_type, dims)
+        return out
+
+    for what in ("input", "output"):
+        f_sig = signature(getattr(float_header.graph, what))
+        q_sig = signature(getattr(quant_header.graph, what))
+        for name, (f_type, f_dims) in f_sig.items():
+            if name not in q_sig:
+                continue
+            q_type, q_dims = q_sig[name]
+            fixed_differ = len(f_dims) != len(q_dims) or any(
+                a is not None and b is not None and a != b for a, b in zip(f_dims, q_dims))
+            if f_type != q_type or fixed_differ:
+                raise ModelError(f"{what} {name!r} does not match between the two models ({_sig_text(f_type, f_dims)} "
+                                 f"vs {_sig_text(q_type, q_dims)}): analyze compares a model with its own quantization")
+
+
+def _sig_text(elem_type: int, dims: list[int | None]) -> str:
+    from onnx import TensorProto
+
+    name = TensorProto.DataType.Name(elem_type).lower() if elem_type in TensorProto.DataType.values() else "?"
+    return f"{name} [{', '.join('?' if d is None else str(d) for d in dims)}]"
 
 
 #: Ops that mark a quantized model (QDQ, dynamic integer ops, QLinear ops, weight-only).

@@ -55,6 +55,7 @@ import math
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,7 +294,11 @@ def _layout(meta: Meta, specs: list[InputSpec], labels_key: str | None, where: s
     count = next(iter(counts.values()))
     has_labels = labels_key is not None and labels_key in meta
     if has_labels:
-        _, label_shape = meta[labels_key]
+        label_dtype, label_shape = meta[labels_key]
+        if label_dtype.hasobject or label_dtype.kind not in "biuf":
+            raise DataError(f"labels {labels_key!r}{where}: expected numbers (class indices or one-hot rows), "
+                            f"got {_dtype_name(label_dtype)}" + (" (pickled objects are never loaded)"
+                                                                 if label_dtype.hasobject else ""))
         if len(samples) == len(specs):
             samples.add(labels_key)
         elif not label_shape or label_shape[0] != count:
@@ -519,7 +524,7 @@ def _npz_meta(path: Path) -> Meta:
                 if info.filename.endswith(".npy"):
                     with archive.open(info) as stream:
                         meta[info.filename[:-4]] = _npy_header(stream)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise _read_error(path, exc) from exc
     if not meta:
         raise DataError(f"cannot read '{path}': the .npz file holds no arrays")
@@ -536,7 +541,7 @@ def _load_npz(path: Path, keys: list[str]) -> dict[str, Any]:
             return lazy
         with np.load(path, allow_pickle=False) as npz:
             return {**lazy, **{k: npz[k] for k in missing if k in npz.files}}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise _read_error(path, exc) from exc
 
 

@@ -169,8 +169,11 @@ def _external_ref(tensor: onnx.TensorProto, base: Path, label: str) -> tuple[Pat
         raise ModelError(f"{where} has an absolute location '{location}' (refused)")
     if ".." in location.replace("\\", "/").split("/"):
         raise ModelError(f"{where} points outside the model's folder: '{location}' (refused)")
-    folder = base.resolve()
-    file = (base / location).resolve()
+    try:
+        folder = base.resolve()
+        file = (base / location).resolve()
+    except (OSError, RuntimeError) as exc:  # a symbolic link loop
+        raise ModelError(f"{where}: cannot resolve '{location}' ({_one_line(exc)})") from exc
     if folder not in file.parents:
         raise ModelError(f"{where} points outside the model's folder: '{location}' (refused)")
     if not file.is_file():
@@ -202,6 +205,11 @@ def _check(model: onnx.ModelProto, path: Path | None, label: str) -> None:
         raise
     except Exception as exc:  # ValidationError and the C++ checker's other failures
         raise ModelError(f"model {label} is not valid ONNX: {_one_line(exc)}") from exc
+    newest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise ModelError(f"model {label} is not valid ONNX: opset {entry.version} does not exist "
+                             f"(the newest is {newest})")
 
 
 def _check_large_in_memory(model: onnx.ModelProto) -> None:
@@ -423,7 +431,10 @@ def external_data_files(path: _PathLike) -> list[Path]:
         if not uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        file = (folder / location).resolve() if location else None
+        try:
+            file = (folder / location).resolve() if location else None
+        except (OSError, RuntimeError):  # a link loop: load_model refuses it; nothing to protect
+            continue
         if file is not None and folder in file.parents and file not in files:
             files.append(file)
     return files
@@ -456,7 +467,7 @@ def _same_file(a: Path, b: Path) -> bool:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
         return a.resolve() == b.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
         return os.path.abspath(a) == os.path.abspath(b)
 
 

@@ -12,10 +12,11 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .config import Mode, QuantConfig
-from ._graph import serialized_size
+from ._graph import LARGE_MODEL_BYTES, serialized_size
 from .errors import ModelError, QuantizationError
 from ._quiet import captured_output
 from .model import ensure_opset, load_model
+from .runtime import session_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,14 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
     try:
         from .rewrite import preprocess
 
-        with captured_output("ONNX Runtime pre-processing"):
-            model = preprocess(model, symbolic=not shapes_complete(model))
+        if serialized_size(model) > LARGE_MODEL_BYTES:
+            # ORT's pre-processing copies a > 2 GB model many times over; basic optimisation with
+            # shape inference by path does the same job with one write and one read
+            with captured_output("ONNX Runtime basic optimisation"):
+                model = _basic_optimise(model)
+        else:
+            with captured_output("ONNX Runtime pre-processing"):
+                model = preprocess(model, symbolic=not shapes_complete(model))
     except QuantizationError as exc:
         with captured_output("ONNX Runtime basic optimisation"):
             model = _basic_optimise(_infer_shapes(model))  # when this fails too, its error is the one shown
@@ -121,6 +128,9 @@ def _name_nodes(model: onnx.ModelProto) -> None:
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    if serialized_size(model) > LARGE_MODEL_BYTES:  # in memory it cannot; _basic_optimise infers by path
+        logger.debug("model over 2 GB: ONNX shape inference runs on files only")
+        return model
     try:
         return onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # models > 2 GB or with unknown custom ops
@@ -131,19 +141,28 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 def _basic_optimise(model: onnx.ModelProto) -> onnx.ModelProto:
     """ORT basic graph optimisations (constant folding, BN folding), written to a private folder."""
     with tempfile.TemporaryDirectory(prefix="onnxq-opt-") as tmp:
-        source, target = Path(tmp) / "in.onnx", Path(tmp) / "opt.onnx"
-        large = serialized_size(model) > 2**31 - 1024
-        onnx.save_model(model, source, save_as_external_data=large, location="in.onnx.data")
+        target = Path(tmp) / "opt.onnx"
+        # from memory: the model is not modified, and a > 2 GB one is neither copied nor written first
+        data, names, values = session_inputs(model)
+        large = bool(names)
         options = ort.SessionOptions()
+        options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.optimized_model_filepath = str(target)
         if large:
+            options.add_external_initializers(names, values)
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                              "opt.onnx.data")
         try:
-            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from exc
+        del session, data, values
+        if large:  # in memory, shape inference cannot serialize a > 2 GB model; by path it can
+            try:
+                onnx.shape_inference.infer_shapes_path(str(target), str(target))
+            except Exception as exc:  # noqa: BLE001 - best effort, as in memory
+                logger.warning("ONNX shape inference failed (%s); continuing without it", str(exc).splitlines()[0])
         return load_model(target, check=False)
 
 
@@ -177,7 +196,8 @@ def _decompose_gemm(model: onnx.ModelProto) -> None:
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """In place, without copying the kept ones (re-adding a > 2 GB tensor would serialize it)."""
     used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    for index in reversed(range(len(model.graph.initializer))):
+        if model.graph.initializer[index].name not in used:
+            del model.graph.initializer[index]

@@ -1,15 +1,19 @@
-"""ONNX Runtime sessions for in-memory models (CPU), shared by calibration and validation."""
+"""ONNX Runtime sessions for in-memory models (CPU), shared by calibration and validation.
+
+A model over protobuf's 2 GiB limit cannot be serialized whole: its large initializers are handed
+to ONNX Runtime from memory (``add_external_initializers``) next to a slim copy of the graph, so no
+temporary file is written and the caller's model is never modified.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ._graph import serialized_size
+from ._graph import _is_repeated, serialized_size
 from .errors import ModelError
 
 _TWO_GB = 2**31 - 1
@@ -35,15 +39,71 @@ def create_session(model: onnx.ModelProto | str | os.PathLike[str], *, threads: 
     providers = ["CPUExecutionProvider"]
     try:
         if isinstance(model, onnx.ModelProto):
-            if serialized_size(model) < _TWO_GB:
-                return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-            with tempfile.TemporaryDirectory(prefix="onnxq-") as tmp:
-                path = os.path.join(tmp, "model.onnx")
-                onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
-                return ort.InferenceSession(path, options, providers=providers)
+            data, names, values = session_inputs(model)
+            if names:
+                options.add_external_initializers(names, values)
+            session = ort.InferenceSession(data, options, providers=providers)
+            session._onnxq_initializers = values  # type: ignore[attr-defined]  # keep the memory alive
+            return session
         return ort.InferenceSession(os.fspath(model), options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
+
+
+def session_inputs(model: onnx.ModelProto) -> tuple[bytes, list[str], list[ort.OrtValue]]:
+    """What ONNX Runtime loads for an in-memory model, which is never modified.
+
+    Returns:
+        The serialized model, and for a model over 2 GiB the names and values of its large
+        initializers, to hand over with ``SessionOptions.add_external_initializers`` (the bytes
+        then hold stubs for them). Keep the values alive as long as the session.
+    """
+    if serialized_size(model) < _TWO_GB:
+        return model.SerializeToString(), [], []
+    slim, names, values = _slim_copy(model)
+    return slim.SerializeToString(), names, values
+
+
+#: Initializers of the main graph at least this large are passed to ORT from memory, not serialized.
+_EXTERNAL_MIN_BYTES = 1 << 20
+
+
+def _slim_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[ort.OrtValue]]:
+    """A copy of ``model`` whose large main-graph initializers are external-data stubs, and those
+    initializers as OrtValues (one copy of their bytes, shared with ORT)."""
+    slim = onnx.ModelProto()
+    _copy_fields(model, slim, skip="graph")
+    _copy_fields(model.graph, slim.graph, skip="initializer")
+    names: list[str] = []
+    values: list[ort.OrtValue] = []
+    for tensor in model.graph.initializer:
+        if not tensor.HasField("raw_data") or serialized_size(tensor) < _EXTERNAL_MIN_BYTES:
+            slim.graph.initializer.add().CopyFrom(tensor)
+            continue
+        stub = slim.graph.initializer.add()
+        stub.name, stub.data_type = tensor.name, tensor.data_type
+        stub.dims.extend(tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        entry = stub.external_data.add()
+        entry.key, entry.value = "location", "onnxq-in-memory.bin"
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        array = np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tuple(tensor.dims))
+        names.append(tensor.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(array))
+    return slim, names, values
+
+
+def _copy_fields(source: object, target: object, *, skip: str) -> None:
+    """Copy every set field of one protobuf message into another, except ``skip``."""
+    for field, value in source.ListFields():  # type: ignore[attr-defined]
+        if field.name == skip:
+            continue
+        if _is_repeated(field):
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray],

@@ -15,7 +15,7 @@ from onnxruntime.quantization.calibrate import CalibrationMethod as OrtCalibrati
 from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType
+from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType, add_infer_metadata
 from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -124,7 +124,7 @@ def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
         extra_options["TensorQuantOverrides"] = {name: [{"axis": 0, "reduce_range": False}]
                                                  for name in plan.full_range_weights}
     quantizer = QDQQuantizer(
-        model,
+        _skip_ort_reload(model),
         config.per_channel,
         config.reduce_range,
         _QUANT_TYPES[config.weight_type],
@@ -143,7 +143,7 @@ def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
 def quantize_dynamic(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfig) -> onnx.ModelProto:
     """Dynamic quantization: int8 weights, uint8 activations quantized at run time by ORT."""
     quantizer = ONNXQuantizer(
-        model,
+        _skip_ort_reload(model),
         config.per_channel,
         config.reduce_range,
         QuantizationMode.IntegerOps,
@@ -157,6 +157,14 @@ def quantize_dynamic(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfi
         {"MatMulConstBOnly": True},
     )
     return _run(quantizer, "dynamic")
+
+
+def _skip_ort_reload(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Over 2 GB, ORT's quantizers would deep-copy, save and reload the model only to infer shapes
+    that ``prepare`` already inferred: mark it as inferred (ORT's own marker) to skip that."""
+    if serialized_size(model) > 2**31 - 1:
+        add_infer_metadata(model)
+    return model
 
 
 def _run(quantizer: ONNXQuantizer | QDQQuantizer, mode: str) -> onnx.ModelProto:
