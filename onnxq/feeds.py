@@ -507,12 +507,24 @@ def _read_error(path: Path, exc: BaseException) -> DataError:
 
 
 def _npy_header(stream: Any) -> tuple[np.dtype, tuple[int, ...]]:
-    version = npy_format.read_magic(stream)
-    if version == (1, 0):
-        shape, _, dtype = npy_format.read_array_header_1_0(stream)
-    else:
-        shape, _, dtype = npy_format.read_array_header_2_0(stream)
-    return np.dtype(dtype), tuple(int(d) for d in shape)
+    """dtype and shape from a .npy header; any malformed header is a ``ValueError``."""
+    dtype, shape, _ = _npy_header_full(stream)
+    return dtype, shape
+
+
+def _npy_header_full(stream: Any) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """dtype, shape and Fortran order from a .npy header; any malformed header is a ``ValueError``."""
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+        else:
+            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+        return np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran)
+    except (OSError, EOFError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy parses the header text with ast/tokenize: SyntaxError, TokenError...
+        raise ValueError(f"malformed .npy header ({type(exc).__name__}: {_one_line(exc)})") from exc
 
 
 def _npz_meta(path: Path) -> Meta:
@@ -523,8 +535,13 @@ def _npz_meta(path: Path) -> Meta:
             for info in archive.infolist():
                 if info.filename.endswith(".npy"):
                     with archive.open(info) as stream:
-                        meta[info.filename[:-4]] = _npy_header(stream)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                        dtype, shape = _npy_header(stream)
+                        if not dtype.hasobject:  # pickled labels get their own message from _layout
+                            _check_declared_size(f"{path}:{info.filename}", dtype, shape,
+                                                 info.file_size - stream.tell())
+                        meta[info.filename[:-4]] = (dtype, shape)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+            OverflowError) as exc:
         raise _read_error(path, exc) from exc
     if not meta:
         raise DataError(f"cannot read '{path}': the .npz file holds no arrays")
@@ -607,10 +624,7 @@ def _stored_npz_readers(path: Path, keys: list[str]) -> dict[str, _RowReader]:
                 continue
             name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
             raw.seek(info.header_offset + 30 + name_len + extra_len)
-            version = npy_format.read_magic(raw)
-            read_header = (npy_format.read_array_header_1_0 if version == (1, 0)
-                           else npy_format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(raw)
+            dtype, shape, fortran = _npy_header_full(raw)
             if dtype.hasobject or fortran or not shape:
                 continue
             readers[key] = _RowReader(path, np.dtype(dtype), tuple(int(d) for d in shape), raw.tell())
@@ -625,10 +639,27 @@ def _npz_block(path: Path, allow_sample: bool) -> _Block:
 
 
 def _open_npy(path: Path) -> np.ndarray:
+    """A .npy file, memory-mapped, after its header was checked against the file's size."""
     try:
+        with open(path, "rb") as handle:
+            dtype, shape = _npy_header(handle)
+            _check_declared_size(path, dtype, shape, path.stat().st_size - handle.tell())
+        if math.prod(shape) == 0:  # nothing to map
+            return np.load(path, allow_pickle=False)
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, OverflowError, MemoryError) as exc:
         raise _read_error(path, exc) from exc
+
+
+def _check_declared_size(where: object, dtype: np.dtype, shape: tuple[int, ...], available: int) -> None:
+    """Refuse a header that declares more data than follows it (a lying header would otherwise
+    make numpy allocate or map terabytes) or pickled objects (never loaded)."""
+    if dtype.hasobject:
+        raise DataError(f"cannot read '{where}': it holds pickled Python objects, which are never loaded")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > available:
+        raise DataError(f"cannot read '{where}': its header declares shape {_shape_text(shape)} "
+                        f"({needed} bytes) but only {max(available, 0)} bytes follow (truncated or corrupt)")
 
 
 def _npy_files_block(files: dict[str, Path], where: str) -> _Block:
