@@ -170,7 +170,7 @@ def _check_data_needs(config: QuantConfig, calibration: Any, ranges: Ranges | No
 
 def _passes_need_data(config: QuantConfig) -> bool:
     """Bias correction and adaptive rounding read the calibration data even when ranges are given."""
-    return config.mode is Mode.STATIC and (config.bias_correction or config.weight_rounding == "adaptive")
+    return config.mode is Mode.STATIC and (config.bias_correction is True or config.weight_rounding == "adaptive")
 
 
 def is_prequantized(model: onnx.ModelProto) -> bool:

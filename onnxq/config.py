@@ -115,6 +115,9 @@ class QuantConfig:
             (float-equivalent; see :mod:`onnxq.passes.equalize`).
         bias_correction: static mode: fold the expected output error of the quantized weights into
             the float biases, measured on the calibration data (:mod:`onnxq.passes.bias_correction`).
+            ``None`` (default): on for non-transformer graphs whenever calibration data is given
+            (EfficientNet-Lite1: +4.5 points top-1 agreement for two more passes over the data);
+            ``True``: always (an error without calibration data); ``False``: off.
         weight_rounding: static mode: ``"nearest"`` (ORT's rounding) or ``"adaptive"`` (AdaRound,
             layer by layer on the calibration data; :mod:`onnxq.passes.adaround`).
         rounding_seconds: time budget of adaptive rounding (``None``: no limit); layers not reached
@@ -157,7 +160,7 @@ class QuantConfig:
     keep_float: tuple[str, ...] = ()
     force_quantize: tuple[str, ...] = ()
     equalization: bool = False
-    bias_correction: bool = False
+    bias_correction: bool | None = None
     weight_rounding: str = "nearest"
     rounding_seconds: float | None = None
 
@@ -204,7 +207,7 @@ class QuantConfig:
         if self.rounding_seconds is not None and not self.rounding_seconds > 0:
             raise ConfigError(f"rounding_seconds must be > 0 or None, got {self.rounding_seconds!r}")
         asked = [name for name, on in (("equalization", self.equalization),
-                                       ("bias_correction", self.bias_correction),
+                                       ("bias_correction", self.bias_correction is True),
                                        ("weight_rounding='adaptive'", self.weight_rounding == "adaptive"))
                  if on]
         if asked and self.mode is not Mode.STATIC:

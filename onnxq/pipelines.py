@@ -215,7 +215,8 @@ def _equalize(model: onnx.ModelProto, job: Job, passes: list[PassRecord]) -> onn
 
 def _correct_biases(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassRecord]) -> Recipe:
     """Fold the quantized weights' expected output error into the float biases."""
-    if not job.config.bias_correction:
+    asked = job.config.bias_correction
+    if asked is False or (asked is None and is_transformer(recipe.model)):
         return recipe
     from .passes.bias_correction import correct_biases
 

@@ -258,6 +258,7 @@ def quantize_rest(model: onnx.ModelProto, plan: QuantPlan, ranges: Any, config: 
     work = onnx.ModelProto()
     work.CopyFrom(model)
     graph = work.graph
+    _per_tensor_again(graph)
     inputs = {i.name for i in graph.input}
     feeds = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"} - inputs
     produced = {out for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
@@ -280,6 +281,29 @@ def quantize_rest(model: onnx.ModelProto, plan: QuantPlan, ranges: Any, config: 
     for old, new in renamed.items():
         _rename(quantized.graph, new, old)
     return quantized
+
+
+def _per_tensor_again(graph: onnx.GraphProto) -> None:
+    """Undo onnxq's keep-float guard on a model it quantized before: a DequantizeLinear whose per-axis
+    scale and zero point repeat one value is per-tensor again, so ORT's quantizer can read it as the
+    input quantization of a node it now quantizes (it cannot use a per-axis activation scale)."""
+    inits = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        params = [numpy_helper.to_array(inits[name]) for name in node.input[1:3] if name in inits]
+        if params[0].ndim != 1 or params[0].size < 2 or any(np.unique(p).size != 1 for p in params):
+            continue
+        for index, value in zip(range(1, 3), params):
+            scalar = f"{node.input[index]}_scalar"
+            if scalar not in inits:
+                graph.initializer.append(numpy_helper.from_array(np.asarray(value[0], dtype=value.dtype),
+                                                                 scalar))
+                inits[scalar] = graph.initializer[-1]
+            node.input[index] = scalar
+        kept = [a for a in node.attribute if a.name != "axis"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
 
 
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -15,9 +15,14 @@ from onnxq.qat import qat_nodes, qat_tensors
 
 
 def _qdq_params(model: onnx.ModelProto) -> dict[str, tuple]:
-    """Q/DQ node name -> (scale, zero point) values."""
+    """Q/DQ node name -> (scale, zero point) values; a per-axis parameter repeating one value (onnxq's
+    keep-float guard in front of a float Conv/Gemm) counts as that value."""
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    return {n.name: tuple(inits[t].tobytes() for t in n.input[1:3] if t in inits)
+
+    def value(array):
+        return np.unique(array).tobytes() if array.ndim == 1 and np.unique(array).size == 1 else array.tobytes()
+
+    return {n.name: tuple(value(inits[t]) for t in n.input[1:3] if t in inits)
             for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
 
 
