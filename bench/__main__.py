@@ -14,7 +14,7 @@ Modes:
     --quick         a smoke run of the same (under 5 minutes): N = 32 and 64, the slowest ORT variants
                     of the digits and MiniLM cases left out, MNIST calibration on 256 and evaluation on
                     2,000 test images, the Keras CNN trained for 1 epoch, EfficientNet-Lite1 scored on 256
-                    crops without four of its nine ORT settings, shorter latency runs; same outputs.
+                    crops without four of its eight ORT settings, shorter latency runs; same outputs.
     --tiny          a tiny model and N = 4, 8 (seconds, for ``make test``; the MiniLM, MNIST, Keras and
                     EfficientNet cases are skipped and recorded as "skipped: tiny mode"); writes ``results.json``
                     and ``BENCHMARKS.md`` into ``--out`` (a temporary folder if not given) and never
