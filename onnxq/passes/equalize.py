@@ -21,12 +21,14 @@ the data once (per-channel min / max of L1's output, reduced inside the ORT grap
 at a time) and lets channel ``i``'s cumulative scale move only while its observed values times
 :data:`CLIP_MARGIN` stay inside the moved bounds (``t_i >= margin * max_i / hi``; closer channels
 keep ``t_i = 1``): exact on that data, *not* on other inputs. Measured on EfficientNet-Lite1
-(128 calibration crops, 512 held-out crops; top-1 agreement of static int8 with the float model):
-no pass 82.2 % per-channel / 23.2 % per-tensor; skip 80.7 / 25.0 (only two Clip-free pairs);
-measure 76.0 / 53.3, but the float model itself moves by up to 7.7 % of the logit range on the
-held-out crops (4.5 % with margin 1.5, 3.4 % with 2, where the int8 gain is gone: 79.3 / 24.2);
-rebound 75.6 / 68.6 with the float model unchanged (1.3e-6), but int8 latency 42 -> 73 ms
-(float: 68 ms). Per-channel weights do not gain from equalization on that model.
+(128 calibration crops, 512 held-out crops; top-1 agreement of static int8 with the float model,
+per-channel / per-tensor weights): no pass 87.5 / 23.2 %; skip 87.9 / 25.0 (only two Clip-free
+pairs; 88.3 / 25.8 without bias absorption); rebound 77.7 / 68.6 with the float model unchanged
+(1.3e-6 relative) but int8 latency 42 -> 73 ms (float: 68 ms), from 42 float Min nodes; measure
+82.8 / 53.3, but the float model itself moves by up to 7.7 % of the logit range on the held-out
+crops (4.5 % with a margin of 1.5 and 3.4 % with 2, where the per-tensor gain is gone: 24 %),
+because per-channel maxima of 128 crops do not bound those of other crops. Hence the default
+``"skip"``; per-channel weights do not gain from equalization on that model.
 
 Bias absorption (``absorb_bias``, needs data, only where L2 has no padding, because padded zeros
 would not carry the shift): through nothing, each channel is centred (``c = (min + max) / 2``;
@@ -575,8 +577,8 @@ def _rebound(model: onnx.ModelProto, pairs: Sequence[Pair], state: _State) -> li
 
     The Clip becomes ``Relu`` (``lo == 0``, which ONNX Runtime folds into the producer) or
     ``Max(y, lo / t)``, followed by ``Min(., hi / t)`` with per-channel constants. (Keeping a scalar
-    Clip widened to the loosest channel's bounds before the ``Min`` measured slightly worse on
-    EfficientNet-Lite1: 66.6 / 73.1 % top-1 agreement per-tensor / per-channel against 68.6 / 75.6.)
+    Clip widened to the loosest channel's bounds before the ``Min`` measured 2-3 points of top-1
+    agreement worse on EfficientNet-Lite1, per-tensor and per-channel.)
     """
     graph = model.graph
     taken = {i.name for i in graph.initializer} | {v for n in graph.node for v in n.output}
