@@ -1,13 +1,16 @@
 """ONNX Runtime sessions for in-memory models (CPU), shared by calibration and validation.
 
-A model over protobuf's 2 GiB limit cannot be serialized whole: its large initializers are handed
-to ONNX Runtime from memory (``add_external_initializers``) next to a slim copy of the graph, so no
-temporary file is written and the caller's model is never modified.
+A model over protobuf's 2 GiB limit cannot be serialized whole: for a session, its large
+initializers go once to a private side file that ONNX Runtime memory-maps (unlinked right away);
+for a one-off ORT pass (:func:`session_inputs`) they are handed over from memory
+(``add_external_initializers``). The caller's model is never modified.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -39,12 +42,9 @@ def create_session(model: onnx.ModelProto | str | os.PathLike[str], *, threads: 
     providers = ["CPUExecutionProvider"]
     try:
         if isinstance(model, onnx.ModelProto):
-            data, names, values = session_inputs(model)
-            if names:
-                options.add_external_initializers(names, values)
-            session = ort.InferenceSession(data, options, providers=providers)
-            session._onnxq_initializers = values  # type: ignore[attr-defined]  # keep the memory alive
-            return session
+            if serialized_size(model) < _TWO_GB:
+                return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+            return _large_session(model, options, providers)
         return ort.InferenceSession(os.fspath(model), options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
@@ -64,6 +64,44 @@ def session_inputs(model: onnx.ModelProto) -> tuple[bytes, list[str], list[ort.O
     return slim.SerializeToString(), names, values
 
 
+def _large_session(model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """A > 2 GiB model: its large initializers written once to a private side file, which ONNX
+    Runtime memory-maps (no second copy in memory); the file is unlinked as soon as the session
+    holds its mapping, so nothing is left behind even if the process is killed later."""
+    with tempfile.TemporaryDirectory(prefix="onnxq-session-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        slim = onnx.ModelProto()
+        _copy_fields(model, slim, skip="graph")
+        _copy_fields(model.graph, slim.graph, skip="initializer")
+        with open(path.with_name("model.onnx.data"), "wb") as side:
+            for tensor in model.graph.initializer:
+                if not tensor.HasField("raw_data") or serialized_size(tensor) < _EXTERNAL_MIN_BYTES:
+                    slim.graph.initializer.add().CopyFrom(tensor)
+                    continue
+                offset = -(-side.tell() // _ALIGNMENT) * _ALIGNMENT  # page-aligned: ORT maps it
+                side.seek(offset)
+                length = side.write(tensor.raw_data)
+                _stub(slim.graph.initializer.add(), tensor, "model.onnx.data", offset, length)
+        path.write_bytes(slim.SerializeToString())
+        return ort.InferenceSession(str(path), options, providers=providers)
+
+
+_ALIGNMENT = 4096
+
+
+def _stub(stub: onnx.TensorProto, tensor: onnx.TensorProto, location: str, offset: int | None = None,
+          length: int | None = None) -> None:
+    """``stub`` = ``tensor``'s name, type and shape, its data in external file ``location``."""
+    stub.name, stub.data_type = tensor.name, tensor.data_type
+    stub.dims.extend(tensor.dims)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    entries = [("location", location)] + ([("offset", str(offset)), ("length", str(length))]
+                                          if offset is not None else [])
+    for key, value in entries:
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
+
+
 #: Initializers of the main graph at least this large are passed to ORT from memory, not serialized.
 _EXTERNAL_MIN_BYTES = 1 << 20
 
@@ -80,12 +118,7 @@ def _slim_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list
         if not tensor.HasField("raw_data") or serialized_size(tensor) < _EXTERNAL_MIN_BYTES:
             slim.graph.initializer.add().CopyFrom(tensor)
             continue
-        stub = slim.graph.initializer.add()
-        stub.name, stub.data_type = tensor.name, tensor.data_type
-        stub.dims.extend(tensor.dims)
-        stub.data_location = onnx.TensorProto.EXTERNAL
-        entry = stub.external_data.add()
-        entry.key, entry.value = "location", "onnxq-in-memory.bin"
+        _stub(slim.graph.initializer.add(), tensor, "onnxq-in-memory.bin")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
         array = np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tuple(tensor.dims))
         names.append(tensor.name)

@@ -9,6 +9,7 @@ never a bare ``ValueError``, ``zlib.error``, ``DecodeError``, ``MemoryError`` fr
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -27,7 +28,9 @@ from onnxq.errors import OnnxqError  # noqa: E402
 from onnxq.feeds import InputSpec, load_data  # noqa: E402
 from onnxq.model import load_model  # noqa: E402
 
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("HYP_N", 60)), deadline=None, derandomize=not __import__("os").environ.get("HYP_N"),
+#: 60 fixed examples per property in the suite; ONNXQ_HYPOTHESIS_EXAMPLES=N runs N random ones instead.
+_EXAMPLES = os.environ.get("ONNXQ_HYPOTHESIS_EXAMPLES")
+SETTINGS = settings(max_examples=int(_EXAMPLES or 60), deadline=None, derandomize=_EXAMPLES is None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 SPECS = [InputSpec(name="x", dtype=np.dtype(np.float32), shape=("N", 4))]
