@@ -43,9 +43,11 @@ ORT_CALIB_STRIDE = 4  # reader batches per ORT calibration chunk (32 crops), see
 
 #: (name, QuantConfig keyword arguments). The lead adds pass switches here.
 ONNXQ_VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("onnxq-default", {}),
-    ("onnxq-entropy", {"method": "entropy"}),
-    ("onnxq-percentile", {"method": "percentile"}),
+    ("onnxq-default", {}),  # 8-bit depthwise weights under reduce_range + bias correction
+    ("onnxq-no-bias-correction", {"bias_correction": False}),  # what bias correction buys
+    ("onnxq-auto", {"method": "auto"}),
+    ("onnxq-equalize", {"equalization": True}),
+    ("onnxq-adaptive-rounding", {"weight_rounding": "adaptive", "rounding_seconds": 240.0}),
 ]
 #: (name, activation type, ORT calibration method, reduce_range: None = as this CPU needs it)
 ORT_SETTINGS: list[tuple[str, str, str, bool | None]] = [
