@@ -115,3 +115,12 @@ def _is_repeated(field: object) -> bool:
     if repeated is None:
         return field.label == field.LABEL_REPEATED  # type: ignore[attr-defined]
     return bool(repeated)
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``... : the first name not in ``taken`` (which it joins)."""
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name

@@ -43,6 +43,7 @@ from .errors import CalibrationError, ConfigError
 from .feeds import Dataset
 from .plan import SENTINEL_MAGNITUDE, NodeDecision, QuantPlan, constant_names, set_calibration_targets
 from .runtime import create_session, run
+from ._graph import unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -237,9 +238,9 @@ def _rewrite(model: onnx.ModelProto, targets: dict[str, list[str]],
             if tensor not in inserted:  # first target of X in graph order: X is already computed here
                 scale = scales[tensor]
                 weight_dtype = numpy_helper.to_array(inits[node.input[1]]).dtype
-                inv_name = _unique(f"{tensor}_smooth_inv_scale", tensor_names)
-                out_name = _unique(f"{tensor}_smoothed", tensor_names)
-                mul_name = _unique(f"{tensor}_smooth", node_names)
+                inv_name = unique_name(f"{tensor}_smooth_inv_scale", tensor_names)
+                out_name = unique_name(f"{tensor}_smoothed", tensor_names)
+                mul_name = unique_name(f"{tensor}_smooth", node_names)
                 graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(weight_dtype), inv_name))
                 new_nodes.append(helper.make_node("Mul", [tensor, inv_name], [out_name], name=mul_name))
                 if tensor in infos:
@@ -251,7 +252,7 @@ def _rewrite(model: onnx.ModelProto, targets: dict[str, list[str]],
             weight_name = node.input[1]
             weight = numpy_helper.to_array(inits[weight_name])
             scaled = (weight.astype(np.float64) * scales[tensor][:, None]).astype(weight.dtype)
-            new_weight = _unique(f"{weight_name}_smoothed", tensor_names)
+            new_weight = unique_name(f"{weight_name}_smoothed", tensor_names)
             graph.initializer.append(numpy_helper.from_array(scaled, new_weight))
             uses[weight_name] -= 1
             node.input[0] = inserted[tensor][1]
@@ -307,11 +308,3 @@ def _tensor_names(model: onnx.ModelProto) -> set[str]:
     names.update(vi.name for vi in graph.value_info)
     return names
 
-
-def _unique(base: str, taken: set[str]) -> str:
-    name, index = base, 1
-    while name in taken:
-        name = f"{base}_{index}"
-        index += 1
-    taken.add(name)
-    return name

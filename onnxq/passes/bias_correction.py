@@ -49,6 +49,7 @@ from ..feeds import Dataset
 from ..rewrite.weights import QuantizedWeight, read_quantized_weights
 from ..runtime import create_session, run
 from . import PassRecord
+from .._graph import unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ def apply_corrections(model: onnx.ModelProto, targets: Sequence[BiasTarget],
         if old is not None and users.get(target.bias, 0) == 1:
             old.CopyFrom(numpy_helper.from_array(values, target.bias))
             continue
-        name = _unique(f"{target.node}_bias", taken)
+        name = unique_name(f"{target.node}_bias", taken)
         graph.initializer.append(numpy_helper.from_array(values, name))
         if target.bias:
             bias_node.input[:] = [name if i == target.bias else i for i in bias_node.input]
@@ -384,12 +385,6 @@ def apply_corrections(model: onnx.ModelProto, targets: Sequence[BiasTarget],
             bias_node.input.append(name)
     return out
 
-
-def _unique(name: str, taken: set[str]) -> str:
-    while name in taken:
-        name += "_"
-    taken.add(name)
-    return name
 
 
 # --------------------------------------------------------------------------- the pass

@@ -54,6 +54,7 @@ from ..errors import ConfigError, DataError
 from ..feeds import Dataset
 from ..runtime import create_session, run
 from . import PassRecord
+from .._graph import unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -562,7 +563,7 @@ def _write(model: onnx.ModelProto, pairs: Sequence[Pair], state: _State) -> tupl
             shaped = bias.reshape(old_shape) if int(np.prod(old_shape)) == bias.size else bias
             inits[layer.bias].CopyFrom(numpy_helper.from_array(shaped.astype(original.dtype), layer.bias))
         elif np.any(bias):
-            bias_name = _unique(f"{layer.weight}_eq_bias", taken)
+            bias_name = unique_name(f"{layer.weight}_eq_bias", taken)
             graph.initializer.append(numpy_helper.from_array(bias.astype(original.dtype), bias_name))
             node = nodes[name]
             while len(node.input) < 2:
@@ -596,11 +597,11 @@ def _rebound(model: onnx.ModelProto, pairs: Sequence[Pair], state: _State) -> li
         for op, bound in (("Max", pair.bounds[0]), ("Min", pair.bounds[1])):
             if bound is None:
                 continue
-            out, name = _unique(f"{clip.output[0]}_eq_{op.lower()}", taken), _unique(f"{clip.name}_{op.lower()}", taken)
+            out, name = unique_name(f"{clip.output[0]}_eq_{op.lower()}", taken), unique_name(f"{clip.name}_{op.lower()}", taken)
             if op == "Max" and bound == 0.0:
                 added.append(helper.make_node("Relu", [current], [out], name=name))
             else:
-                limit = _unique(f"{clip.name}_eq_{op.lower()}_bound", taken)
+                limit = unique_name(f"{clip.name}_eq_{op.lower()}_bound", taken)
                 graph.initializer.append(numpy_helper.from_array((bound / t).reshape(shape).astype(dtype), limit))
                 added.append(helper.make_node(op, [current, limit], [out], name=name))
             current = out
@@ -611,12 +612,6 @@ def _rebound(model: onnx.ModelProto, pairs: Sequence[Pair], state: _State) -> li
         done.append(clip.name)
     return done
 
-
-def _unique(name: str, taken: set[str]) -> str:
-    while name in taken:
-        name += "_"
-    taken.add(name)
-    return name
 
 
 def _spread(layer: Layer, weight: np.ndarray, side: str) -> float:

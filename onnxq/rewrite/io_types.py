@@ -38,6 +38,7 @@ from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax
 
 from ..config import QuantType
 from ..errors import ConfigError, ModelError
+from .._graph import unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -191,21 +192,21 @@ def float_interface(model: onnx.ModelProto) -> onnx.ModelProto:
         p = params.get(vi.name)
         if p is None or p.kind != "input":
             continue
-        inner = _unique(f"{vi.name}_int", taken)
+        inner = unique_name(f"{vi.name}_int", taken)
         _rename_uses(graph, vi.name, inner)
         scale, zp = _add_params(graph, f"{vi.name}_io_wrap", p, taken)
         front.append(helper.make_node("QuantizeLinear", [vi.name, scale, zp], [inner],
-                                      name=_unique(f"{vi.name}_io_wrap_QuantizeLinear", taken)))
+                                      name=unique_name(f"{vi.name}_io_wrap_QuantizeLinear", taken)))
         vi.type.tensor_type.elem_type = TensorProto.FLOAT
     for vi in graph.output:
         p = params.get(vi.name)
         if p is None or p.kind != "output":
             continue
-        inner = _unique(f"{vi.name}_int", taken)
+        inner = unique_name(f"{vi.name}_int", taken)
         _rename_everywhere(graph, vi.name, inner)
         scale, zp = _add_params(graph, f"{vi.name}_io_wrap", p, taken)
         graph.node.append(helper.make_node("DequantizeLinear", [inner, scale, zp], [vi.name],
-                                           name=_unique(f"{vi.name}_io_wrap_DequantizeLinear", taken)))
+                                           name=unique_name(f"{vi.name}_io_wrap_DequantizeLinear", taken)))
         vi.type.tensor_type.elem_type = TensorProto.FLOAT
     _prepend(graph, front)
     _drop_value_info(graph, {vi.name for vi in list(graph.input) + list(graph.output)})
@@ -243,12 +244,12 @@ class _Rewriter:
             _rename_uses(self.graph, q.output[0], name)
             self.graph.node.remove(q)
         if rest:  # float consumers (or a QuantizeLinear of another type): one DequantizeLinear
-            dq_out = _unique(f"{name}_dequantized", self.taken)
+            dq_out = unique_name(f"{name}_dequantized", self.taken)
             for node in rest:
                 _replace_inputs(node, name, dq_out)
             s, z = _add_params(self.graph, f"{name}_io", self._record(name, "input", scale, zp), self.taken)
             self.front.append(helper.make_node("DequantizeLinear", [name, s, z], [dq_out],
-                                               name=_unique(f"{name}_io_DequantizeLinear", self.taken)))
+                                               name=unique_name(f"{name}_io_DequantizeLinear", self.taken)))
             self.notes.append(f"input {name!r} feeds {len(rest)} float or differently quantized node(s): "
                               "one DequantizeLinear added after it")
         else:
@@ -266,7 +267,7 @@ class _Rewriter:
             quantized = producer.input[0]
             float_users = [n for n in self.graph.node if name in n.input]
             if float_users:  # the float value is still used inside the graph
-                inner = _unique(f"{name}_dequantized", self.taken)
+                inner = unique_name(f"{name}_dequantized", self.taken)
                 for node in float_users:
                     _replace_inputs(node, name, inner)
                 producer.output[0] = inner
@@ -277,11 +278,11 @@ class _Rewriter:
             self._record(name, "output", *dq_params)
         else:
             scale, zp = self._from_range(name)
-            inner = _unique(f"{name}_float", self.taken)
+            inner = unique_name(f"{name}_float", self.taken)
             _rename_everywhere(self.graph, name, inner)
             s, z = _add_params(self.graph, f"{name}_io", self._record(name, "output", scale, zp), self.taken)
             self.graph.node.append(helper.make_node("QuantizeLinear", [inner, s, z], [name],
-                                                    name=_unique(f"{name}_io_QuantizeLinear", self.taken)))
+                                                    name=unique_name(f"{name}_io_QuantizeLinear", self.taken)))
             self.notes.append(f"output {name!r} was float: one QuantizeLinear added from its calibrated range")
         vi.type.tensor_type.elem_type = self.onnx_type
         self.touched.add(name)
@@ -334,17 +335,10 @@ def _names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def _unique(base: str, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
-
 
 def _add_params(graph: onnx.GraphProto, prefix: str, p: IoParams, taken: set[str]) -> tuple[str, str]:
-    scale = _unique(f"{prefix}_scale", taken)
-    zp = _unique(f"{prefix}_zero_point", taken)
+    scale = unique_name(f"{prefix}_scale", taken)
+    zp = unique_name(f"{prefix}_zero_point", taken)
     graph.initializer.append(numpy_helper.from_array(np.array(p.scale, np.float32), scale))
     graph.initializer.append(numpy_helper.from_array(np.array(p.zero_point, _NUMPY_TYPES[p.dtype]), zp))
     return scale, zp

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from .._graph import unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +148,12 @@ def _per_axis_copy(graph: onnx.GraphProto, t: _Target, inits: dict[str, onnx.Ten
         if index >= len(t.dq.input) or not t.dq.input[index]:
             continue
         value = numpy_helper.to_array(inits[t.dq.input[index]]).reshape(())
-        name = _unique(f"{base}_{role}_{t.channels}", taken)
+        name = unique_name(f"{base}_{role}_{t.channels}", taken)
         graph.initializer.append(numpy_helper.from_array(np.full(t.channels, value, value.dtype), name))
         inits[name] = graph.initializer[-1]
         inputs.append(name)
-    return helper.make_node("DequantizeLinear", inputs, [_unique(base, taken)], axis=t.axis,
-                            name=_unique(f"{t.dq.name or base}{_SUFFIX}", taken))
+    return helper.make_node("DequantizeLinear", inputs, [unique_name(base, taken)], axis=t.axis,
+                            name=unique_name(f"{t.dq.name or base}{_SUFFIX}", taken))
 
 
 def _insert_after_sources(graph: onnx.GraphProto, new_nodes: dict[str, list[onnx.NodeProto]]) -> None:
@@ -174,13 +175,6 @@ def _drop_unused_dequantize(graph: onnx.GraphProto, outputs: set[str]) -> None:
         del graph.node[:]
         graph.node.extend(keep)
 
-
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, k = name, 1
-    while candidate in taken:
-        candidate, k = f"{name}_{k}", k + 1
-    taken.add(candidate)
-    return candidate
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
