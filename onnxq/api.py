@@ -12,6 +12,7 @@ from typing import Any
 import onnx
 
 from . import pipelines, rewrite
+from ._paths import check_output_folder
 from .adapters import adapter_for_data, adapter_for_object, adapter_for_path
 from .calibration.ranges import Ranges
 from .config import Mode, QuantConfig
@@ -101,6 +102,8 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         QuantResult with the quantized model, the plan and the validation report.
     """
     config = config or QuantConfig()
+    if cache_dir is not None:  # before any work: a cache path that is a file fails here, not at the end
+        check_output_folder(cache_dir, what="cache_dir")
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     float_model, export_notes = resolve_model(model, example_inputs=example_inputs, data=calibration,
                                               export_options=export_options, allow_pickle=allow_pickle)
@@ -113,14 +116,15 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     input_names = [i.name for i in float_model.graph.input]
     calibration = resolve_data(calibration, input_names)
     evaluation = resolve_data(evaluation, input_names)
-    prepared = prepare(float_model, config)
-    # check every data source before any long work starts
+    # check every data source against the model's inputs before any long work starts
+    # (preparing the model never changes its inputs)
     needs_calibration = (config.mode is Mode.STATIC and (ranges is None or _passes_need_data(config))
                          or _needs_data(config))
-    calib_data = _dataset(calibration, prepared, config) if needs_calibration else None
+    calib_data = _dataset(calibration, float_model, config) if needs_calibration else None
     eval_source = evaluation if evaluation is not None else calibration
     eval_data = (load_data(eval_source, float_model, batch_size=config.batch_size)
                  if eval_source is not None else None)
+    prepared = prepare(float_model, config)
 
     job = pipelines.Job(prepared, config, calib_data, ranges, qat=qat, progress=progress, cache_dir=cache_dir)
     built = pipelines.PIPELINES[config.mode](job)

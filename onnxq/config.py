@@ -12,6 +12,10 @@ from .hardware import saturates_u8s8
 from .metrics import parse_target
 
 
+#: upper bound of num_bins, batch_size and block_size (a larger value is a typo that would exhaust memory)
+_MAX_SIZE = 1 << 16
+
+
 class Mode(str, Enum):
     """How activations are quantized."""
 
@@ -185,6 +189,8 @@ class QuantConfig:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.num_bins < 128:
             raise ConfigError(f"num_bins must be at least 128, got {self.num_bins}")
+        if self.num_bins > _MAX_SIZE:
+            raise ConfigError(f"num_bins must be at most {_MAX_SIZE}, got {self.num_bins}")
         if not 0.0 < self.averaging_constant <= 1.0:
             raise ConfigError(f"averaging_constant must be in (0, 1], got {self.averaging_constant}")
         if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
@@ -193,6 +199,8 @@ class QuantConfig:
             raise ConfigError(f"samples must be at least 1, got {self.samples}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size > _MAX_SIZE:
+            raise ConfigError(f"batch_size must be at most {_MAX_SIZE}, got {self.batch_size}")
         if self.weight_type is QuantType.UINT8 and self.mode is Mode.STATIC:
             raise ConfigError("weight_type=uint8 is not supported for static QDQ: use int8 weights")
         self._check_integer_modes()
@@ -242,7 +250,7 @@ class QuantConfig:
         if self.weight_bits not in (4, 8):
             raise ConfigError(f"weight_bits must be 4 or 8, got {self.weight_bits!r}")
         if (isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 16
-                or self.block_size & (self.block_size - 1)):
+                or self.block_size > _MAX_SIZE or self.block_size & (self.block_size - 1)):
             raise ConfigError(f"block_size must be a power of two >= 16, got {self.block_size!r}")
         if self.weight_only_algorithm not in ("rtn", "gptq", "hqq"):
             raise ConfigError(f"weight_only_algorithm={self.weight_only_algorithm!r} is not one of: rtn, gptq, hqq")
