@@ -272,3 +272,25 @@ def test_conv_transpose_and_transposed_gemm_input(op, tmp_path):
     reference = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, x)[0]
     got = optimized(model, "all", tmp_path)[1].run(None, x)[0]
     np.testing.assert_allclose(got, reference, atol=4 / 255 * 1.001)  # one output level at most
+
+
+def test_float_conv_feeding_a_float_add_is_left_alone(tmp_path):
+    """Outside ORT's pattern (the Conv's reader is not Relu/Clip/QuantizeLinear) nothing changes."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) / 5).astype(np.float32), "w0"),
+             numpy_helper.from_array((rng.standard_normal((8, 8, 1, 1)) / 3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((8, 8, 1, 1)) / 3).astype(np.float32), "w2")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w0"], ["h"], pads=[1] * 4, name="stem"), n("Relu", ["h"], ["a"], name="relu"),
+             n("Conv", ["a", "w1"], ["p"], name="project"), n("Add", ["a", "p"], ["s"], name="residual"),
+             n("Conv", ["s", "w2"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = {"x": np.random.default_rng(1).random((16, 3, 8, 8)).astype(np.float32)}
+    quantized = onnxq.quantize(model, x, config=QuantConfig(exclude_nodes=["project", "residual"]), latency=False).model
+    assert not any(node.name.endswith("_per_channel") for node in quantized.graph.node)
+    graph = optimized(quantized, "extended", tmp_path)[0].graph
+    project = next(node for node in graph.node if node.name == "project")
+    assert project.op_type == "Conv" and project.input[1] == "w1"

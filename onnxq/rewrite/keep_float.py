@@ -3,16 +3,17 @@
 Contract. ONNX Runtime (1.20+, verified on 1.32) runs a graph transformer, ``WeightBiasQuantization``,
 at session creation for every graph optimisation level. It finds a ``Conv`` / ``ConvTranspose`` /
 ``Gemm`` whose input 0 comes from a ``DequantizeLinear`` with a *scalar* scale, whose output reaches
-a ``QuantizeLinear`` (optionally through ``Relu``/``Clip``), and whose weight is a float
-initializer; it then quantizes that weight to int8 (per tensor) and the bias to int32, after which
-the usual QDQ fusion turns the node into ``QLinearConv`` / ``QGemm``. So a node that onnxq's plan
+a ``QuantizeLinear`` (through ``Relu``/``Clip`` only, each output read by exactly one node), and
+whose weight is a float initializer; it then quantizes that weight to int8 (per tensor) and the
+bias to int32, after which the usual QDQ fusion turns the node into ``QLinearConv`` / ``QGemm``. So a node that onnxq's plan
 or fallback kept float (``exclude_nodes``, the accuracy fallback) ran int8 anyway, with a cruder
 weight quantization than onnxq's own. :func:`keep_float_at_runtime` breaks the first condition at no
 measurable cost: the float node reads its input through a ``DequantizeLinear`` that is per-axis
 (axis = the node's input-channel axis) with the same scale and zero point repeated for every
 channel. The values are bit-identical (the model means exactly what it meant), constant folding
 never touches a ``DequantizeLinear``, and ORT's per-axis dequantization of an NCHW activation is as
-fast as the per-tensor one. ``MatMul`` is not touched: ORT 1.32 leaves a float ``MatMul`` float
+fast as the per-tensor one. Only nodes that match ORT's pattern are changed (a float Conv feeding a
+float Add already runs float). ``MatMul`` is not touched: ORT 1.32 leaves a float ``MatMul`` float
 (the test suite checks it on ORT's optimised graph, so a later ORT that changes this is caught).
 Changes its input model in place; needs opset >= 13 (per-axis ``DequantizeLinear``).
 """
@@ -48,8 +49,9 @@ def keep_float_at_runtime(model: onnx.ModelProto) -> list[str]:
     """Make every float Conv/ConvTranspose/Gemm of a QDQ model read a per-axis ``DequantizeLinear``.
 
     A node qualifies when its input 0 is the output of a ``DequantizeLinear`` with a one-element
-    scale and its weight (input 1) is not a ``DequantizeLinear`` output, i.e. ORT's quantizer left
-    it float. Consumers of the same ``DequantizeLinear`` that need the same axis share one new
+    scale, its weight (input 1) is not a ``DequantizeLinear`` output (ORT's quantizer left it
+    float), and its output reaches a ``QuantizeLinear`` through single-reader ``Relu``/``Clip``
+    nodes only: exactly the nodes ORT would re-quantize. Consumers of the same ``DequantizeLinear`` that need the same axis share one new
     node; the old one is removed when nothing reads it any more.
 
     Args:
@@ -61,7 +63,12 @@ def keep_float_at_runtime(model: onnx.ModelProto) -> list[str]:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    targets = [t for n in graph.node if (t := _target(n, producer, inits, model)) is not None]
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    targets = [t for n in graph.node
+               if _reaches_quantize(n, readers) and (t := _target(n, producer, inits, model)) is not None]
     if not targets:
         return []
     taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output} | set(inits)
@@ -80,6 +87,22 @@ def keep_float_at_runtime(model: onnx.ModelProto) -> list[str]:
     logger.info("kept %d float node(s) float in ONNX Runtime (per-axis input DequantizeLinear): %s",
                 len(names), ", ".join(names))
     return names
+
+
+def _reaches_quantize(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]]) -> bool:
+    """ORT's ``IsNoBranchPathToQuantizeLinear``: one reader at each step, Relu/Clip until a QuantizeLinear."""
+    if node.op_type not in REQUANTIZED_OP_TYPES:
+        return False
+    current = node
+    for _ in range(64):
+        if len(current.output) != 1 or len(readers.get(current.output[0], [])) != 1:
+            return False
+        current = readers[current.output[0]][0]
+        if current.op_type == "QuantizeLinear":
+            return True
+        if current.op_type not in ("Relu", "Clip"):
+            return False
+    return False
 
 
 def _target(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto],
