@@ -251,7 +251,7 @@ def _timed(run: Callable[[], tuple[Any, PassRecord]]) -> tuple[Any, PassRecord]:
     value, record = run()
     if not record.seconds:
         record.seconds = time.perf_counter() - start
-    logger.info("%s: %s (%.1f s)", record.name, record.summary, record.seconds)
+    logger.debug("%s: %s (%.1f s)", record.name, record.summary, record.seconds)
     return value, record
 
 

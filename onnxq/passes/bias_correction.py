@@ -468,7 +468,7 @@ def correct_biases(model: onnx.ModelProto, data: Dataset, quantize_fn: Callable[
     details.update(estimate=estimate, rounds=rounds, passes=rounds + int(verify))
     record = PassRecord("bias_correction", _summary(details), [t.node for t in targets], details,
                         time.perf_counter() - start)
-    logger.info("%s (%.1f s)", record.summary, record.seconds)
+    logger.debug("%s (%.1f s)", record.summary, record.seconds)
     return corrected, record
 
 
