@@ -263,7 +263,9 @@ def test_statistics_do_not_grow_with_the_data(setup):
     assert peaks[1] < 1.3 * peaks[0]
     for layer in layers:
         small, large = stats[0][layer.node], stats[1][layer.node]
-        assert small.gram.shape == large.gram.shape == (layer.groups, 2 * layer.fan_in, 2 * layer.fan_in)
+        for name in ("qq", "dq", "dd"):
+            assert getattr(small, name).shape == getattr(large, name).shape == (layer.groups, layer.fan_in,
+                                                                                 layer.fan_in)
         per_batch = min(50, positions(layer, _input_shape(layer)))
         assert large.rows == 16 * per_batch and small.rows == 2 * per_batch
 
@@ -329,6 +331,6 @@ def test_the_static_pipeline_runs_it_when_asked():
 def test_rows_per_batch_follow_the_size_of_the_statistics(setup):
     prepared, data, qdq = setup
     layers, _ = find_layers(prepared, qdq)
-    inputs = InputStatistics(prepared, qdq, layers, data)  # 8 batches
-    assert [inputs.rows_per_batch(layer) for layer in layers[:2]] == [128 * 54 // 8, 128 * 18 // 8]
+    inputs = InputStatistics(prepared, qdq, layers, data, max_patches=10**6)  # 8 batches
+    assert [inputs.rows_per_batch(layer) for layer in layers[:2]] == [512 * 54 // 8, 512 * 18 // 8]
     assert InputStatistics(prepared, qdq, layers, data, max_patches=100).rows_per_batch(layers[0]) == 100

@@ -15,8 +15,8 @@ error; ``x_f``: its input in the float model) through AdaRound's rectified-sigmo
 annealed rounding regulariser, Adam and hard rounding; a layer whose result is not better than
 nearest rounding on the calibration statistics keeps ORT's weights. Not float-equivalent.
 Memory: the loss is quadratic in the weights, so the data enter only through the second moments
-of ``[x_q, x_q - x_f]``: a ``[groups, 2k, 2k]`` float64 matrix for the layer being rounded (``k``:
-fan-in per group), independent of the data size. Per batch at most ``max_patches`` input rows
+of ``x_q`` and ``x_q - x_f``: three ``[groups, k, k]`` float64 matrices for the layer being rounded
+(``k``: fan-in per group), independent of the data size. Per batch at most ``max_patches`` input rows
 (random im2col patches of a Conv, rows of a Gemm / MatMul input) are materialised, ``2 *
 max_patches * groups * k`` float32 values. Passes: one per layer, each running only the part of
 both models between a frontier and the layer's input; the frontier (the tensors cut just before
@@ -47,6 +47,11 @@ from ..rewrite.weights import QuantizedWeight, read_quantized_weights, replace_q
 from ..runtime import create_session, run
 from . import PassRecord
 
+try:  # optional (scikit-learn installs it): single-threaded BLAS for many small products
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
 logger = logging.getLogger(__name__)
 
 #: stretch of the rectified sigmoid ``h(V) = clip(sigmoid(V) * (ZETA - GAMMA) + GAMMA, 0, 1)``
@@ -65,12 +70,14 @@ DEFAULT_ITERATIONS = 500
 #: input rows per batch and layer that enter the statistics, at most
 DEFAULT_MAX_PATCHES = 1024
 #: rows per statistic dimension over the whole data beyond which no more rows are drawn
-ROWS_PER_FEATURE = 128
+ROWS_PER_FEATURE = 512
 #: at most this many bytes of cached tensors (both models, all batches) between layer passes
 DEFAULT_CACHE_BYTES = 512 << 20
 #: low-rank quadratic term: share of the trace of ``E[x_q x_q^T]`` that may be dropped, smallest fan-in
 RANK_TOLERANCE = 1e-4
 LOW_RANK_MIN_FAN_IN = 128
+#: groups whose statistics are at most this wide are reduced without BLAS (depthwise)
+_SMALL_GROUP = 128
 #: how often (in iterations) the time budget is checked
 _CHECK_EVERY = 25
 
@@ -99,17 +106,21 @@ class RoundingLayer:
     fan_in: int
     attrs: dict = field(default_factory=dict, hash=False, compare=False)
 
-    @property
-    def stats_bytes(self) -> int:
-        return self.groups * (2 * self.fan_in) ** 2 * 8
-
 
 @dataclass
 class LayerStats:
-    """Running sums over the input rows ``z = [x_q, x_q - x_f]`` of one layer: ``gram = sum z z^T``."""
+    """Running sums over the input rows of one layer, per group: ``qq = sum x_q x_q^T``,
+    ``dq = sum d x_q^T`` and ``dd = sum d d^T`` with ``d = x_q - x_f`` (float64, ``[groups, k, k]``)."""
 
-    gram: np.ndarray
+    qq: np.ndarray
+    dq: np.ndarray
+    dd: np.ndarray
     rows: int = 0
+
+    @classmethod
+    def zeros(cls, layer: RoundingLayer) -> LayerStats:
+        shape = (layer.groups, layer.fan_in, layer.fan_in)
+        return cls(np.zeros(shape), np.zeros(shape), np.zeros(shape))
 
 
 # --------------------------------------------------------------------------- layers
@@ -338,8 +349,8 @@ class _Graph:
             [helper.make_tensor_value_info(name, dtype, None) for name, dtype in inputs.items() if name in used],
             [helper.make_empty_tensor_value_info(name) for name in outputs],
             [init for init in model.graph.initializer if init.name in used and init.name not in inputs])
-        sub = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
-        return sub
+        return helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version,
+                                 functions=model.functions)
 
 
 @dataclass
@@ -394,7 +405,7 @@ class InputStatistics:
         moved = set(cut_f + cut_q) - set(frontier.float_names + frontier.quant_names)
         caching = bool(later and self.cache_bytes > 0 and moved)
         new = _Frontier(cut_f, cut_q, [])
-        stats = LayerStats(np.zeros((layer.groups, 2 * layer.fan_in, 2 * layer.fan_in)))
+        stats = LayerStats.zeros(layer)
         rng = np.random.default_rng([self.seed, index])
         total = frontier.batches and len(frontier.batches) or self.data.num_batches
         for feeds_f, feeds_q in progress_bar(self._source(), desc=f"adaptive rounding: {layer.node}", total=total,
@@ -471,9 +482,24 @@ class _Runner:
 
 
 def _accumulate(stats: LayerStats, x_q: np.ndarray, x_f: np.ndarray) -> None:
-    z = np.concatenate([x_q, x_q - x_f], axis=-1)
-    stats.gram += np.matmul(np.ascontiguousarray(z.transpose(0, 2, 1)), z)  # contiguous: BLAS per group
-    stats.rows += z.shape[1]
+    d = x_q - x_f
+    if x_q.shape[0] > 1 and x_q.shape[2] <= _SMALL_GROUP and threadpool_limits is not None:
+        # many small products: one multi-threaded BLAS call per group synchronises the threads each
+        # time, up to 500x slower on a loaded machine; single-threaded BLAS is fast
+        with threadpool_limits(limits=1, user_api="blas"):
+            _add_products(stats, x_q, d)
+    elif x_q.shape[0] > 1 and x_q.shape[2] <= _SMALL_GROUP:
+        for total, a, b in ((stats.qq, x_q, x_q), (stats.dq, d, x_q), (stats.dd, d, d)):
+            total += np.einsum("gpi,gpj->gij", a, b)  # numpy's own loop
+    else:
+        _add_products(stats, x_q, d)
+    stats.rows += x_q.shape[1]
+
+
+def _add_products(stats: LayerStats, x_q: np.ndarray, d: np.ndarray) -> None:
+    stats.qq += np.matmul(x_q.transpose(0, 2, 1), x_q)
+    stats.dq += np.matmul(d.transpose(0, 2, 1), x_q)
+    stats.dd += np.matmul(d.transpose(0, 2, 1), d)
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -520,12 +546,11 @@ def _problem(layer: RoundingLayer, weight: QuantizedWeight, float_weight: np.nda
     low, high = float(weight.q.min()), float(weight.q.max())
     free = ((ratio > np.floor(ratio)) & (scale > 0) & (down >= low) & (down + 1 <= high)
             & ((q == down) | (q == down + 1)))
-    k = layer.fan_in
-    moments = stats.gram / max(stats.rows, 1)
+    rows = max(stats.rows, 1)
     return _Problem(w=w, step=np.where(free, scale, 0.0), q_down=np.where(free, down, q), q_nearest=q, zero=zero,
                     scale=scale,
-                    free=free, rest=np.where(free, ratio - np.floor(ratio), 0.0), h_qq=moments[:, :k, :k],
-                    h_dq=moments[:, k:, :k], h_dd=moments[:, k:, k:])
+                    free=free, rest=np.where(free, ratio - np.floor(ratio), 0.0), h_qq=stats.qq / rows,
+                    h_dq=stats.dq / rows, h_dd=stats.dd / rows)
 
 
 def _rectified(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
