@@ -65,6 +65,8 @@ class Recipe:
         weights: node name -> integer weights chosen by adaptive rounding, re-applied to every build
             in which that node is still quantized with the same scales.
         qat: rewrite only the float part of a QAT model.
+        unbiased: the model before bias correction: a node that a plan keeps float gets its own
+            bias back (a corrected bias compensates quantized weights it no longer has).
     """
 
     model: onnx.ModelProto
@@ -72,11 +74,14 @@ class Recipe:
     config: QuantConfig
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     qat: bool = False
+    unbiased: onnx.ModelProto | None = None
 
     def build(self, plan: QuantPlan) -> onnx.ModelProto:
         """The quantized graph of ``plan`` (ORT's rewrite, then the chosen integer weights)."""
         work = onnx.ModelProto()
         work.CopyFrom(self.model)  # ORT's quantizers may change their input model
+        if self.unbiased is not None:
+            _restore_float_biases(work, self.unbiased, set(plan.nodes_to_quantize))
         if plan.mode != Mode.STATIC.value:
             return rewrite.quantize_dynamic(work, plan, self.config)
         if self.qat:  # the float part only; the model's own Q/DQ stay exactly as they are
@@ -223,7 +228,7 @@ def _correct_biases(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[Pass
     model, record = _timed(lambda: correct_biases(recipe.model, job.calibration, _builder(recipe, plan),
                                                   progress=job.progress))
     passes.append(record)
-    return replace(recipe, model=model)
+    return replace(recipe, model=model, unbiased=recipe.model)
 
 
 def _round_weights(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassRecord]) -> Recipe:
@@ -239,6 +244,27 @@ def _round_weights(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassR
     weights = {node: w.q for node, w in read_quantized_weights(rounded).items()}
     passes.append(record)
     return replace(recipe, weights=weights)
+
+
+def _restore_float_biases(model: onnx.ModelProto, unbiased: onnx.ModelProto, quantized: set[str]) -> None:
+    """In place: every node outside ``quantized`` whose bias differs from ``unbiased`` gets the original
+    bias back (zeros where bias correction added one)."""
+    from onnx import numpy_helper
+
+    original = {n.name: n for n in unbiased.graph.node}
+    old_inits = {i.name: i for i in unbiased.graph.initializer}
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name in quantized or node.op_type not in ("Conv", "Gemm", "ConvTranspose") or len(node.input) < 3:
+            continue
+        bias, before = inits.get(node.input[2]), original.get(node.name)
+        if bias is None or before is None:
+            continue
+        source = old_inits.get(before.input[2]) if len(before.input) > 2 and before.input[2] else None
+        values = (numpy_helper.to_array(source) if source is not None
+                  else np.zeros(tuple(bias.dims), onnx.helper.tensor_dtype_to_np_dtype(bias.data_type)))
+        if not np.array_equal(values, numpy_helper.to_array(bias)):
+            bias.CopyFrom(numpy_helper.from_array(values, bias.name))
 
 
 def _builder(recipe: Recipe, plan: QuantPlan) -> Callable[[onnx.ModelProto], onnx.ModelProto]:

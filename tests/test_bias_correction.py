@@ -225,3 +225,31 @@ def test_bad_arguments():
         correct_biases(prepared, data, quantize_fn, rounds=0)
     with pytest.raises(ConfigError):
         correct_biases(prepared, data, quantize_fn, estimate="magic")
+
+
+def test_a_node_kept_float_gets_its_own_bias_back() -> None:
+    """Bias correction compensates quantized weights: a node the fallback keeps float must not keep it."""
+    from dataclasses import replace as dc_replace
+
+    from onnx import numpy_helper as nh
+
+    import onnxq.feeds
+    import onnxq.pipelines as pipelines
+    import onnxq.prepare
+    from onnxq.plan import NodeDecision
+
+    config = QuantConfig(bias_correction=True, reduce_range=False)
+    model = onnxq.prepare.prepare(tiny_cnn(), config)
+    data = onnxq.feeds.load_data(cnn_data(32), model, batch_size=8)
+    built = pipelines.static(pipelines.Job(model, config, data))
+    assert built.recipe is not None and built.recipe.unbiased is not None and built.passes
+    corrected = set(built.passes[0].changed)
+    name = next(n.name for n in model.graph.node if n.name in corrected and n.op_type == "Conv")
+    plan = dc_replace(built.plan, decisions=[NodeDecision(d.name, d.op_type, False, "test", d.candidate)
+                                             if d.name == name else d for d in built.plan.decisions])
+    rebuilt = built.recipe.build(plan)
+    node = next(n for n in rebuilt.graph.node if n.name == name)
+    original = next(n for n in model.graph.node if n.name == name)
+    inits = {i.name: nh.to_array(i) for i in rebuilt.graph.initializer}
+    before = {i.name: nh.to_array(i) for i in model.graph.initializer}
+    np.testing.assert_array_equal(inits[node.input[2]], before[original.input[2]])
