@@ -89,7 +89,8 @@ def data(kind: str, n: int = 32, seed: int = 1) -> dict[str, np.ndarray]:
     return {"x": np.random.default_rng(seed).random(shape).astype(np.float32)}
 
 
-def optimized(model: onnx.ModelProto, level: str, tmp_path, outputs: list[str] = ()) -> tuple[onnx.ModelProto, ort.InferenceSession]:
+def optimized(model: onnx.ModelProto, level: str, tmp_path,
+              outputs: list[str] = ()) -> tuple[onnx.ModelProto, ort.InferenceSession]:
     """ORT's optimised graph at ``level`` (and the session), optionally with extra graph outputs."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -219,7 +220,8 @@ def test_shared_dequantize_keeps_quantized_consumer_fused(tmp_path):
     nodes = [n("Conv", ["x", "w0"], ["h"], pads=[1] * 4, name="stem"), n("Relu", ["h"], ["a"], name="relu"),
              n("Conv", ["a", "wa"], ["ya"], pads=[1] * 4, name="branch_a"),
              n("Conv", ["a", "wb"], ["yb"], pads=[1] * 4, name="branch_b"), n("Add", ["ya", "yb"], ["y"], name="add")]
-    graph = helper.make_graph(nodes, "branches", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+    graph = helper.make_graph(nodes, "branches",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -269,7 +271,8 @@ def test_conv_transpose_and_transposed_gemm_input(op, tmp_path):
     x = {"x": np.random.default_rng(3).random(shape).astype(np.float32)}
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    reference = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, x)[0]
+    reference = ort.InferenceSession(model.SerializeToString(), options,
+                                     providers=["CPUExecutionProvider"]).run(None, x)[0]
     got = optimized(model, "all", tmp_path)[1].run(None, x)[0]
     np.testing.assert_allclose(got, reference, atol=4 / 255 * 1.001)  # one output level at most
 
@@ -284,7 +287,8 @@ def test_float_conv_feeding_a_float_add_is_left_alone(tmp_path):
     nodes = [n("Conv", ["x", "w0"], ["h"], pads=[1] * 4, name="stem"), n("Relu", ["h"], ["a"], name="relu"),
              n("Conv", ["a", "w1"], ["p"], name="project"), n("Add", ["a", "p"], ["s"], name="residual"),
              n("Conv", ["s", "w2"], ["y"], name="head")]
-    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+    graph = helper.make_graph(nodes, "residual",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

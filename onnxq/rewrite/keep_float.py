@@ -4,18 +4,19 @@ Contract. ONNX Runtime (1.20+, verified on 1.32) runs a graph transformer, ``Wei
 at session creation for every graph optimisation level. It finds a ``Conv`` / ``ConvTranspose`` /
 ``Gemm`` whose input 0 comes from a ``DequantizeLinear`` with a *scalar* scale, whose output reaches
 a ``QuantizeLinear`` (through ``Relu``/``Clip`` only, each output read by exactly one node), and
-whose weight is a float initializer; it then quantizes that weight to int8 (per tensor) and the
-bias to int32, after which the usual QDQ fusion turns the node into ``QLinearConv`` / ``QGemm``. So a node that onnxq's plan
-or fallback kept float (``exclude_nodes``, the accuracy fallback) ran int8 anyway, with a cruder
-weight quantization than onnxq's own. :func:`keep_float_at_runtime` breaks the first condition at no
-measurable cost: the float node reads its input through a ``DequantizeLinear`` that is per-axis
-(axis = the node's input-channel axis) with the same scale and zero point repeated for every
-channel. The values are bit-identical (the model means exactly what it meant), constant folding
-never touches a ``DequantizeLinear``, and ORT's per-axis dequantization of an NCHW activation is as
-fast as the per-tensor one. Only nodes that match ORT's pattern are changed (a float Conv feeding a
-float Add already runs float). ``MatMul`` is not touched: ORT 1.32 leaves a float ``MatMul`` float
-(the test suite checks it on ORT's optimised graph, so a later ORT that changes this is caught).
-Changes its input model in place; needs opset >= 13 (per-axis ``DequantizeLinear``).
+whose weight is a float initializer; it quantizes that weight to int8 (per tensor) and the bias to
+int32, and the usual QDQ fusion then turns the node into ``QLinearConv`` / ``QGemm``. So a node
+that onnxq's plan or fallback kept float (``exclude_nodes``, the accuracy fallback) ran int8 anyway,
+with a cruder weight quantization than onnxq's own. :func:`keep_float_at_runtime` breaks the first
+condition at no measurable cost: the float node reads its input through a ``DequantizeLinear``
+that is per-axis (axis = the node's input-channel axis) with the same scale and zero point
+repeated for every channel. The values are bit-identical (the model means exactly what it meant),
+constant folding never touches a ``DequantizeLinear``, and ORT's per-axis dequantization of an
+NCHW activation is as fast as the per-tensor one. Only nodes that match ORT's pattern are changed
+(a float Conv feeding a float Add already runs float). ``MatMul`` is not touched: ORT 1.32 leaves a
+float ``MatMul`` float (the tests check it on ORT's optimised graph, so a later ORT that changes
+this is caught). New nodes and outputs end in ``_per_channel``. Changes its input model in place;
+needs opset >= 13 (per-axis ``DequantizeLinear``).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def keep_float_at_runtime(model: onnx.ModelProto) -> list[str]:
     A node qualifies when its input 0 is the output of a ``DequantizeLinear`` with a one-element
     scale, its weight (input 1) is not a ``DequantizeLinear`` output (ORT's quantizer left it
     float), and its output reaches a ``QuantizeLinear`` through single-reader ``Relu``/``Clip``
-    nodes only: exactly the nodes ORT would re-quantize. Consumers of the same ``DequantizeLinear`` that need the same axis share one new
-    node; the old one is removed when nothing reads it any more.
+    nodes only: exactly the nodes ORT would re-quantize. Consumers of the same
+    ``DequantizeLinear`` that need the same axis share one new node; the old one is removed when
+    nothing reads it any more.
 
     Args:
         model: a QDQ model; changed in place.
@@ -126,8 +128,8 @@ def _target(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto], inits: di
     return _Target(node, dq, axis, channels)
 
 
-def _channel_axis(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], producer: dict[str, onnx.NodeProto],
-                  model: onnx.ModelProto) -> tuple[int, int | None]:
+def _channel_axis(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
+                  producer: dict[str, onnx.NodeProto], model: onnx.ModelProto) -> tuple[int, int | None]:
     """(axis of input 0 that the per-axis scale runs along, its length or None when unknown)."""
     weight = _const_shape(node.input[1], inits, producer)
     if node.op_type == "Gemm":
