@@ -5,9 +5,11 @@ grouped, depthwise; 1-D to 3-D), Gemm and MatMul nodes with a constant float wei
 becomes ``floor(w / s) + zp`` or that plus one (``s``, ``zp``: ORT's scale and zero point, which
 stay exactly as ORT wrote them), never leaving ``[q.min(), q.max()]`` of the integers ORT wrote for
 that tensor; elements that ORT's weights make exact or that sit on that range's edge keep ORT's
-value. Graph, scales, zero points and biases are untouched. Needs: the float model the QDQ model
-was rewritten from (same node names; ``prepared`` in the static pipeline), the QDQ model, and
-calibration data (iterated up to once per layer). Ensures: a new QDQ model (the inputs are
+value. Graph, scales, zero points and biases are untouched. Needs: the reference float model (same
+node names as the QDQ model: ``prepared`` in the static pipeline, after float-equivalent passes but
+*not* a bias-corrected copy, whose shifted biases would become the targets), the QDQ model, and
+calibration data (iterated up to once per layer). Bias correction after this pass has nothing
+left to remove (the asymmetric reconstruction already removes the mean error). Ensures: a new QDQ model (the inputs are
 never mutated) in which, per layer, the rounding minimises on the calibration data the
 reconstruction error ``mean ||W_q x_q - W x_f||^2`` (``x_q``: the layer's input in the QDQ model
 with every earlier layer already rounded, so each layer compensates upstream quantization
@@ -76,7 +78,7 @@ DEFAULT_CACHE_BYTES = 512 << 20
 #: low-rank quadratic term: share of the trace of ``E[x_q x_q^T]`` that may be dropped, smallest fan-in
 RANK_TOLERANCE = 1e-4
 LOW_RANK_MIN_FAN_IN = 128
-#: groups whose statistics are at most this wide are reduced without BLAS (depthwise)
+#: per-group statistics at most this wide are reduced on single-threaded BLAS (depthwise convs)
 _SMALL_GROUP = 128
 #: how often (in iterations) the time budget is checked
 _CHECK_EVERY = 25
@@ -628,7 +630,8 @@ def adaround(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, data: Dat
     already chosen upstream in place (see :class:`InputStatistics` for what each pass runs).
 
     Args:
-        float_model: the float model ``qdq_model`` was rewritten from (same node names); not modified.
+        float_model: the reference float model (same node names as ``qdq_model``; not a bias-corrected
+            copy: its layer outputs are the targets); not modified.
         qdq_model: the QDQ model ORT's rewrite wrote (nearest rounding); not modified.
         data: calibration batches (iterated again whenever no cached frontier serves a layer).
         iterations: Adam steps per layer.
