@@ -223,6 +223,8 @@ def _correct_biases(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[Pass
     asked = job.config.bias_correction
     if asked is False or (asked is None and is_transformer(recipe.model)):
         return recipe
+    if asked is None and job.config.weight_rounding == "adaptive":
+        return recipe  # adaptive rounding already removes the error; on top of it the correction costs accuracy
     from .passes.bias_correction import correct_biases
 
     model, record = _timed(lambda: correct_biases(recipe.model, job.calibration, _builder(recipe, plan),
@@ -239,7 +241,8 @@ def _round_weights(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassR
     from .rewrite.weights import read_quantized_weights
 
     nearest = recipe.build(plan)
-    rounded, record = _timed(lambda: adaround(recipe.model, nearest, job.calibration,
+    reference = recipe.unbiased if recipe.unbiased is not None else recipe.model  # the true float model
+    rounded, record = _timed(lambda: adaround(reference, nearest, job.calibration,
                                               time_budget_s=job.config.rounding_seconds, progress=job.progress))
     weights = {node: w.q for node, w in read_quantized_weights(rounded).items()}
     passes.append(record)
