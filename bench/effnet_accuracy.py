@@ -27,7 +27,6 @@ times them.
 from __future__ import annotations
 
 import hashlib
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .harness import ort_pre_process, ort_session, run_job
+from .harness import interleaved_latency, ort_pre_process, run_job
 
 THREADS = 2
 CALIB_BATCH = 8  # onnxq's default QuantConfig.batch_size; ORT's reader uses the same
@@ -178,19 +177,10 @@ def task_latency(p: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {name: {"latency_ms": {}} for name in p["models"]}
     for batch_size, (warmup, rounds, per_round) in p["latency_runs"].items():
         feeds = {p["input"]: np.ascontiguousarray(images[:int(batch_size)])}
-        times: dict[str, list[float]] = {name: [] for name in p["models"]}
-        for _ in range(rounds):
-            for name, path in p["models"].items():
-                session = ort_session(path, p["threads"])
-                for _ in range(warmup):
-                    session.run(None, feeds)
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    session.run(None, feeds)
-                    times[name].append(time.perf_counter() - start)
-                del session
-        for name in p["models"]:
-            out[name]["latency_ms"][str(batch_size)] = round(statistics.median(times[name]) * 1000.0, 3)
+        medians = interleaved_latency(p["models"], lambda _name: feeds, p["threads"], warmup=warmup, rounds=rounds,
+                                      per_round=per_round)
+        for name, seconds in medians.items():
+            out[name]["latency_ms"][str(batch_size)] = round(seconds * 1000.0, 3)
     return {"models": out}
 
 

@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -258,6 +259,25 @@ def ort_session(path: str, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def interleaved_latency(models: dict[str, str], feeds_for: Callable[[str], dict[str, Any]], threads: int, *,
+                        warmup: int, rounds: int, per_round: int) -> dict[str, float]:
+    """Median seconds of one run per model: ``rounds`` rounds over the models, one live session at a
+    time, ``warmup`` untimed runs then ``per_round`` timed runs per session (noise spreads over all)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, path in models.items():
+            feeds = feeds_for(name)
+            session = ort_session(path, threads)
+            for _ in range(warmup):
+                session.run(None, feeds)
+            for _ in range(per_round):
+                start = time.perf_counter()
+                session.run(None, feeds)
+                times[name].append(time.perf_counter() - start)
+            del session
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def ort_pre_process(model: str, out: Path) -> tuple[str, str]:

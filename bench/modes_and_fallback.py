@@ -27,7 +27,6 @@ outputs are dequantized before scoring.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .harness import ort_session, run_job
+from .harness import interleaved_latency, ort_session, run_job
 
 THREADS = 2
 TARGETS = {"mnist": "accuracy_drop<=0.1", "minilm": "cosine>=0.995"}  # the goals
@@ -130,20 +129,10 @@ def _latency(models: dict[str, str], batches: dict[str, dict[str, np.ndarray]],
     out: dict[str, dict[str, float]] = {name: {} for name in models}
     ios = {name: _io(path) for name, path in models.items()}
     for batch_size, (warmup, rounds, per_round) in runs.items():
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for _ in range(rounds):
-            for name, path in models.items():
-                feeds = _feed(ios[name], batches[batch_size])
-                session = ort_session(path, threads)
-                for _ in range(warmup):
-                    session.run(None, feeds)
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    session.run(None, feeds)
-                    times[name].append(time.perf_counter() - start)
-                del session
-        for name in models:
-            out[name][batch_size] = round(statistics.median(times[name]) * 1000.0, 4)
+        medians = interleaved_latency(models, lambda name: _feed(ios[name], batches[batch_size]), threads,
+                                      warmup=warmup, rounds=rounds, per_round=per_round)
+        for name, seconds in medians.items():
+            out[name][batch_size] = round(seconds * 1000.0, 4)
     return out
 
 
