@@ -197,9 +197,7 @@ def calibrate_ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, con
 
 def _smooth(model: onnx.ModelProto, plan: QuantPlan, job: Job) -> tuple[onnx.ModelProto, QuantPlan]:
     """SmoothQuant on transformer graphs (float-equivalent); a no-op when off or not a transformer."""
-    config = job.config
-    if job.qat:  # QAT weights are DequantizeLinear outputs: nothing for SmoothQuant to rescale
-        return model, plan
+    config = job.config  # a QAT model arrives with smooth_alpha=None (api.quantize)
     if config.smooth_alpha is None or not (config.transformer_policy and is_transformer(model)):
         return model, plan
     from .smooth import smooth
