@@ -180,7 +180,7 @@ class QuantConfig:
                 raise ConfigError(f"{name}={value!r} is not one of: {choices}") from None
         if self.reduce_range is None:
             # 16-bit activations run in float in ORT: 7-bit weights would only cost accuracy there
-            object.__setattr__(self, "reduce_range", saturates_u8s8() and QuantType(self.activation_type).bits == 8)
+            object.__setattr__(self, "reduce_range", saturates_u8s8() and self.activation_type.bits == 8)
         for name in ("exclude_nodes", "exclude_op_types", "include_nodes"):
             object.__setattr__(self, name, _as_tuple(name, getattr(self, name)))
         if self.op_types is not None:
