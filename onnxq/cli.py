@@ -9,6 +9,7 @@ import logging
 import math
 import signal
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -673,7 +674,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import check_metric, compare, read_labels
+    from .compare import check_metric, compare, junit_error, read_labels
+    from .metrics import get_metric
 
     check_metric(args.metric, args.threshold)
     if args.junit:
@@ -683,9 +685,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         read_labels(args.labels)
     _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                       samples=args.samples)
-    result = compare(args.float_model, args.quant_model, args.data, metric=args.metric, threshold=args.threshold,
-                     labels=args.labels, batch_size=args.batch_size, limit=args.samples, threads=args.threads,
-                     progress=not args.quiet and not args.json)
+    started = time.perf_counter()
+    try:
+        result = compare(args.float_model, args.quant_model, args.data, metric=args.metric,
+                         threshold=args.threshold, labels=args.labels, batch_size=args.batch_size,
+                         limit=args.samples, threads=args.threads, progress=not args.quiet and not args.json)
+    except Exception as exc:  # any outcome gets its JUnit file: an <error> test case, then the usual exit
+        if args.junit:
+            junit_error(exc, args.junit, metric=get_metric(args.metric).cli_name, threshold=args.threshold,
+                        float_model=args.float_model, quant_model=args.quant_model,
+                        seconds=time.perf_counter() - started)
+        raise
     if args.junit:
         result.to_junit(args.junit)
     if args.json:

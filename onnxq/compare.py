@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ from .validate import validate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "Comparison", "Metric", "OutputCheck", "check_report", "compare", "read_labels"]
+__all__ = ["METRICS", "Comparison", "Metric", "OutputCheck", "check_report", "compare", "junit_error",
+           "read_labels"]
 
 
 #: The metrics :func:`compare` gates on, by their command-line names (entries of :mod:`onnxq.metrics`).
@@ -169,45 +171,59 @@ class Comparison:
     def to_junit(self, path: str | os.PathLike[str] | None = None) -> str:
         """JUnit XML of the verdicts; also written atomically to ``path`` when given.
 
-        Layout: ``<testsuites>`` holding one ``<testsuite name="onnxq compare">`` with
-        ``tests``/``failures``/``skipped`` counts and the metric, threshold and models as
-        ``<properties>``; one ``<testcase classname="onnxq.compare.METRIC" name="OUTPUT">`` per
-        output, with ``<failure message="...">`` when it misses the threshold, ``<skipped>`` when
-        the metric does not apply, and the output's metrics in ``<system-out>``.
+        Layout (valid against the JUnit schema of Jenkins' xunit plug-in, which GitLab and the
+        GitHub reporters also read): ``<testsuites>`` holding one ``<testsuite name="onnxq
+        compare">`` with ``tests``/``failures``/``errors``/``skipped`` counts and the metric,
+        threshold and models as ``<properties>``; one ``<testcase classname="onnxq.compare.METRIC"
+        name="OUTPUT">`` per output, with ``<failure message="...">`` when it misses the
+        threshold, ``<skipped>`` when the metric does not apply, and the output's metrics in
+        ``<system-out>``. :func:`junit_error` writes the same layout for a comparison that could
+        not run.
 
         Returns:
             The XML text.
         """
-        tests = len(self.checks)
-        failures = len(self.failures)
         skipped = sum(c.passed is None for c in self.checks)
-        counts = {"tests": str(tests), "failures": str(failures), "errors": "0", "skipped": str(skipped),
-                  "time": f"{self.seconds:.3f}"}
-        root = ET.Element("testsuites", {"name": "onnxq", **counts})
-        suite = ET.SubElement(root, "testsuite", {"name": "onnxq compare", **counts,
-                                                   "timestamp": self.timestamp})
-        props = ET.SubElement(suite, "properties")
-        for key, value in (("metric", self.metric), ("threshold", _fmt(self.threshold)),
-                           ("operator", get_metric(self.metric).operator), ("float_model", self.float_model),
-                           ("quant_model", self.quant_model), ("samples", self.report.samples)):
-            if value is not None:
-                ET.SubElement(props, "property", {"name": key, "value": str(value)})
+        root, suite = _junit_suite(metric=self.metric, threshold=self.threshold, tests=len(self.checks),
+                                   failures=len(self.failures), errors=0, skipped=skipped, seconds=self.seconds,
+                                   timestamp=self.timestamp, float_model=self.float_model,
+                                   quant_model=self.quant_model, samples=self.report.samples)
         by_name = {o.name: o for o in self.report.outputs}
         for check in self.checks:
             case = ET.SubElement(suite, "testcase", {"classname": f"onnxq.compare.{self.metric}",
-                                                     "name": check.output, "time": "0"})
+                                                     "name": _xml_text(check.output), "time": "0"})
+            message = _xml_text(check.message)
             if check.passed is False:
-                failure = ET.SubElement(case, "failure", {"message": check.message, "type": "ThresholdNotMet"})
-                failure.text = check.message
+                failure = ET.SubElement(case, "failure", {"message": message, "type": "ThresholdNotMet"})
+                failure.text = message
             elif check.passed is None:
-                ET.SubElement(case, "skipped", {"message": check.message})
+                ET.SubElement(case, "skipped", {"message": message})
             out = ET.SubElement(case, "system-out")
-            out.text = _metrics_text(by_name.get(check.output), self.report)
-        ET.indent(root)
-        text = ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
-        if path is not None:
-            write_text_atomic(path, text)
-        return text
+            out.text = _xml_text(_metrics_text(by_name.get(check.output), self.report))
+        return _finish_junit(root, path)
+
+
+def junit_error(error: BaseException, path: str | os.PathLike[str] | None = None, *, metric: str,
+                threshold: float, float_model: Any = None, quant_model: Any = None,
+                seconds: float = 0.0) -> str:
+    """JUnit XML for a comparison that could not run; also written atomically to ``path`` when given.
+
+    Same layout as :meth:`Comparison.to_junit`, with one ``<testcase name="compare">`` holding an
+    ``<error type="ERROR_CLASS" message="ONE LINE">`` (the full message as its text), so a CI
+    reporter shows an error instead of a missing report.
+
+    Returns:
+        The XML text.
+    """
+    timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    root, suite = _junit_suite(metric=metric, threshold=threshold, tests=1, failures=0, errors=1, skipped=0,
+                               seconds=seconds, timestamp=timestamp, float_model=_path_or_none(float_model),
+                               quant_model=_path_or_none(quant_model), samples=None)
+    case = ET.SubElement(suite, "testcase", {"classname": f"onnxq.compare.{metric}", "name": "compare",
+                                             "time": f"{seconds:.3f}"})
+    element = ET.SubElement(case, "error", {"message": _xml_text(_one_line(error)), "type": type(error).__name__})
+    element.text = _xml_text(str(error) or type(error).__name__)
+    return _finish_junit(root, path)
 
 
 def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cosine", threshold: float,
@@ -412,6 +428,56 @@ def _metrics_text(metrics: OutputMetrics | None, report: Report) -> str:
         lines.append(f"quant_accuracy: {_fmt(report.quant_accuracy)}")
     lines.append(f"size_bytes: {report.float_size_bytes} -> {report.quant_size_bytes}")
     return "\n".join(lines)
+
+
+def _junit_suite(*, metric: str, threshold: float, tests: int, failures: int, errors: int, skipped: int,
+                 seconds: float, timestamp: str, float_model: str | None, quant_model: str | None,
+                 samples: int | None) -> tuple[ET.Element, ET.Element]:
+    """``<testsuites>`` and its one ``<testsuite>`` with counts and properties.
+
+    ``<testsuites>`` carries only the attributes Jenkins' xunit schema allows there (no
+    ``skipped``); the timestamp is UTC without an offset, as Ant and Jenkins write it.
+    """
+    counts = {"tests": str(tests), "failures": str(failures), "errors": str(errors)}
+    time_text = f"{max(seconds, 0.0):.3f}"
+    root = ET.Element("testsuites", {"name": "onnxq", **counts, "time": time_text})
+    suite = ET.SubElement(root, "testsuite", {"name": "onnxq compare", **counts, "skipped": str(skipped),
+                                              "time": time_text, "timestamp": _junit_timestamp(timestamp)})
+    props = ET.SubElement(suite, "properties")
+    operator = get_metric(metric).operator if metric in METRICS else None
+    for key, value in (("metric", metric), ("threshold", _fmt(threshold)), ("operator", operator),
+                       ("float_model", float_model), ("quant_model", quant_model), ("samples", samples)):
+        if value is not None:
+            ET.SubElement(props, "property", {"name": key, "value": _xml_text(str(value))})
+    return root, suite
+
+
+def _finish_junit(root: ET.Element, path: str | os.PathLike[str] | None) -> str:
+    ET.indent(root)
+    text = ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+    if path is not None:
+        write_text_atomic(path, text)
+    return text
+
+
+def _junit_timestamp(timestamp: str) -> str:
+    """ISO 8601 in UTC without the offset (``2026-01-31T12:00:00``); unparsable text is kept."""
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return timestamp
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec="seconds")
+
+
+#: Characters XML 1.0 cannot carry (control characters, lone surrogates, U+FFFE/U+FFFF).
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    """``text`` with the characters XML 1.0 forbids replaced by ``?``."""
+    return _NOT_XML.sub("?", text)
 
 
 def _fmt(value: float) -> str:

@@ -6,6 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ import pytest
 
 from conftest import CNN_OUTPUT, CnnFiles, make_images, make_labels, perturbed_cnn
 from onnxq.cli import ExitCode
-from onnxq.compare import METRICS, Comparison, check_report, compare
+from onnxq.compare import METRICS, Comparison, check_report, compare, junit_error
 from onnxq.errors import ConfigError, DataError
 from onnxq.report.schema import OutputMetrics, Report
 
@@ -27,7 +28,20 @@ def perturbed_path(cnn_files: CnnFiles) -> Path:
     return path
 
 
-def parse_junit(path: Path) -> ET.Element:
+#: Jenkins' xunit JUnit schema, restated in tests/data (see the file's header).
+JUNIT_XSD = Path(__file__).parent / "data" / "junit.xsd"
+
+
+@pytest.fixture(scope="module")
+def junit_schema() -> Any:
+    import xmlschema
+
+    return xmlschema.XMLSchema(JUNIT_XSD)
+
+
+def parse_junit(path: Path, schema: Any = None) -> ET.Element:
+    if schema is not None:
+        schema.validate(str(path))  # raises with the element and the reason when invalid
     root = ET.parse(path).getroot()
     assert root.tag == "testsuites"
     suites = root.findall("testsuite")
@@ -39,13 +53,13 @@ def parse_junit(path: Path) -> ET.Element:
 
 
 def test_passing_gate_exits_0_and_writes_junit(run_cli: RunCli, cnn_files: CnnFiles,
-                                               quantized_cnn_path: Path) -> None:
+                                               quantized_cnn_path: Path, junit_schema: Any) -> None:
     junit = cnn_files.folder / "onnxq.xml"
     code, out, err = run_cli("compare", cnn_files.model, quantized_cnn_path, "--data", cnn_files.eval,
                              "--metric", "cosine", "--threshold", "0.99", "--junit", junit, "-q")
     assert code == ExitCode.OK, err
     assert err == ""
-    suite = parse_junit(junit)
+    suite = parse_junit(junit, junit_schema)
     assert suite.get("name") == "onnxq compare"
     counts = tuple(suite.get(k) for k in ("tests", "failures", "errors", "skipped"))
     assert counts == ("1", "0", "0", "0")
@@ -60,7 +74,7 @@ def test_passing_gate_exits_0_and_writes_junit(run_cli: RunCli, cnn_files: CnnFi
 
 
 def test_missed_threshold_exits_1_with_failure_in_junit(run_cli: RunCli, cnn_files: CnnFiles,
-                                                        perturbed_path: Path) -> None:
+                                                        perturbed_path: Path, junit_schema: Any) -> None:
     junit = cnn_files.folder / "onnxq.xml"
     code, out, err = run_cli("compare", cnn_files.model, perturbed_path, "--data", cnn_files.eval,
                              "--threshold", "0.999", "--junit", junit)
@@ -71,7 +85,7 @@ def test_missed_threshold_exits_1_with_failure_in_junit(run_cli: RunCli, cnn_fil
     [line] = [ln for ln in err.splitlines() if ln.startswith("onnxq: check failed")]
     assert line == f"onnxq: check failed: {CNN_OUTPUT}: cosine {value:.6g} < threshold 0.999"
     assert f"FAIL {CNN_OUTPUT}: cosine" in out and "onnxq compare FAILED: 0 of 1 output(s)" in out
-    suite = parse_junit(junit)  # written although the gate failed
+    suite = parse_junit(junit, junit_schema)  # written although the gate failed
     assert (suite.get("tests"), suite.get("failures")) == ("1", "1")
     failure = suite.find("testcase/failure")
     assert failure is not None
@@ -125,7 +139,6 @@ def test_labels_file(run_cli: RunCli, cnn_files: CnnFiles, quantized_cnn_path: P
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--metric", "accuracy", "--threshold", "0.5"], "needs labels"),
     (["--metric", "accuracy", "--threshold", "98"], "did you mean 0.98"),
     (["--metric", "cosine", "--threshold", "nan"], "finite number"),
 ])
@@ -137,7 +150,52 @@ def test_bad_requests_exit_2(run_cli: RunCli, cnn_files: CnnFiles, quantized_cnn
     code, _, err = run_cli("compare", cnn_files.model, quantized_cnn_path, "--data", data, *extra, "--junit", junit)
     assert code == ExitCode.USAGE_ERROR == 2
     assert err.startswith("onnxq: error:") and message in err and len(err.strip().splitlines()) == 1
-    assert not junit.exists()
+    assert not junit.exists()  # the request itself is wrong: nothing ran, nothing to report
+
+
+def test_error_while_comparing_writes_junit_error(run_cli: RunCli, cnn_files: CnnFiles, quantized_cnn_path: Path,
+                                                  junit_schema: Any) -> None:
+    data = cnn_files.folder / "images.npz"
+    np.savez(data, image=make_images(seed=3))  # no labels: found only once the data is read
+    junit = cnn_files.folder / "out.xml"
+    code, _, err = run_cli("compare", cnn_files.model, quantized_cnn_path, "--data", data, "--metric", "accuracy",
+                           "--threshold", "0.5", "--junit", junit)
+    assert code == ExitCode.USAGE_ERROR and "needs labels" in err
+    suite = parse_junit(junit, junit_schema)
+    assert tuple(suite.get(k) for k in ("tests", "failures", "errors", "skipped")) == ("1", "0", "1", "0")
+    error = suite.find("testcase/error")
+    assert error is not None and error.get("type") == "DataError" and "needs labels" in error.get("message")
+    assert suite.find("testcase/failure") is None
+
+
+def test_every_junit_outcome_is_schema_valid(junit_schema: Any, tmp_path: Path) -> None:
+    passed = _report(_metrics("scores", 0.999, top1=1.0), _metrics("embedding", 0.99))
+    failed = _report(_metrics("a", 0.5), _metrics("b\x01<&>", 0.9999))
+    outcomes = [Comparison(metric="top1", threshold=0.99, checks=check_report(passed, "top1", 0.99), report=passed),
+                Comparison(metric="cosine", threshold=0.999, checks=check_report(failed, "cosine", 0.999),
+                           report=failed, float_model="f.onnx", quant_model="q.onnx", seconds=1234.5)]
+    texts = [c.to_junit() for c in outcomes]
+    texts.append(junit_error(ValueError("line one\nline two \x00 with a NUL"), tmp_path / "e.xml", metric="sqnr",
+                             threshold=30.0, float_model=tmp_path / "f.onnx", seconds=0.25))
+    assert (tmp_path / "e.xml").read_text() == texts[-1]
+    for text in texts:
+        junit_schema.validate(text)
+        root = ET.fromstring(text)
+        assert root.get("skipped") is None  # Jenkins' xunit schema has no 'skipped' on <testsuites>
+        suite = root.find("testsuite")
+        assert suite is not None and "+" not in suite.get("timestamp")
+    error = ET.fromstring(texts[-1]).find("testsuite/testcase/error")
+    assert error is not None and error.get("type") == "ValueError"
+    assert error.get("message") == "line one line two ? with a NUL" and error.text.startswith("line one\n")
+
+
+def test_schema_rejects_the_old_layout(junit_schema: Any) -> None:
+    import xmlschema
+
+    old = ('<testsuites name="onnxq" tests="1" failures="0" errors="0" skipped="0" time="0.1">'
+           '<testsuite name="onnxq compare" tests="1" failures="0" errors="0"/></testsuites>')
+    with pytest.raises(xmlschema.XMLSchemaValidationError, match="skipped"):
+        junit_schema.validate(old)
 
 
 def test_bad_input_exits_2(run_cli: RunCli, cnn_files: CnnFiles, quantized_cnn_path: Path) -> None:
