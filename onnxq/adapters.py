@@ -4,6 +4,11 @@ The core never imports a framework. A framework is reached only through an adapt
 under the entry-point group ``onnxq.adapters`` (``onnxq-torch``, ``onnxq-keras``); each entry
 point names a zero-argument callable (a class) returning an object that satisfies ``Adapter``.
 Set ``ONNXQ_DISABLE_ADAPTERS=torch,keras`` (or ``all``) to ignore installed adapters.
+
+Besides the ``Adapter`` protocol, an adapter may provide ``describe_inputs(obj, **options)``:
+the ONNX inputs its export of ``obj`` will have, read from the framework model without exporting
+(``None`` when they are only known from data). ``onnxq`` uses it to check data names before a
+slow export and to show a framework file's inputs in ``onnxq inspect``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import onnx
 
-from .errors import AdapterError
+from .errors import AdapterError, OnnxqError
+from .summary import TensorInfo
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +85,26 @@ class Adapter(Protocol):
     def to_feeds(self, data: Any, input_names: list[str], *, transform: Any = None) -> Any:
         """Framework data -> something :func:`onnxq.feeds.load_data` accepts (numpy dicts with
         an optional ``labels`` key)."""
+
+
+def describe_inputs(adapter: Adapter, obj: Any, options: dict[str, Any] | None = None) -> list[TensorInfo] | None:
+    """The ONNX inputs ``adapter`` will export ``obj`` with (names, shapes, dtypes), read without
+    exporting; ``None`` when the adapter cannot tell (no ``describe_inputs``, inputs known only
+    from data).
+
+    Raises:
+        OnnxqError: the adapter refuses ``obj`` or the options (as its export would).
+    """
+    describe = getattr(adapter, "describe_inputs", None)
+    if describe is None:
+        return None
+    try:
+        return describe(obj, **(options or {}))
+    except OnnxqError:
+        raise
+    except Exception as exc:  # describing is best effort: the export reports real problems
+        logger.debug("adapter %r could not describe the inputs: %s", adapter.name, exc)
+        return None
 
 
 def _disabled() -> set[str]:

@@ -9,19 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from . import pipelines, rewrite
 from ._paths import check_output_folder
-from .adapters import adapter_for_data, adapter_for_object, adapter_for_path
+from .adapters import adapter_for_data, adapter_for_object, adapter_for_path, describe_inputs
 from .calibration.ranges import Ranges
 from .config import Mode, QuantConfig
-from .errors import ConfigError
-from .feeds import Dataset, load_data
+from .errors import AdapterError, ConfigError
+from .feeds import Dataset, InputSpec, check_data, load_data
 from .model import load_model, model_size, save_model
 from .plan import QuantPlan, make_plan
 from .prepare import prepare
 from .report import Report
+from .summary import FrameworkSummary
 
 logger = logging.getLogger(__name__)
 
@@ -266,11 +268,43 @@ def resolve_model(model: Any, *, example_inputs: Any = None, data: Any = None,
         obj = adapter.load(Path(model), allow_pickle=allow_pickle)
     else:
         adapter = adapter_for_object(model)
+    _check_data_names(adapter, obj, data, export_options)
     result = adapter.export(obj, example_inputs=example_inputs, data=data, **(export_options or {}))
     notes = [f"Exported with {result.exporter} (opset {result.opset})"
              + (f"; max |framework - ONNX Runtime| = {result.max_abs_error:.3g}"
                 if result.max_abs_error is not None else "")] + list(result.notes)
     return load_model(result.model), notes
+
+
+def _check_data_names(adapter: Any, obj: Any, data: Any, export_options: dict[str, Any] | None) -> None:
+    """Numpy data against the inputs the export will have, before the (slow) export: names,
+    dtypes and ranks (sizes are left to the export, which may transpose or fix them)."""
+    if data is None or adapter_for_data(data) is not None:
+        return
+    inputs = describe_inputs(adapter, obj, export_options)
+    if not inputs:
+        return
+    try:
+        specs = [InputSpec(name=i.name, dtype=np.dtype(i.dtype),
+                           shape=None if i.shape is None else (None,) * len(i.shape)) for i in inputs]
+    except TypeError:  # a dtype numpy does not know (bfloat16): the export checks the data
+        return
+    check_data(data, specs)
+
+
+def inspect_framework_model(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> FrameworkSummary:
+    """What ``onnxq inspect`` shows about a framework model file (``.keras``, ``.h5``, SavedModel,
+    ``.pt2``): the inputs its export will have, read through its adapter without exporting.
+
+    Raises:
+        AdapterError: no installed adapter reads the file, or it cannot be loaded.
+    """
+    adapter = adapter_for_path(path)
+    if adapter is None:
+        raise AdapterError(f"{os.fspath(path)} is not a framework model file")
+    obj = adapter.load(Path(path), allow_pickle=allow_pickle)
+    return FrameworkSummary(path=os.fspath(path), adapter=adapter.package,
+                            inputs=describe_inputs(adapter, obj))
 
 
 def resolve_data(data: Any, input_names: list[str]) -> Any:

@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", parents=[common], help="describe a model: inputs, outputs, ops, quantized share",
                        description="Inputs/outputs with shapes, opset, op counts and the share of compute "
                                    "that is quantized.")
-    i.add_argument("model", metavar="MODEL", help="ONNX model")
+    i.add_argument("model", metavar="MODEL", help="ONNX model, or a framework model file (.keras, .h5, "
+                   "SavedModel folder, .pt2): its inputs")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.set_defaults(func=_cmd_inspect)
 
@@ -745,9 +746,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .adapters import adapter_for_path
     from .model import load_model_header, summarize
 
-    summary = summarize(load_model_header(args.model))  # the graph, not the weights: fast at any size
+    if adapter_for_path(args.model) is not None:  # .keras, .h5, SavedModel, .pt2: inputs via the adapter
+        from .api import inspect_framework_model
+
+        summary: Any = inspect_framework_model(args.model)
+    else:
+        summary = summarize(load_model_header(args.model))  # the graph, not the weights: fast at any size
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return ExitCode.OK
 

@@ -17,7 +17,9 @@ Sources:
     * a path to a folder (see the folder rules below).
 
 In every dict-like source the key ``labels_key`` (default ``"labels"``) holds labels, one per
-sample, unless the model has an input of that name.
+sample, unless the model has an input of that name; ``label`` is read as ``labels`` (and the other
+way round). A one-input model takes a source holding one array (besides labels) under any name:
+``arr_0`` of ``np.savez(path, x)``, ``{"image": x}`` for an input called ``input_layer``.
 
 Folder rules (files starting with ``.`` are ignored; "sorted" means by file name with digit
 runs compared as numbers, so ``s2`` comes before ``s10``):
@@ -408,7 +410,8 @@ class _Table:
 
     def __init__(self, blocks: list[_Block], specs: list[InputSpec], labels_key: str | None,
                  origin: str) -> None:
-        self.blocks = blocks
+        logged: set[tuple[str, str]] = set()
+        self.blocks = blocks = [_aliased_block(b, specs, labels_key, logged) for b in blocks]
         self.specs = specs
         self.labels_key = labels_key
         self.origin = origin
@@ -477,6 +480,50 @@ def _owned(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if out is rows or not out.flags.owndata or not out.flags.writeable:
         out = out.copy()
     return out
+
+
+_LABEL_KEYS = ("labels", "label")  # either one holds labels when the labels key is one of them
+
+
+def _aliases(keys: Iterable[str], specs: list[InputSpec], labels_key: str | None) -> dict[str, str]:
+    """Data keys to read under another name: ``label`` as the labels key ``labels`` (and the
+    other way round), and the one array of a one-input model under that input's name
+    (``arr_0`` of an ``.npz``, ``image`` for an input called ``input_layer``)."""
+    keys = list(keys)
+    names = {s.name for s in specs}
+    renames: dict[str, str] = {}
+    if labels_key in _LABEL_KEYS and labels_key not in keys:
+        other = next((k for k in _LABEL_KEYS if k != labels_key and k in keys and k not in names), None)
+        if other is not None:
+            renames[other] = labels_key
+    if len(specs) == 1 and specs[0].name not in keys:
+        rest = [k for k in keys if k not in renames and k != labels_key]
+        if len(rest) == 1:
+            renames[rest[0]] = specs[0].name
+    return renames
+
+
+def _renamed(mapping: Mapping[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    return {renames.get(k, k): v for k, v in mapping.items()}
+
+
+def _log_aliases(renames: dict[str, str], logged: set[tuple[str, str]]) -> None:
+    for old, new in renames.items():
+        if (old, new) not in logged:
+            logged.add((old, new))
+            logger.debug("data key %r is read as %r", old, new)
+
+
+def _aliased_block(block: _Block, specs: list[InputSpec], labels_key: str | None,
+                   logged: set[tuple[str, str]]) -> _Block:
+    """``block`` with its keys renamed by :func:`_aliases` (itself when nothing is renamed)."""
+    renames = _aliases(block.meta, specs, labels_key)
+    if not renames:
+        return block
+    _log_aliases(renames, logged)
+    load = block.load
+    return _Block(where=block.where, meta=_renamed(block.meta, renames),
+                  load=lambda: _renamed(load(), renames), allow_sample=block.allow_sample)
 
 
 def _memory_block(mapping: Mapping[str, Any], where: str, allow_sample: bool) -> _Block:
@@ -1007,6 +1054,7 @@ class _StreamDataset(Dataset):
         self.num_batches = None
         self._fingerprint = None
         self._cast_logged: set[tuple[str, str]] = set()
+        self._aliases_logged: set[tuple[str, str]] = set()
         first = self._conform(stream.first, 0, 0)
         self.has_labels = first[2]
 
@@ -1018,6 +1066,10 @@ class _StreamDataset(Dataset):
         where = f" in item {number}"
         mapping = _item_mapping(item, self.specs, f"item {number} of the data stream")
         arrays = {str(k): _as_array(str(k), v, where) for k, v in mapping.items()}
+        renames = _aliases(arrays, self.specs, self._labels_key)
+        if renames:
+            _log_aliases(renames, self._aliases_logged)
+            arrays = _renamed(arrays, renames)
         layout = _layout(_meta_of(arrays), self.specs, self._labels_key, where, True)
         for key in layout.samples:
             arrays[key] = arrays[key][np.newaxis]

@@ -120,6 +120,32 @@ class ModelSummary:
         return "\n".join(lines)
 
 
+@dataclass
+class FrameworkSummary:
+    """What ``onnxq inspect`` shows about a framework model file (read through its adapter).
+
+    Attributes:
+        path: the file or SavedModel folder.
+        adapter: the adapter package that reads it (``onnxq-keras``, ``onnxq-torch``).
+        inputs: the inputs its ONNX export will have; ``None`` when only data can tell.
+    """
+
+    path: str
+    adapter: str
+    inputs: list[TensorInfo] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the summary as JSON-ready plain data."""
+        return asdict(self)
+
+    def format(self) -> str:
+        """Return the summary as human-readable lines for the command line."""
+        inputs = (_format_tensors(self.inputs) if self.inputs is not None
+                  else ["  (known only from data: pass example inputs or data to export it)"])
+        return "\n".join([f"framework model ({self.adapter}); inputs of its ONNX export:", *inputs,
+                          "run `onnxq export` for outputs, operators and sizes"])
+
+
 def summarize(model: onnx.ModelProto) -> ModelSummary:
     """Describe a model: its interface, operators, parameters, size and quantized share.
 

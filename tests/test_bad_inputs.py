@@ -524,8 +524,10 @@ def _fifo_pb(folder: Path) -> None:
 
 
 def _wrong_name_pb(folder: Path) -> None:
-    tensor = numpy_helper.from_array(_samples(2), "not_x")
-    (folder / "input_0.pb").write_bytes(tensor.SerializeToString())
+    # two named tensors: a single one, whatever its name, feeds a one-input model (issue 12)
+    for index, name in enumerate(("not_x", "other")):
+        tensor = numpy_helper.from_array(_samples(2), name)
+        (folder / f"input_{index}.pb").write_bytes(tensor.SerializeToString())
 
 
 def _symlink_loop(work: Path) -> Path:
@@ -545,7 +547,7 @@ BAD_DATA: list[tuple[str, Callable[[Path], Path], str | None]] = [
     ("fifo", _fifo("pipe.npz"), "not a regular file"),
     ("fifo-no-suffix", _fifo("pipe"), "not a regular file"),
     ("empty-folder", _empty_folder, "holds no data"),
-    ("wrong-key", _npz("k.npz", z=_samples()), "'z'"),
+    ("wrong-key", _npz("k.npz", z=_samples(), q=_samples()), "'z'"),  # one array would feed the input
     ("extra-key", _npz("k.npz", x=_samples(), extra=_samples()), "extra"),
     ("strings", _npz("s.npz", x=np.array([["a"] * 4] * 16)), "'x'"),
     ("pickled-labels", _pickled_npz, None),

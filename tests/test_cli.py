@@ -459,8 +459,8 @@ def _bad_data(folder: Path, case: str) -> tuple[Path, tuple[str, ...]]:
     if case == "missing":
         return path, (f"data path '{path}' does not exist",)
     if case == "wrong-name":
-        save_npz(path, img=images)
-        return path, ("unknown input 'img'", "model inputs: 'image'")
+        save_npz(path, img=images, extra=images)  # one array alone would feed the only input
+        return path, ("unknown inputs 'img', 'extra'", "model inputs: 'image'")
     if case == "int-dtype":
         save_npz(path, image=(images * 255).astype(np.int64))
         return path, (f"input 'image' in '{path}'", "expected float32", "got int64")

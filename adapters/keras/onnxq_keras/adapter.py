@@ -37,6 +37,10 @@ class KerasAdapter:
         """See :class:`onnxq_keras.ExportOptions` for ``options``."""
         return export.export(obj, example_inputs=example_inputs, data=data, **options)
 
+    def describe_inputs(self, obj: Any, **options: Any) -> Any:
+        """The ONNX inputs (``onnxq.summary.TensorInfo``) the export of ``obj`` will have."""
+        return export.describe_inputs(obj, **options)
+
     def owns_data(self, data_: Any) -> bool:
         return data.owns(data_)
 

@@ -13,6 +13,7 @@ import onnx
 from onnxq.adapters import ExportResult
 from onnxq.errors import AdapterError, OnnxqError
 from onnxq.runtime import create_session, run
+from onnxq.summary import TensorInfo
 
 from . import _tf
 from .data import LABELS_KEY, owns, remember_nchw
@@ -21,6 +22,7 @@ from .signature import Target, clean_name, describe, specs_from_arrays, target_o
 logger = logging.getLogger(__name__)
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 18, 17  # what tf2onnx 1.16/1.17 can write
+_LABEL_KEYS = ("label", "labels")  # keys of data dicts that hold labels, not inputs
 EXAMPLE_SAMPLES = 8  # samples taken from the data to verify the export
 RANDOM_BATCH = 2  # batch of the random inputs used when there are no example inputs or data
 
@@ -142,6 +144,25 @@ def export(obj: Any, *, example_inputs: Any = None, data: Any = None,
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), int(opts.opset))
     return ExportResult(model=proto, exporter=f"tf2onnx {tf2onnx.__version__}", opset=opset,
                         max_abs_error=max_error, notes=target.notes + notes)
+
+
+def describe_inputs(obj: Any, **options: Any) -> list[TensorInfo] | None:
+    """The ONNX inputs :func:`export` gives ``obj`` (names, shapes, dtypes), read from the Keras
+    model or SavedModel signature without exporting; ``None`` when only data can tell (a
+    subclassed model that was never built on Keras inputs)."""
+    opts = ExportOptions.from_mapping(options)
+    target = target_of(obj)
+    if target.specs is None and opts.input_signature is None:
+        return None
+    _resolve_signature(target, opts, None, [])
+    nchw = set(_nchw_inputs(opts.inputs_as_nchw, target))
+    infos = []
+    for name, spec in zip(target.input_names or [], target.specs or []):
+        dims: list[int | str | None] | None = spec.shape.as_list() if spec.shape.rank is not None else None
+        if dims is not None and name in nchw:
+            dims = [dims[0], dims[3], dims[1], dims[2]]
+        infos.append(TensorInfo(name=name, dtype=np.dtype(spec.dtype.as_numpy_dtype).name, shape=dims))
+    return infos
 
 
 # --------------------------------------------------------------------------- signature
@@ -269,6 +290,10 @@ def _order(examples: dict[str, np.ndarray] | list[np.ndarray], target: Target) -
     names = target.input_names or []
     if isinstance(examples, dict):
         keys = target.model_keys or names
+        rest = [k for k in examples if k not in _LABEL_KEYS]
+        if len(names) == 1 and names[0] not in examples and keys[0] not in examples and len(rest) == 1:
+            logger.debug("example input %r is read as the model's only input %r", rest[0], names[0])
+            return [examples[rest[0]]]
         found = []
         for name, key in zip(names, keys):
             if name in examples:

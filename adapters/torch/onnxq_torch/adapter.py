@@ -12,11 +12,13 @@ import torch
 
 from onnxq.adapters import ExportResult
 from onnxq.errors import AdapterError
+from onnxq.summary import TensorInfo
 
 from . import data as _data
 from . import files as _files
+from .export import _dynamic_axes as dynamic_axes
 from .export import check_options, example_from_numpy, export_module
-from .inputs import signature_names
+from .inputs import normalize, signature_names
 
 EXAMPLE_SAMPLES = 8  # example inputs taken from data: at most this many samples
 
@@ -91,6 +93,22 @@ class TorchAdapter:
         if isinstance(data, (list, tuple)) and data and isinstance(data[0], Mapping):
             return example_from_numpy(data[0], params or [], EXAMPLE_SAMPLES)
         raise AdapterError(f"cannot take example inputs from a {type(data).__name__}: pass example_inputs=...")
+
+    def describe_inputs(self, obj: Any, **options: Any) -> list[TensorInfo] | None:
+        """The ONNX inputs the export of ``obj`` will have, from the example inputs a ``.pt2``
+        file stores (``None`` for models whose inputs only example inputs or data can tell)."""
+        check_options(options)
+        if not isinstance(obj, _files.LoadedModel) or obj.example_inputs is None:
+            return None
+        model = obj.model
+        module = model.module() if isinstance(model, torch.export.ExportedProgram) else model
+        example = normalize(obj.example_inputs, module, options.get("input_names"))
+        axes = dynamic_axes(example, options)
+        infos = []
+        for name, tensor in zip(example.names, example.tensors()):
+            dims: list[int | str | None] = [axes.get(name, {}).get(i, int(d)) for i, d in enumerate(tensor.shape)]
+            infos.append(TensorInfo(name=name, dtype=str(tensor.dtype).replace("torch.", ""), shape=dims))
+        return infos
 
     def owns_data(self, data: Any) -> bool:
         return _data.owns_data(data)
