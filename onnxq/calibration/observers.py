@@ -141,16 +141,23 @@ class MinMaxObserver:
         """Fold one batch (any shape, any float dtype) into the statistics."""
         batch = _finite_batch(values)
         self.nonfinite += batch.nonfinite
-        if batch.values.size == 0:
-            return
+        if batch.values.size:
+            self.update_extremes(batch.low, batch.high, batch.values.size)
+
+    def update_extremes(self, low: float, high: float, count: int) -> None:
+        """Fold one batch given only its extremes and size (every value finite, within float32's range).
+
+        The same as :meth:`update` on that batch: the engine reduces tensors inside the ONNX graph
+        (ReduceMin / ReduceMax) and hands over two scalars instead of the whole activation.
+        """
         if self.moving_average and self.batches:
             c = self.averaging_constant
-            self.min += c * (batch.low - self.min)
-            self.max += c * (batch.high - self.max)
+            self.min += c * (low - self.min)
+            self.max += c * (high - self.max)
         else:
-            self.min, self.max = min(self.min, batch.low), max(self.max, batch.high)
-        self.data_min, self.data_max = min(self.data_min, batch.low), max(self.data_max, batch.high)
-        self.count += batch.values.size
+            self.min, self.max = min(self.min, low), max(self.max, high)
+        self.data_min, self.data_max = min(self.data_min, low), max(self.data_max, high)
+        self.count += count
         self.batches += 1
 
     def merge(self, other: MinMaxObserver) -> None:

@@ -7,11 +7,10 @@ from collections.abc import Sequence
 
 import onnx
 
-from .._progress import progress as progress_bar
-from ..config import QuantConfig
+from ..config import CalibrationMethod, QuantConfig
+from ..engine import observe as observe_tensors
 from ..errors import CalibrationError
 from ..feeds import Dataset
-from ..runtime import create_session, run
 from .observers import compute_range, make_observer
 from .ranges import Ranges, TensorRange
 from .search import auto_settings, search_ranges
@@ -24,25 +23,18 @@ def collect_ranges(model: onnx.ModelProto, data: Dataset, tensors: Sequence[str]
                    progress: bool = False) -> Ranges:
     """Calibrate ``tensors`` of ``model`` on ``data`` with the observer ``config.method`` asks for.
 
-    Only one batch of activations is alive at a time: each batch's tapped outputs update the
-    observers and are dropped before the next batch runs, so memory does not grow with the
-    number of samples.
+    Only one batch of activations is alive at a time (:func:`onnxq.engine.observe`): each batch's
+    tapped outputs update the observers and are dropped before the next batch runs, so memory does
+    not grow with the number of samples. MinMax reduces each tensor inside the graph.
     """
     if config.method.value == "auto":  # per tensor, the estimator its consumers tolerate best
         return search_ranges(model, data, tensors, config, progress=progress)
     tensors = list(dict.fromkeys(tensors))
     if not tensors:
         return Ranges(tensors={}, method=config.method.value, settings=range_settings(config))
-    session = create_session(tap(model, tensors))
-    observers = {name: make_observer(config) for name in tensors}
-    samples = 0
-    for feeds in progress_bar(data, desc="calibrating", total=data.num_batches, enabled=progress):
-        outputs = run(session, feeds, tensors)
-        for name, values in zip(tensors, outputs):
-            if values.dtype.kind == "f":
-                observers[name].update(values)
-        samples += len(next(iter(feeds.values())))
-        del outputs
+    # MinMax needs each batch's extremes only: they are reduced inside the graph (issue 13)
+    observers, samples = observe_tensors(model, data, tensors, lambda: make_observer(config),
+                                         reduce=config.method is CalibrationMethod.MINMAX, progress=progress)
     if samples == 0:
         raise CalibrationError("the calibration data yielded no samples")
     ranges = {}

@@ -1,0 +1,416 @@
+"""The one streaming loop: a model (or a float/quantized pair) run by ONNX Runtime over Feeds.
+
+Every stage that reads data goes through :func:`stream`: calibration observers, smoothing
+statistics, bias-correction statistics, validation metrics, per-layer analysis, task metrics and
+the histograms of a report. One batch of activations is alive at a time; what a stage keeps is in
+its consumer (an observer, an accumulator), never a list of batches.
+
+A :class:`Runner` is one ONNX Runtime session with the tensors it returns: the graph outputs, or
+tapped inner tensors (:func:`tapped`), optionally reduced inside the graph (``ReduceMin`` /
+``ReduceMax``) so that only scalars leave ONNX Runtime (:func:`observe`).
+
+Fixed batch dimension: a model whose inputs fix the batch dimension to ``k`` is fed batches of
+exactly ``k`` samples: the stream is re-batched into full batches of ``k``, and the remainder at the
+end of the data is padded with copies of its last sample; every returned tensor whose axis 0 is ``k``
+is cut back to the real samples, so every sample is evaluated exactly once (padding, not one by one:
+a fixed batch dimension takes no single sample). (Calibration data is still loaded with
+the remainder dropped, as :func:`onnxq.feeds.load_data` documents.)
+
+Distributed calibration: :func:`observe` is the function to run on one shard of feeds; it returns
+mergeable observers (``merge``, ``to_dict`` / ``from_dict``), and :func:`merge_observers` combines
+the shards' results.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from ._graph import unique_name
+from ._progress import progress as progress_bar
+from .errors import DataError
+from .feeds import input_specs
+from .runtime import create_session, run
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Observer", "Runner", "StreamBatch", "StreamStats", "TappedModel", "batch_samples", "fixed_batch_size", "merge_observers",
+    "observe", "stream", "tapped",
+]
+
+Feeds = dict[str, np.ndarray]
+#: Element types reduced inside the graph (ReduceMin / ReduceMax have CPU kernels for them).
+_REDUCIBLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class Observer(Protocol):
+    """What :func:`observe` feeds: a mergeable statistic of one tensor (see calibration.observers)."""
+
+    count: int
+
+    def update(self, values: np.ndarray) -> None: ...
+
+    def merge(self, other: Any) -> None: ...
+
+
+# ------------------------------------------------------------------------------- runners
+
+
+def tapped(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs also expose ``tensors`` (the input is not modified)."""
+    tapped_model = onnx.ModelProto()
+    tapped_model.CopyFrom(model)
+    graph = tapped_model.graph
+    known = {vi.name: vi for vi in list(graph.value_info) + list(graph.input)}
+    outputs = {o.name for o in graph.output}
+    for name in tensors:
+        if name in outputs:
+            continue
+        info = onnx.ValueInfoProto()
+        if name in known:
+            info.CopyFrom(known[name])
+        else:
+            info.name = name
+        graph.output.append(info)
+    return tapped_model
+
+
+def fixed_batch_size(model: onnx.ModelProto) -> int | None:
+    """The batch size a model's inputs fix (axis 0 of every input that has a fixed one), or ``None``.
+
+    Raises:
+        DataError: the inputs fix different batch sizes.
+    """
+    fixed = {s.shape[0] for s in input_specs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    if len(fixed) > 1:
+        raise DataError(f"the model's inputs fix different batch sizes ({sorted(fixed)}); onnxq cannot batch data "
+                        "for it")
+    return fixed.pop() if fixed else None
+
+
+@dataclass
+class Runner:
+    """One ONNX Runtime session and the tensors it returns.
+
+    Attributes:
+        session: the ``InferenceSession``.
+        outputs: names of the tensors :meth:`run` returns, in order.
+        batch: the fixed batch size of the model's inputs, ``None`` when axis 0 is dynamic.
+    """
+
+    session: Any
+    outputs: list[str]
+    batch: int | None = None
+
+    @classmethod
+    def create(cls, model: onnx.ModelProto | str | os.PathLike[str], outputs: Sequence[str] | None = None, *,
+               proto: onnx.ModelProto | None = None, threads: int | None = None) -> Runner:
+        """A runner for ``model`` (a proto, or a path ORT reads itself) returning ``outputs``.
+
+        Args:
+            model: the model or its path.
+            outputs: tensors to return; ``None``: the graph outputs.
+            proto: the loaded model when ``model`` is a path (for output names and the batch size).
+            threads: intra-op threads; ``None``: ORT's default.
+        """
+        graph_model = model if isinstance(model, onnx.ModelProto) else proto
+        if graph_model is None:
+            raise TypeError("Runner.create needs the loaded proto when the model is a path")
+        names = [o.name for o in graph_model.graph.output] if outputs is None else list(outputs)
+        return cls(create_session(model, threads=threads), names, fixed_batch_size(graph_model))
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one batch (already of the right size); the tensors of :attr:`outputs` in order."""
+        return run(self.session, dict(feeds), self.outputs)
+
+
+# ------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class StreamBatch:
+    """One batch handed to a consumer.
+
+    Attributes:
+        index: position of the batch in the stream (after splitting for a fixed batch size).
+        inputs: the model inputs of this batch (real samples only).
+        labels: the labels of this batch, or ``None``.
+        outputs: per runner, ``{tensor name: values}`` (padding already cut away).
+        samples: real samples in the batch.
+    """
+
+    index: int
+    inputs: Feeds
+    labels: np.ndarray | None
+    outputs: list[dict[str, np.ndarray]]
+    samples: int
+
+
+@dataclass
+class StreamStats:
+    """What a stream saw: batches (as run) and samples."""
+
+    batches: int = 0
+    samples: int = 0
+    padded: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stream(runners: Sequence[Runner], data: Any, consume: Callable[[StreamBatch], None], *,
+           desc: str = "running", progress: bool = False, total: int | None = None) -> StreamStats:
+    """Run every runner on each batch of ``data`` and hand the results to ``consume``.
+
+    Args:
+        runners: the models to run (one, or a float/quantized pair) on the same inputs.
+        data: a ``Dataset`` (or anything with ``batches()`` yielding ``(inputs, labels)``), or an
+            iterable of ``{input_name: array}`` feeds.
+        consume: called once per batch; it must not keep the arrays beyond what it needs.
+        desc: progress-bar label.
+        progress: show a progress bar on stderr.
+        total: batches expected (for the bar); read from ``data.num_batches`` when not given.
+
+    Returns:
+        Batches run and samples seen.
+    """
+    sizes = {r.batch for r in runners if r.batch is not None}
+    if len(sizes) > 1:
+        raise DataError(f"the models fix different batch sizes ({sorted(sizes)}); they cannot run on the same "
+                        "batches")
+    fixed = sizes.pop() if sizes else None
+    stats = StreamStats()
+    total = total if total is not None else getattr(data, "num_batches", None)
+    batches = progress_bar(_batches_of(data), desc=desc, total=total, enabled=progress)
+    for chunk, chunk_labels, real in _fit(batches, fixed):
+        padded = fixed is not None and real < fixed
+        outputs = [dict(zip(r.outputs, _cut(r.run(_pad(chunk, fixed) if padded else chunk), real, fixed)))
+                   for r in runners]
+        consume(StreamBatch(stats.batches, chunk, chunk_labels, outputs, real))
+        stats.batches += 1
+        stats.samples += real
+        stats.padded += (fixed - real) if padded and fixed is not None else 0
+        del outputs
+    if stats.padded:
+        logger.debug("padded %d sample(s) to fill the last batch of %s", stats.padded, fixed)
+    return stats
+
+
+def _batches_of(data: Any) -> Iterator[tuple[Feeds, np.ndarray | None]]:
+    if callable(getattr(data, "batches", None)):
+        yield from data.batches()
+        return
+    for feeds in data:
+        yield feeds, None
+
+
+def batch_samples(inputs: Mapping[str, np.ndarray]) -> int:
+    """Samples in a batch: the leading dimension of the first input that has one (1 for scalars)."""
+    for value in inputs.values():
+        array = np.asarray(value)
+        if array.ndim >= 1:
+            return int(array.shape[0])
+    return 1
+
+
+def _fit(batches: Iterable[tuple[Feeds, np.ndarray | None]], fixed: int | None
+         ) -> Iterator[tuple[Feeds, np.ndarray | None, int]]:
+    """Re-batch a stream into chunks of exactly ``fixed`` samples (the very last may be short).
+
+    Without a fixed size (or for inputs without a batch axis) every batch passes through whole.
+    """
+    pending: list[tuple[Feeds, np.ndarray | None]] = []
+    held = 0
+    for inputs, labels in batches:
+        n = batch_samples(inputs)
+        if fixed is None or (not pending and n == fixed) or not all(np.ndim(v) >= 1 for v in inputs.values()):
+            yield inputs, labels, n
+            continue
+        pending.append((inputs, labels))
+        held += n
+        while held >= fixed:
+            chunk, chunk_labels = _take_rows(pending, fixed)
+            held -= fixed
+            yield chunk, chunk_labels, fixed
+    if pending and held:
+        chunk, chunk_labels = _take_rows(pending, held)
+        yield chunk, chunk_labels, held
+
+
+def _take_rows(pending: list[tuple[Feeds, np.ndarray | None]], count: int) -> tuple[Feeds, np.ndarray | None]:
+    """The first ``count`` samples of the pending batches (removed from them)."""
+    parts: list[tuple[Feeds, np.ndarray | None]] = []
+    while count:
+        inputs, labels = pending[0]
+        n = batch_samples(inputs)
+        take = min(n, count)
+        parts.append(({k: np.asarray(v)[:take] for k, v in inputs.items()},
+                      None if labels is None else np.asarray(labels)[:take]))
+        if take == n:
+            pending.pop(0)
+        else:
+            pending[0] = ({k: np.asarray(v)[take:] for k, v in inputs.items()},
+                          None if labels is None else np.asarray(labels)[take:])
+        count -= take
+    if len(parts) == 1:
+        return parts[0]
+    inputs = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+    labels = None if any(p[1] is None for p in parts) else np.concatenate([p[1] for p in parts])  # type: ignore[misc]
+    return inputs, labels
+
+
+def _pad(inputs: Feeds, size: int | None) -> Feeds:
+    """Fill a short batch up to ``size`` samples with copies of its last sample."""
+    assert size is not None
+    padded = {}
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        extra = np.repeat(array[-1:], size - array.shape[0], axis=0)
+        padded[name] = np.concatenate([array, extra], axis=0)
+    return padded
+
+
+def _cut(values: list[np.ndarray], real: int, fixed: int | None) -> list[np.ndarray]:
+    """Drop the padded samples: axis 0 of every tensor whose axis 0 is the fixed batch size."""
+    if fixed is None or real == fixed:
+        return values
+    return [v[:real] if np.ndim(v) >= 1 and v.shape[0] == fixed else v for v in values]
+
+
+# ------------------------------------------------------------------------------- observers
+
+
+class TappedModel:
+    """A model tapped at some tensors, ready to stream shard after shard of feeds into observers.
+
+    Build it once (one session; a Dask worker keeps it across shards), then call :meth:`observe`
+    per shard. With ``reduce``, every tensor known to be float32/float64 is reduced inside the
+    graph (``ReduceMin`` / ``ReduceMax`` / ``ReduceSum`` / ``Size``), so that four scalars per tensor leave ONNX
+    Runtime instead of the activation; for observers that need only each batch's extremes (MinMax).
+
+    Attributes:
+        tensors: the observed tensors, in order, without duplicates.
+        reduced: tensor -> names of its (min, max, sum, size) outputs, for the tensors reduced in the graph
+            (the sum only proves that no value is NaN or infinite).
+    """
+
+    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], *, reduce: bool = False) -> None:
+        self.model = model
+        self.tensors = list(dict.fromkeys(tensors))
+        self.reduced = _float_tensors(model, self.tensors) if reduce else {}
+        self._full = [n for n in self.tensors if n not in self.reduced]
+        outputs = self._full + [o for names in self.reduced.values() for o in names]
+        graph = _reduced_model(model, self._full, self.reduced) if self.reduced else tapped(model, self._full)
+        self.runner = Runner.create(graph, outputs) if self.tensors else None
+        self._rerun: Runner | None = None
+
+    def observe(self, data: Any, factory: Callable[[], Observer], *, desc: str = "calibrating",
+                progress: bool = False) -> tuple[dict[str, Observer], int]:
+        """Stream ``data`` (one shard of feeds, see :func:`stream`) into fresh observers, one per tensor.
+
+        Observers only ever see float tensors; a batch whose reduced extremes are not finite is run
+        again with full taps, so that non-finite values are skipped exactly as ``update`` skips them.
+
+        Returns:
+            The observers by tensor name (mergeable: ``merge``, ``to_dict``), and the samples seen.
+        """
+        observers = {name: factory() for name in self.tensors}
+        if self.runner is None:
+            return observers, 0
+
+        def update(batch: StreamBatch) -> None:
+            values = batch.outputs[0]
+            for name in self._full:
+                if values[name].dtype.kind == "f":
+                    observers[name].update(values[name])
+            bad = []
+            for name, (low_name, high_name, sum_name, size_name) in self.reduced.items():
+                low, high, total = float(values[low_name]), float(values[high_name]), float(values[sum_name])
+                # ReduceMin/Max may step over NaN; a finite sum proves there is no NaN or inf
+                if -_FLOAT32_MAX <= low <= high <= _FLOAT32_MAX and math.isfinite(total):
+                    observers[name].update_extremes(low, high, int(values[size_name]))  # type: ignore[attr-defined]
+                elif int(values[size_name]):
+                    bad.append(name)
+            if bad:  # NaN / inf somewhere: the exact slow path for this batch
+                again = dict(zip(self._rerun_runner().outputs, self._rerun_runner().run(batch.inputs)))
+                for name in bad:
+                    observers[name].update(again[name])
+
+        stats = stream([self.runner], data, update, desc=desc, progress=progress)
+        return observers, stats.samples
+
+    def _rerun_runner(self) -> Runner:
+        if self._rerun is None:
+            self._rerun = Runner.create(tapped(self.model, list(self.reduced)), list(self.reduced))
+        return self._rerun
+
+
+def observe(model: onnx.ModelProto, data: Any, tensors: Sequence[str], factory: Callable[[], Observer], *,
+            reduce: bool = False, desc: str = "calibrating", progress: bool = False) -> tuple[dict[str, Observer], int]:
+    """Stream ``data`` (one shard of feeds) through ``model`` tapped at ``tensors``; fill one observer each.
+
+    The whole of calibration on one shard: a distributed run calls it (or :meth:`TappedModel.observe`
+    with a model tapped once per worker) per shard and merges the observers (:func:`merge_observers`).
+    See :class:`TappedModel` for ``reduce``.
+
+    Returns:
+        The observers by tensor name, and the number of samples seen.
+    """
+    return TappedModel(model, tensors, reduce=reduce).observe(data, factory, desc=desc, progress=progress)
+
+
+def merge_observers(shards: Iterable[Mapping[str, Observer]]) -> dict[str, Observer]:
+    """Combine per-shard observers (tensor name -> observer) into one observer per tensor."""
+    merged: dict[str, Observer] = {}
+    for shard in shards:
+        for name, observer in shard.items():
+            if name in merged:
+                merged[name].merge(observer)
+            else:
+                merged[name] = observer
+    return merged
+
+
+def _float_tensors(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[str, ...]]:
+    """Tensors among ``names`` known to be float32/64 (type inference): name -> (min, max, sum, size) outputs."""
+    types = _elem_types(model)
+    taken = {n for node in model.graph.node for n in node.output} | {i.name for i in model.graph.input}
+    taken |= {t.name for t in model.graph.initializer}
+    return {name: tuple(unique_name(f"onnxq_{what}_{index}", taken) for what in ("min", "max", "sum", "size"))
+            for index, name in enumerate(names) if types.get(name) in _REDUCIBLE}  # type: ignore[misc]
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every main-graph tensor that ONNX type inference can tell."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    except Exception:  # a model onnx cannot infer (contrib ops, > 2 GiB): only what it declares
+        inferred = model
+    graph = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(graph.value_info) + list(graph.input) + list(graph.output)
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
+
+
+def _reduced_model(model: onnx.ModelProto, full: list[str], reduced: dict[str, tuple[str, ...]]) -> onnx.ModelProto:
+    """``model`` tapped at ``full``, with ReduceMin / ReduceMax / ReduceSum / Size outputs for ``reduced``."""
+    from onnx import helper
+
+    result = tapped(model, full)
+    graph = result.graph
+    for name, outputs in reduced.items():
+        ops = ("ReduceMin", "ReduceMax", "ReduceSum", "Size")
+        graph.node.extend(helper.make_node(op, [name], [out], name=f"{out}_node", **({"keepdims": 0} if op != "Size" else {}))
+                          for op, out in zip(ops, outputs))
+        graph.output.extend(helper.make_empty_tensor_value_info(o) for o in outputs)
+    return result
+
