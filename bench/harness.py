@@ -263,21 +263,20 @@ def ort_session(path: str, threads: int) -> Any:
 
 def interleaved_latency(models: dict[str, str], feeds_for: Callable[[str], dict[str, Any]], threads: int, *,
                         warmup: int, rounds: int, per_round: int) -> dict[str, float]:
-    """Median seconds of one run per model: ``rounds`` rounds over the models, one live session at a
-    time, ``warmup`` untimed runs then ``per_round`` timed runs per session (noise spreads over all)."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, path in models.items():
-            feeds = feeds_for(name)
-            session = ort_session(path, threads)
-            for _ in range(warmup):
-                session.run(None, feeds)
-            for _ in range(per_round):
-                start = time.perf_counter()
-                session.run(None, feeds)
-                times[name].append(time.perf_counter() - start)
-            del session
-    return {name: statistics.median(values) for name, values in times.items()}
+    """Median seconds of one run per model: ``rounds`` rounds over the models (order reversed every
+    round), one live session at a time, ``warmup`` untimed runs then ``per_round`` timed runs per
+    session (noise spreads over all). The timing loop is onnxq's own (:mod:`onnxq.latency`)."""
+    from onnxq.latency import LatencyOptions, interleaved_times
+
+    def opener(name: str) -> Callable[[], Callable[[], Any]]:
+        def open_block() -> Callable[[], Any]:
+            session, feeds = ort_session(models[name], threads), feeds_for(name)
+            return lambda: session.run(None, feeds)
+        return open_block
+
+    options = LatencyOptions(runs=rounds * per_round, block=per_round, warmup=0, block_warmup=warmup)
+    timings = interleaved_times({name: opener(name) for name in models}, options)
+    return {name: statistics.median(t.seconds) for name, t in timings.items()}
 
 
 def ort_pre_process(model: str, out: Path) -> tuple[str, str]:

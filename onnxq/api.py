@@ -19,6 +19,7 @@ from .calibration.ranges import Ranges
 from .config import Mode, QuantConfig
 from .errors import AdapterError, ConfigError
 from .feeds import Dataset, InputSpec, check_data, load_data
+from .latency import LatencyOptions
 from .model import load_model, model_size, save_model
 from .plan import QuantPlan, make_plan
 from .prepare import prepare
@@ -75,7 +76,7 @@ def calibrate(model: Any, calibration: Any, *, config: QuantConfig | None = None
 
 def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None = None,
              evaluation: Any = None, ranges: Ranges | None = None, progress: bool = False,
-             cache_dir: str | os.PathLike[str] | None = None, latency: bool = True,
+             cache_dir: str | os.PathLike[str] | None = None, latency: bool | LatencyOptions = True,
              threads: int | None = None, example_inputs: Any = None,
              export_options: dict[str, Any] | None = None, allow_pickle: bool = False,
              metric: Callable[[dict[str, Any], Any], float] | None = None) -> QuantResult:
@@ -90,7 +91,8 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         ranges: previously calibrated ranges (skips calibration).
         progress: progress bars on stderr.
         cache_dir: calibration cache folder.
-        latency: measure float vs quantized latency in the report.
+        latency: measure float vs quantized latency in the report (``True``: the defaults; a
+            :class:`~onnxq.latency.LatencyOptions` sets runs, batch and time budget).
         threads: ORT intra-op threads for the latency measurement.
         example_inputs: inputs for a framework model's export (default: taken from the
             calibration data by the adapter).
@@ -319,7 +321,8 @@ def _dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Datase
 
 
 def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Dataset | None, config: QuantConfig,
-            plan: QuantPlan, notes: list[str], *, progress: bool, latency: bool, threads: int | None) -> Report:
+            plan: QuantPlan, notes: list[str], *, progress: bool, latency: bool | LatencyOptions,
+            threads: int | None) -> Report:
     from .validate import validate
 
     if data is None:

@@ -75,6 +75,32 @@ def _float_in(low: float, high: float, *, low_open: bool = False) -> Callable[[s
     return parse
 
 
+def _latency_runs(text: str) -> int | None:
+    """An argparse type: ``auto`` (``None``: until the median is stable) or a run count."""
+    from .latency import MAX_RUNS
+
+    return None if text.strip().lower() == "auto" else _int_in(1, MAX_RUNS)(text)
+
+
+def _latency(args: argparse.Namespace) -> Any:
+    """``latency=`` for the API: ``False``, or the LatencyOptions of the --latency-* flags.
+
+    Raises:
+        ConfigError: --latency-* flags without a latency measurement.
+    """
+    from .latency import LatencyOptions
+
+    given = [f"--latency-{k}" for k in ("runs", "batch", "budget") if getattr(args, f"latency_{k}") is not None]
+    measure = args.latency if hasattr(args, "latency") else not args.no_latency
+    if not measure:
+        if given:
+            raise ConfigError(f"{', '.join(given)} without a latency measurement: "
+                              + ("add --latency" if hasattr(args, "latency") else "drop --no-latency"))
+        return False
+    budget = {} if args.latency_budget is None else {"budget_s": args.latency_budget}
+    return LatencyOptions(runs=args.latency_runs, batch=args.latency_batch, **budget)
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -115,7 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
     common.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
-    timing = argparse.ArgumentParser(add_help=False)
+    latency = argparse.ArgumentParser(add_help=False)  # how latency is measured (onnxq.latency)
+    latency.add_argument("--latency-runs", type=_latency_runs, metavar="N|auto",
+                         help="timed runs per model; auto (default): until the median is stable")
+    latency.add_argument("--latency-batch", type=_int_in(1, MAX_BATCH_SIZE), metavar="B",
+                         help="samples per timed batch (default: the first evaluation batch)")
+    latency.add_argument("--latency-budget", type=_float_in(0.0, 3600.0, low_open=True), metavar="S",
+                         help="at most S seconds of timed runs when --latency-runs is auto (default 5)")
+    timing = argparse.ArgumentParser(add_help=False, parents=[latency])
     timing.add_argument("--threads", type=_THREADS, metavar="T", help="ORT threads for the latency measurement")
     timing.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
 
@@ -256,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import METRICS
 
     c = sub.add_parser(
-        "compare", parents=[common], help="CI gate: exit 1 when an output misses a threshold",
+        "compare", parents=[common, latency], help="CI gate: exit 1 when an output misses a threshold",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run both models on the same data and check every output against a threshold on one metric. "
                     "Exit 0 when every output meets it, 1 when one does not, 2 on bad input.",
@@ -282,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N samples")
     c.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
     c.add_argument("--threads", type=_THREADS, metavar="T", help="ONNX Runtime intra-op threads")
+    c.add_argument("--latency", action="store_true", help="also measure latency (reported, never gated)")
     c.set_defaults(func=_cmd_compare)
 
     i = sub.add_parser("inspect", parents=[common], help="describe a model: inputs, outputs, ops, quantized share",
@@ -525,7 +559,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     metric = _metric_fn(args.metric_fn)
     _check_data_paths(args.model, args.calib, args.eval, batch_size=args.batch_size, samples=args.samples)
     result = quantize(args.model, args.calib, config=config, evaluation=args.eval, progress=not args.quiet,
-                      cache_dir=args.cache_dir, latency=not args.no_latency, threads=args.threads,
+                      cache_dir=args.cache_dir, latency=_latency(args), threads=args.threads,
                       allow_pickle=args.allow_pickle, metric=metric)
     written = result.save(args.output)
     if args.report and Path(args.report).suffix.lower() in (".html", ".htm"):
@@ -663,7 +697,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                       samples=args.samples)
     report = validate(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
-                      limit=args.samples, latency=not args.no_latency, threads=args.threads,
+                      limit=args.samples, latency=_latency(args), threads=args.threads,
                       progress=not args.quiet and not args.json)
     if args.html:
         from .report.html import html_report
@@ -690,7 +724,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     try:
         result = compare(args.float_model, args.quant_model, args.data, metric=args.metric,
                          threshold=args.threshold, labels=args.labels, batch_size=args.batch_size,
-                         limit=args.samples, threads=args.threads, progress=not args.quiet and not args.json)
+                         limit=args.samples, threads=args.threads, latency=_latency(args),
+                         progress=not args.quiet and not args.json)
     except Exception as exc:  # any outcome gets its JUnit file: an <error> test case, then the usual exit
         if args.junit:
             junit_error(exc, args.junit, metric=get_metric(args.metric).cli_name, threshold=args.threshold,

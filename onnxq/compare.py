@@ -46,6 +46,7 @@ import numpy as np
 from ._atomic import write_text_atomic
 from .errors import ConfigError, DataError
 from .feeds import load_data
+from .latency import LatencyOptions
 from .metrics import Metric, get_metric
 from .model import load_model, load_model_header
 from .report.schema import OutputMetrics, Report, format_number, to_float, to_jsonable, to_optional_float
@@ -228,7 +229,7 @@ def junit_error(error: BaseException, path: str | os.PathLike[str] | None = None
 
 def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cosine", threshold: float,
             labels: Any = None, batch_size: int = 8, limit: int | None = None, threads: int | None = None,
-            progress: bool = False) -> Comparison:
+            latency: bool | LatencyOptions = False, progress: bool = False) -> Comparison:
     """Validate ``quant_model`` against ``float_model`` on ``data`` and check every output.
 
     Args:
@@ -245,6 +246,8 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
         batch_size: samples per batch.
         limit: compare at most this many samples (the first ones).
         threads: ONNX Runtime intra-op threads.
+        latency: also measure latency into the report (never gated): ``True`` or
+            :class:`~onnxq.latency.LatencyOptions`.
         progress: progress bar on stderr.
 
     Returns:
@@ -270,7 +273,7 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
         raise DataError(f"--metric {metric} needs labels: add a 'labels' array to the data file "
                         "or pass --labels FILE.npy")
     del float_proto
-    report = validate(float_model, quant_model, dataset, latency=False, threads=threads, progress=progress)
+    report = validate(float_model, quant_model, dataset, latency=latency, threads=threads, progress=progress)
     comparison = Comparison(metric=metric, threshold=float(threshold), checks=check_report(report, metric, threshold),
                             report=report, float_model=_path_or_none(float_model),
                             quant_model=_path_or_none(quant_model), seconds=time.perf_counter() - started)

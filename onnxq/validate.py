@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import statistics
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +23,8 @@ import onnx
 
 from ._progress import progress as _progress
 from .errors import ConfigError, DataError, ModelError
-from .report.schema import LatencyMetrics, OutputMetrics, Report
+from .latency import LatencyOptions, latency_options, measure_latency
+from .report.schema import OutputMetrics, Report
 from .runtime import create_session, run
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ __all__ = [
     "validate",
 ]
 
-_WARMUP_RUNS = 3
 _NUMERIC_KINDS = "biuf"
 
 
@@ -243,8 +241,8 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, *,
 
 def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
              quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
-             batch_size: int = 8, limit: int | None = None, latency: bool = True,
-             latency_runs: int = 20, threads: int | None = None, progress: bool = False) -> Report:
+             batch_size: int = 8, limit: int | None = None, latency: bool | LatencyOptions = True,
+             latency_runs: int | None = None, threads: int | None = None, progress: bool = False) -> Report:
     """Run the float and the quantized model on the same data and compare them.
 
     Args:
@@ -256,8 +254,10 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
         batch_size: samples per batch when ``data`` is not a Dataset yet.
         limit: compare at most this many samples (ignored for a Dataset-like object that is not
             an ``onnxq.feeds.Dataset``).
-        latency: also time both models on the first evaluation batch.
-        latency_runs: timed runs per model (after 3 warm-up runs); the median is reported.
+        latency: also time both models on the first evaluation batch (``True``: the defaults of
+            :class:`~onnxq.latency.LatencyOptions`, or those options).
+        latency_runs: timed runs per model; ``None``: until the median is stable (see
+            :mod:`onnxq.latency`).
         threads: ONNX Runtime intra-op threads for both models; ``None``: ORT's default.
         progress: show a progress bar on stderr.
 
@@ -273,8 +273,7 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
     from .feeds import Dataset, load_data
     from .model import load_model, model_size
 
-    if latency and latency_runs < 1:
-        raise ConfigError(f"latency_runs must be >= 1, got {latency_runs}")
+    latency_opts = latency_options(latency, runs=latency_runs)
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1 or None, got {threads}")
 
@@ -341,9 +340,9 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
         logger.warning("labels given but no output is class scores; accuracy not computed")
 
     latency_metrics = None
-    if latency:
+    if latency_opts is not None:
         latency_metrics = measure_latency(float_session, quant_session, first_inputs,
-                                          output_names, runs=latency_runs, threads=threads)
+                                          output_names, options=latency_opts, threads=threads)
 
     float_bytes = model_size(float_model)
     quant_bytes = model_size(quant_model)
@@ -363,45 +362,6 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
         logger.info("validated %d samples; worst output %r: cosine %.6f, SQNR %.2f dB",
                     samples, worst.name, worst.cosine, worst.sqnr_db)
     return report
-
-
-def measure_latency(float_session: Any, quant_session: Any, feeds: Mapping[str, np.ndarray],
-                    output_names: list[str], *, runs: int = 20,
-                    threads: int | None = None) -> LatencyMetrics:
-    """Time both sessions on one batch: 3 warm-up runs, then ``runs`` interleaved timed runs.
-
-    Args:
-        float_session: the float model's ``InferenceSession``.
-        quant_session: the quantized model's ``InferenceSession``.
-        feeds: one batch of inputs.
-        output_names: outputs to fetch.
-        runs: timed runs per model; the median is reported.
-        threads: the intra-op thread count the sessions were built with (recorded only).
-
-    Returns:
-        Median latencies in milliseconds and ``speedup = float_ms / quant_ms``.
-    """
-    if runs < 1:
-        raise ConfigError(f"latency runs must be >= 1, got {runs}")
-    feeds = dict(feeds)
-    for _ in range(_WARMUP_RUNS):
-        run(float_session, feeds, output_names)
-        run(quant_session, feeds, output_names)
-    float_times: list[float] = []
-    quant_times: list[float] = []
-    for _ in range(runs):  # interleaved so that clock or load drift hits both models alike
-        float_times.append(_timed(float_session, feeds, output_names))
-        quant_times.append(_timed(quant_session, feeds, output_names))
-    float_ms = statistics.median(float_times)
-    quant_ms = statistics.median(quant_times)
-    return LatencyMetrics(
-        float_ms=float_ms,
-        quant_ms=quant_ms,
-        speedup=float_ms / quant_ms if quant_ms > 0 else math.inf,
-        batch_size=_batch_samples(feeds),
-        threads=threads,
-        runs=runs,
-    )
 
 
 def check_same_io(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> None:
@@ -459,8 +419,3 @@ def _cosines(rr: np.ndarray, cc: np.ndarray, rc: np.ndarray, *,
     cos = np.where(np.isnan(denom) | np.isnan(rc), np.nan, cos)
     return np.where(identical, 1.0, cos)
 
-
-def _timed(session: Any, feeds: dict[str, np.ndarray], output_names: list[str]) -> float:
-    start = time.perf_counter()
-    run(session, feeds, output_names)
-    return (time.perf_counter() - start) * 1000.0

@@ -338,12 +338,7 @@ def _summary_section(report: Report) -> list[str]:
                      f"{_e(format_bytes(report.quant_size_bytes))} "
                      f"(x{_e(format_number(report.size_ratio, '.2f'))})")]
     if report.latency is not None:
-        lat = report.latency
-        threads = "ORT default" if lat.threads is None else str(lat.threads)
-        rows.append(("latency", f"float {_e(format_number(lat.float_ms, '.3f'))} ms vs quantized "
-                                f"{_e(format_number(lat.quant_ms, '.3f'))} ms "
-                                f"(x{_e(format_number(lat.speedup, '.2f'))} speedup; batch {lat.batch_size}, "
-                                f"threads {_e(threads)}, median of {lat.runs})"))
+        rows.append(("latency", _e(report.latency.format())))
     if report.float_accuracy is not None or report.quant_accuracy is not None:
         rows.append(("accuracy", f"{_e(format_percent(report.float_accuracy))} &rarr; "
                                  f"{_e(format_percent(report.quant_accuracy))}"))

@@ -14,7 +14,8 @@ JSON conventions (``schema_version`` 2; version 1 files still load):
 Version history: 2 added ``layers`` (per-layer error, :class:`LayerMetrics`), ``fallback``
 (:class:`FallbackStep`), ``target`` and ``target_met`` (issue 5); a version-1 file loads with
 those empty / ``None``. Within version 2, ``passes`` (accuracy-recovery passes, issue 10) was added
-as an optional list; files without it load with it empty.
+as an optional list; files without it load with it empty. ``latency`` gained the optional
+percentile spread, ``warmup``, ``stop`` and ``seconds`` (issue 12); older files load with them ``None``.
 """
 
 from __future__ import annotations
@@ -76,15 +77,22 @@ class OutputMetrics:
 
 @dataclass
 class LatencyMetrics:
-    """Median latency of one batch, float versus quantized, in milliseconds.
+    """Median latency of one batch, float versus quantized, in milliseconds (see :mod:`onnxq.latency`).
 
     Attributes:
         float_ms: median float latency.
         quant_ms: median quantized latency.
-        speedup: ``float_ms / quant_ms``.
+        speedup: ``float_ms / quant_ms`` (below 1: the quantized model is slower; see
+            :func:`speed_text`).
         batch_size: samples in the timed batch.
         threads: intra-op threads requested; ``None`` means ONNX Runtime's default.
         runs: timed runs per model (after warm-up).
+        float_p10_ms, float_p90_ms: the float model's 10th and 90th percentile (the spread).
+        quant_p10_ms, quant_p90_ms: the same for the quantized model.
+        warmup: untimed warm-up runs per model.
+        stop: why timing stopped: ``"runs"`` (the count asked for), ``"stable"`` (the medians
+            settled), ``"max_runs"`` or ``"budget"`` (before they settled).
+        seconds: wall time of the measurement.
     """
 
     float_ms: float
@@ -93,6 +101,35 @@ class LatencyMetrics:
     batch_size: int
     threads: int | None
     runs: int
+    float_p10_ms: float | None = None
+    float_p90_ms: float | None = None
+    quant_p10_ms: float | None = None
+    quant_p90_ms: float | None = None
+    warmup: int | None = None
+    stop: str | None = None
+    seconds: float | None = None
+
+    def format(self) -> str:
+        """One line: both medians with their spreads, ``xN faster``/``xN slower`` and how measured."""
+        def one(median: float, p10: float | None, p90: float | None) -> str:
+            spread = (f" (p10-p90 {format_number(p10, '.3f')}-{format_number(p90, '.3f')})"
+                      if p10 is not None and p90 is not None else "")
+            return f"{format_number(median, '.3f')} ms{spread}"
+
+        threads = "ORT default" if self.threads is None else str(self.threads)
+        how = f"median of {self.runs} interleaved runs" + (f", {self.stop}" if self.stop else "")
+        return (f"float {one(self.float_ms, self.float_p10_ms, self.float_p90_ms)} vs quant "
+                f"{one(self.quant_ms, self.quant_p10_ms, self.quant_p90_ms)}: {speed_text(self.speedup)} "
+                f"(batch {self.batch_size}, threads {threads}, {how})")
+
+
+def speed_text(speedup: float) -> str:
+    """``x1.80 faster`` for a speed-up of 1.8, ``x1.80 slower`` for 0.556 (never ``x0.56 speedup``)."""
+    if not math.isfinite(speedup) or speedup <= 0:
+        return f"x{format_number(speedup, '.2f')} speedup"
+    if speedup >= 1:
+        return f"x{speedup:.2f} faster"
+    return f"x{1 / speedup:.2f} slower"
 
 
 @dataclass
@@ -337,12 +374,7 @@ class Report:
         lines.append(f"size:     {format_bytes(self.float_size_bytes)} -> "
                      f"{format_bytes(self.quant_size_bytes)} (x{format_number(self.size_ratio, '.2f')})")
         if self.latency is not None:
-            lat = self.latency
-            threads = "ORT default" if lat.threads is None else str(lat.threads)
-            lines.append(f"latency:  float {format_number(lat.float_ms, '.3f')} ms vs quant "
-                         f"{format_number(lat.quant_ms, '.3f')} ms "
-                         f"(x{format_number(lat.speedup, '.2f')} speedup; batch {lat.batch_size}, "
-                         f"threads {threads}, median of {lat.runs})")
+            lines.append(f"latency:  {self.latency.format()}")
         if self.float_accuracy is not None or self.quant_accuracy is not None:
             lines.append(f"accuracy: {format_percent(self.float_accuracy)} -> "
                          f"{format_percent(self.quant_accuracy)}")
@@ -494,6 +526,13 @@ def _latency_from_dict(data: dict[str, Any]) -> LatencyMetrics:
         batch_size=int(_require(data, "batch_size", "latency")),
         threads=None if threads is None else int(threads),
         runs=int(_require(data, "runs", "latency")),
+        float_p10_ms=to_optional_float(data.get("float_p10_ms")),
+        float_p90_ms=to_optional_float(data.get("float_p90_ms")),
+        quant_p10_ms=to_optional_float(data.get("quant_p10_ms")),
+        quant_p90_ms=to_optional_float(data.get("quant_p90_ms")),
+        warmup=None if data.get("warmup") is None else int(data["warmup"]),
+        stop=_optional_str(data.get("stop")),
+        seconds=to_optional_float(data.get("seconds")),
     )
 
 
