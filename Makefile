@@ -20,6 +20,7 @@ $(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 $(VENV)/.adapters-installed: $(VENV)/.core-installed adapters/torch/pyproject.toml adapters/keras/pyproject.toml
 	$(PIP) torch==2.13.0 torchao==0.18.0 onnxscript tensorflow-cpu tf2onnx
 	$(PIP) --no-deps -e adapters/torch -e adapters/keras
+	$(PIP) -e '.[dask]'  # tests/test_distributed.py runs a 2-worker LocalCluster
 	touch $@
 
 # Benchmark extras: torch pinned to the local CPU wheel (anything else pulls a CUDA build).

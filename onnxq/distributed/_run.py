@@ -1,0 +1,76 @@
+"""Submit shard tasks to a Dask client with a bounded number in flight; results by shard index."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .._progress import progress as progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardTiming:
+    """Where and how long one shard ran (for benchmarks and the debug log)."""
+
+    index: int
+    samples: int
+    seconds: float
+    worker: str
+
+
+def workers_of(client: Any) -> int:
+    """Workers connected to the client's scheduler (at least 1)."""
+    return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+
+
+def map_shards(client: Any, task: Callable[..., Any], items: Iterable[tuple[Any, ...]], *args: Any,
+               in_flight: int, progress: bool = False, total: int | None = None,
+               desc: str = "shards") -> list[Any]:
+    """Run ``task(*item, *args)`` for every item (a shard and its own arguments); results by ``index``.
+
+    At most ``in_flight`` tasks are submitted at a time, so shipped shards do not pile up in the
+    client's memory. A task lost with its worker is rescheduled by Dask (``allowed-failures``);
+    an exception raised by a task is re-raised here.
+    """
+    from distributed import as_completed
+
+    iterator = iter(items)
+    results: dict[int, Any] = {}
+    pending = as_completed(loop=client.loop)
+    for item in iterator:
+        pending.add(client.submit(task, *item, *args, pure=False))
+        if pending.count() >= in_flight:
+            break
+    for future in progress_bar(pending, desc=desc, total=total, enabled=progress, unit="shard"):
+        result = future.result()
+        future.release()
+        results[result.index] = result
+        item = next(iterator, None)
+        if item is not None:
+            pending.add(client.submit(task, *item, *args, pure=False))
+    return [results[i] for i in sorted(results)]
+
+
+def timings(results: list[Any]) -> list[ShardTiming]:
+    """The :class:`ShardTiming` of each shard result."""
+    return [ShardTiming(r.index, r.samples, r.seconds, r.worker) for r in results]
+
+
+def log_timings(what: str, results: list[Any]) -> None:
+    """Per-shard task times at debug level."""
+    for r in results:
+        logger.debug("%s shard %d: %d samples in %.3f s on %s", what, r.index, r.samples, r.seconds, r.worker)
+
+
+def worker_name() -> str:
+    """The address of the Dask worker running the current task (``"local"`` outside one)."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return "local"

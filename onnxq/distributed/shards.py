@@ -1,0 +1,134 @@
+"""Shards of a data set for Dask workers, and the per-worker cache of ONNX Runtime sessions.
+
+A shard is a run of consecutive batches of the data set the single process would iterate, so that
+the batches a worker sees are the very batches the single-process run sees:
+
+* :class:`RowShard` -- rows ``[start, stop)`` of an ``.npz`` file that the worker reads itself
+  (the path must be visible to the worker: shared storage);
+* :class:`BatchShard` -- batches read on the client and shipped with the task (any source:
+  folders, lists, generators, framework data).
+
+Models are shipped once per worker with ``client.scatter(..., broadcast=True)``; each worker
+process keeps what it built from them (:func:`worker_cached`: the tapped model and its ONNX Runtime
+session), so a model crosses the network, is deserialised and gets a session once per worker, not
+once per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..feeds import Dataset, InputSpec, load_data
+
+__all__ = ["BatchShard", "RowShard", "Shard", "model_key", "parse_model", "plan_shards", "worker_cached"]
+
+Batch = tuple[dict[str, np.ndarray], "np.ndarray | None"]
+
+T = TypeVar("T")
+
+#: Objects a worker process keeps (tapped models of both calibration passes, a validation's pair).
+_MAX_CACHED = 4
+_CACHE: OrderedDict[str, Any] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RowShard:
+    """Rows ``[start, stop)`` of an ``.npz`` file the worker reads, cut into ``batch_size`` batches."""
+
+    index: int
+    path: str
+    start: int
+    stop: int
+    batch_size: int
+
+    def batches(self, specs: list[InputSpec]) -> Iterator[Batch]:
+        """``(inputs, labels)`` per batch, as ``load_data`` makes them from the same rows."""
+        with np.load(self.path, allow_pickle=False) as npz:
+            rows = {key: npz[key][self.start:self.stop] for key in npz.files}
+        yield from load_data(rows, specs, batch_size=self.batch_size).batches()
+
+
+@dataclass(frozen=True)
+class BatchShard:
+    """Batches read on the client and shipped with the task."""
+
+    index: int
+    items: list[Batch]
+
+    def batches(self, specs: list[InputSpec]) -> Iterator[Batch]:
+        """The shipped ``(inputs, labels)`` batches, in order."""
+        del specs
+        yield from self.items
+
+
+Shard = RowShard | BatchShard
+
+
+def plan_shards(data: Dataset, shards: int, *, source: Any = None, shuffled: bool = False) -> Iterator[Shard]:
+    """Cut ``data`` into about ``shards`` runs of consecutive batches.
+
+    Row ranges of ``source`` when it is the ``.npz`` path ``data`` was loaded from and ``data``
+    takes its rows in file order (not ``shuffled``; ``limit`` and a fixed batch size only shorten
+    it); otherwise batches read here and shipped, generated lazily as the caller asks for them.
+    """
+    batch = data.batch_size
+    total = data.num_batches
+    per_shard = max(1, math.ceil(total / shards)) if total else 16
+    if not shuffled and _is_npz(source) and total is not None and data.num_samples is not None:
+        for index, first in enumerate(range(0, total, per_shard)):
+            stop = min((first + per_shard) * batch, data.num_samples)
+            yield RowShard(index, os.fspath(Path(source).resolve()), first * batch, stop, batch)
+        return
+    items: list[Batch] = []
+    index = 0
+    for item in data.batches():
+        items.append(item)
+        if len(items) == per_shard:
+            yield BatchShard(index, items)
+            index, items = index + 1, []
+    if items:
+        yield BatchShard(index, items)
+
+
+def _is_npz(source: Any) -> bool:
+    return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".npz"
+
+
+def model_key(payload: bytes) -> str:
+    """The cache key of a serialised model (sha256)."""
+    return hashlib.sha256(payload).hexdigest()
+
+
+def worker_cached(key: str, build: Callable[[], T]) -> T:
+    """This worker process's object for ``key`` (a parsed model, a tapped model with its session),
+    built once by ``build`` and then reused by every task the process runs."""
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]  # type: ignore[no-any-return]
+    value = build()
+    with _LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > _MAX_CACHED:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def parse_model(payload: bytes) -> Any:
+    """An ``onnx.ModelProto`` from its serialised bytes."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.ParseFromString(payload)
+    return model

@@ -1,0 +1,218 @@
+"""Sharded validation on Dask: workers compare float and quantized outputs on their shards, the
+client folds the per-batch metrics in the single-process batch order.
+
+Each worker runs the float/quantized pair (scattered once to every worker) over its shard with
+the engine's loop (:func:`onnxq.engine.stream`) and returns, per batch, the metric accumulators of
+that batch alone (:class:`~onnxq.validate.OutputAccumulator`, :class:`~onnxq.validate.AccuracyAccumulator`).
+The client folds them batch by batch in global order, adding each batch's sums exactly as the
+single-process loop adds them, so the report -- sums, counts, minima, top-k agreement, accuracy --
+is identical to the single-process report, not just close. Latency and sizes are measured on the
+client, on the first batch (:func:`onnxq.validate.validate` on that batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..engine import Runner, StreamBatch, stream
+from ..errors import DataError, ModelError
+from ..feeds import Dataset, InputSpec, input_specs
+from ..model import load_model
+from ..report.schema import Report
+from ..validate import AccuracyAccumulator, OutputAccumulator, check_same_io, is_class_scores, validate
+from ._run import ShardTiming, log_timings, map_shards, timings, worker_name, workers_of
+from .shards import Shard, model_key, parse_model, plan_shards, worker_cached
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BatchMetrics", "validate_on_cluster"]
+
+_NUMERIC_KINDS = "biuf"
+
+
+@dataclass
+class BatchMetrics:
+    """The metrics of one batch alone.
+
+    Attributes:
+        outputs: per output, its accumulator, or ``None`` when the output is not numeric.
+        scores: outputs whose float values are class scores ``[N, C]`` in this batch.
+        accuracy: without labels ``None``; else per 2-D numeric output the float and quantized
+            accuracy accumulators, or the message of the ``DataError`` the labels raised.
+        samples: real samples in the batch.
+    """
+
+    outputs: dict[str, OutputAccumulator | None]
+    scores: list[str]
+    accuracy: dict[str, tuple[AccuracyAccumulator, AccuracyAccumulator] | str] | None
+    samples: int
+
+
+@dataclass
+class ShardMetrics:
+    """What one worker returns: each batch's metrics, in order."""
+
+    index: int
+    batches: list[BatchMetrics]
+    samples: int
+    seconds: float
+    worker: str
+
+
+def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Dataset, *,
+                        source: Any = None, shards: int | None = None, latency: Any = True,
+                        threads: int | None = None, progress: bool = False) -> tuple[Report, list[ShardTiming]]:
+    """:func:`onnxq.validate.validate` with the evaluation batches spread over ``client``'s workers.
+
+    Args:
+        client: a ``distributed.Client``.
+        float_model: the float model.
+        quant_model: the quantized model (same inputs and outputs).
+        data: the evaluation Dataset, as the single-process run iterates it.
+        source: the ``.npz`` path ``data`` was loaded from (read by the workers in row ranges), if any.
+        shards: number of shards (default: one per worker).
+        latency: as for ``validate`` (measured on the client, on the first batch).
+        threads: ORT threads for the latency measurement.
+        progress: a progress bar over the shards.
+
+    Returns:
+        The report (equal to the single-process one, latency aside) and each shard's timing.
+    """
+    float_proto, quant_proto = load_model(float_model, check=False), load_model(quant_model, check=False)
+    check_same_io(float_proto, quant_proto)
+    names = [o.name for o in float_proto.graph.output]
+    first = next(iter(data.batches()), None)
+    if first is None:
+        raise DataError("the evaluation data holds no batch")
+    payload = (float_proto.SerializeToString(), quant_proto.SerializeToString())
+    key = model_key(payload[0] + payload[1])
+    [scattered] = client.scatter([payload], broadcast=True, hash=False)
+    workers = workers_of(client)
+    try:
+        items = ((shard,) for shard in plan_shards(data, shards or workers, source=source))
+        results = map_shards(client, _validate_shard, items, scattered, key, input_specs(float_proto), names,
+                             in_flight=2 * workers, progress=progress, desc="validate")
+    finally:
+        client.cancel(scattered)
+    log_timings("validation", results)
+    report = validate(float_proto, quant_proto, _Batches([first]), latency=latency, threads=threads)
+    _fold(report, [b for r in results for b in r.batches], names)
+    return report, timings(results)
+
+
+class _Batches:
+    """``(inputs, labels)`` batches behind the ``batches()`` method that validate and the engine read."""
+
+    def __init__(self, items: Iterable[tuple[dict[str, np.ndarray], np.ndarray | None]]) -> None:
+        self.items = items
+
+    def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        yield from self.items
+
+
+def _fold(report: Report, batches: list[BatchMetrics], names: list[str]) -> None:
+    """Fold every batch's metrics in global order into ``report`` (as the single-process loop does)."""
+    outputs = {n: OutputAccumulator(n) for n in names}
+    skipped: set[str] = set()
+    float_acc, quant_acc = AccuracyAccumulator(), AccuracyAccumulator()
+    labels_seen, accuracy_output = False, None
+    for index, batch in enumerate(batches):
+        for name in names:
+            if name in skipped:
+                continue
+            acc = batch.outputs[name]
+            if acc is None and index == 0:
+                skipped.add(name)
+            elif acc is None:
+                raise ModelError(f"output {name!r}: a model returns non-numeric values")
+            else:
+                merge_outputs(outputs[name], acc)
+        if batch.accuracy is None:
+            continue
+        if not labels_seen:  # the first batch with labels picks the output to score
+            labels_seen = True
+            accuracy_output = next((n for n in names if n not in skipped and n in batch.scores), None)
+        if accuracy_output is not None:
+            pair = batch.accuracy.get(accuracy_output, "accuracy needs class scores [N, C]")
+            if isinstance(pair, str):
+                raise DataError(pair)
+            for total, part in zip((float_acc, quant_acc), pair):
+                total.correct += part.correct
+                total.total += part.total
+    report.outputs = [outputs[n].result() for n in names if n not in skipped]
+    report.samples = sum(b.samples for b in batches)
+    report.float_accuracy, report.quant_accuracy = float_acc.result(), quant_acc.result()
+
+
+def merge_outputs(total: OutputAccumulator, part: OutputAccumulator) -> None:
+    """Add ``part`` (the accumulator of the batches that follow) to ``total``, in place.
+
+    Folding single-batch accumulators in batch order performs the very additions of
+    :meth:`OutputAccumulator.update`, so the result is bit-identical to one accumulator that saw
+    every batch. (Reads the accumulator's private sums: a ``merge`` method in onnxq.validate
+    would be the proper home.)
+    """
+    if part.samples == 0:
+        return
+    if total._topk_enabled is None:
+        total._topk_enabled, total._num_classes = part._topk_enabled, part._num_classes
+    elif total._topk_enabled and (not part._topk_enabled or part._num_classes != total._num_classes):
+        logger.warning("output %r changed shape between batches; top-k agreement not computed", total.name)
+        total._topk_enabled = False
+    if total._topk_enabled:
+        total._top1 += part._top1
+        total._top5 += part._top5
+    total._max_abs = float(np.max([total._max_abs, part._max_abs]))
+    total._sum_abs += part._sum_abs
+    total._elements += part._elements
+    total._signal += part._signal
+    total._noise += part._noise
+    total._cos_sum += part._cos_sum
+    total._cos_min = float(np.min([total._cos_min, part._cos_min]))
+    total.samples += part.samples
+
+
+def _validate_shard(shard: Shard, payload: tuple[bytes, bytes], key: str, specs: list[InputSpec],
+                    names: list[str]) -> ShardMetrics:
+    """Worker side: run the pair over one shard; one :class:`BatchMetrics` per batch."""
+    start = time.perf_counter()
+    runners = worker_cached(f"{key}:pair", lambda: [Runner.create(parse_model(p), names) for p in payload])
+    batches: list[BatchMetrics] = []
+    stats = stream(runners, _Batches(shard.batches(specs)), lambda batch: batches.append(_batch_metrics(batch, names)))
+    return ShardMetrics(shard.index, batches, stats.samples, time.perf_counter() - start, worker_name())
+
+
+def _batch_metrics(batch: StreamBatch, names: list[str]) -> BatchMetrics:
+    float_out, quant_out = batch.outputs
+    outputs: dict[str, OutputAccumulator | None] = {}
+    for name in names:
+        ref, cand = float_out[name], quant_out[name]
+        if not all(np.asarray(a).dtype.kind in _NUMERIC_KINDS for a in (ref, cand)):
+            outputs[name] = None
+            continue
+        outputs[name] = OutputAccumulator(name)
+        outputs[name].update(ref, cand)  # type: ignore[union-attr]
+    scores = [n for n in names if outputs[n] is not None and is_class_scores(float_out[n])]
+    accuracy: dict[str, tuple[AccuracyAccumulator, AccuracyAccumulator] | str] | None = None
+    if batch.labels is not None:
+        accuracy = {}
+        for name in names:
+            if outputs[name] is None:
+                continue
+            pair = (AccuracyAccumulator(), AccuracyAccumulator())
+            try:
+                pair[0].update(float_out[name], batch.labels)
+                pair[1].update(quant_out[name], batch.labels)
+            except DataError as exc:
+                accuracy[name] = str(exc)
+                continue
+            accuracy[name] = pair
+    return BatchMetrics(outputs, scores, accuracy, batch.samples)
+
