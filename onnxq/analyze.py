@@ -49,12 +49,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ._progress import progress as progress_bar
-from .calibration.runner import tap
+from .engine import Runner, StreamBatch, stream, tapped
 from .errors import DataError, ModelError
 from .report.schema import LayerMetrics
-from .runtime import create_session, run
-from .validate import OutputAccumulator, check_same_io
+from .validate import OutputAccumulator, check_same_io, evaluation_data
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +107,6 @@ def analyze(float_model: onnx.ModelProto | str | os.PathLike[str],
         ModelError: the models differ in inputs/outputs, or cannot run.
         DataError: the data does not fit the model or holds no sample.
     """
-    from .feeds import Dataset, load_data
     from .model import load_model
 
     float_proto = load_model(float_model, check=False)
@@ -119,10 +116,7 @@ def analyze(float_model: onnx.ModelProto | str | os.PathLike[str],
     layers = _weights(graphs)
     activations = _activations(graphs)
     if data is not None and activations:
-        if isinstance(data, Dataset):
-            dataset = data if limit is None else load_data(data, float_proto, limit=limit)
-        else:
-            dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
+        dataset = evaluation_data(data, float_proto, batch_size=batch_size, limit=limit)  # keeps every sample
         broken = _measure(float_proto, quant_proto, activations, dataset, progress=progress)
         layers += [_activation_metrics(a) for a in activations if a.float_name not in broken]
     elif activations:
@@ -322,39 +316,41 @@ def _measure(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, activat
     """Run both models over ``data``; return the tensors that could not be compared."""
     float_names = [a.float_name for a in activations]
     quant_names = list(dict.fromkeys(t for a in activations for t in a.quant_taps))
-    float_session = create_session(tap(float_model, float_names))
-    quant_session = create_session(tap(quant_model, quant_names))
+    runners = [Runner.create(tapped(float_model, float_names), float_names),
+               Runner.create(tapped(quant_model, quant_names), quant_names)]
     broken: set[str] = set()
-    batches = 0
-    for inputs, _ in progress_bar(data.batches(), desc="analyze", enabled=progress,
-                                  total=getattr(data, "num_batches", None)):
-        reference = dict(zip(float_names, run(float_session, inputs, float_names)))
-        quantized = dict(zip(quant_names, run(quant_session, inputs, quant_names)))
+
+    def update(batch: StreamBatch) -> None:
+        reference, quantized = batch.outputs
         for a in activations:
-            if a.float_name in broken:
-                continue
-            ref = np.asarray(reference[a.float_name])
-            if ref.dtype.kind != "f":
+            if a.float_name not in broken and not _compare_activation(a, reference, quantized):
                 broken.add(a.float_name)
-                continue
-            if a.dynamic:
-                values, scale, zero_point = (quantized[t] for t in a.quant_taps)
-                seen = _dequantize(values, scale, zero_point, 1)
-                own = _fake_quant_dynamic(ref)
-            else:
-                seen = quantized[a.quant_taps[0]]
-                own = _fake_quant(ref, a.scale, a.zero_point, a.axis)
-            try:
-                a.local.update(ref, own)
-                a.model.update(ref, seen)
-            except ModelError as exc:  # shapes differ: the two tensors are not the same thing
-                logger.warning("tensor %r not compared: %s", a.float_name, exc)
-                broken.add(a.float_name)
-        batches += 1
-        del reference, quantized
+
+    batches = stream(runners, data, update, desc="analyze", progress=progress).batches
     if batches == 0:
         raise DataError("the analysis data holds no batch")
     return broken
+
+
+def _compare_activation(a: _Activation, reference: dict[str, np.ndarray], quantized: dict[str, np.ndarray]) -> bool:
+    """Fold one batch of one activation into its accumulators; ``False`` when it cannot be compared."""
+    ref = np.asarray(reference[a.float_name])
+    if ref.dtype.kind != "f":
+        return False
+    if a.dynamic:
+        values, scale, zero_point = (quantized[t] for t in a.quant_taps)
+        seen = _dequantize(values, scale, zero_point, 1)
+        own = _fake_quant_dynamic(ref)
+    else:
+        seen = quantized[a.quant_taps[0]]
+        own = _fake_quant(ref, a.scale, a.zero_point, a.axis)
+    try:
+        a.local.update(ref, own)
+        a.model.update(ref, seen)
+    except ModelError as exc:  # shapes differ: the two tensors are not the same thing
+        logger.warning("tensor %r not compared: %s", a.float_name, exc)
+        return False
+    return True
 
 
 def _activation_metrics(a: _Activation) -> LayerMetrics:

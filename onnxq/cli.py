@@ -712,16 +712,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import check_metric, compare, junit_error, read_labels
     from .metrics import get_metric
 
-    check_metric(args.metric, args.threshold)
+    check_metric(args.metric, args.threshold)  # a malformed request, like argparse's errors, writes no JUnit
     if args.junit:
         _check_output_path(args.junit, args.float_model, args.quant_model, args.data, args.labels,
                            what="JUnit file")
-    if args.labels:
-        read_labels(args.labels)
-    _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
-                      samples=args.samples)
     started = time.perf_counter()
-    try:
+    try:  # from here every outcome writes the JUnit file, unreadable data or models included (an <error> case)
+        if args.labels:
+            read_labels(args.labels)
+        _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
+                          samples=args.samples)
         result = compare(args.float_model, args.quant_model, args.data, metric=args.metric,
                          threshold=args.threshold, labels=args.labels, batch_size=args.batch_size,
                          limit=args.samples, threads=args.threads, latency=_latency(args),

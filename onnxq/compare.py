@@ -45,6 +45,7 @@ import numpy as np
 
 from ._atomic import write_text_atomic
 from .errors import ConfigError, DataError
+from .engine import sample_specs
 from .feeds import load_data
 from .latency import LatencyOptions
 from .metrics import Metric, get_metric
@@ -266,7 +267,7 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
     # the inputs are all the data check needs: the graph without its weights, whatever the model's size
     float_proto = (load_model_header(float_model) if isinstance(float_model, (str, os.PathLike))
                    else load_model(float_model, check=False))
-    dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
+    dataset = load_data(data, sample_specs(float_proto), batch_size=batch_size, limit=limit)  # keeps every sample
     if label_array is not None:
         dataset = _Labelled(dataset, label_array, limited=limit is not None)
     elif spec.needs_labels and not dataset.has_labels:

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,14 +36,14 @@ import onnx
 from ._graph import unique_name
 from ._progress import progress as progress_bar
 from .errors import DataError
-from .feeds import input_specs
+from .feeds import InputSpec, input_specs
 from .runtime import create_session, run
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "Observer", "Runner", "StreamBatch", "StreamStats", "TappedModel", "batch_samples", "fixed_batch_size", "merge_observers",
-    "observe", "stream", "tapped",
+    "observe", "pair_runners", "sample_specs", "stream", "tapped",
 ]
 
 Feeds = dict[str, np.ndarray]
@@ -97,6 +97,25 @@ def fixed_batch_size(model: onnx.ModelProto) -> int | None:
     return fixed.pop() if fixed else None
 
 
+def sample_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's input specs with the batch axis left free: data loaded with them keeps every
+    sample (no remainder dropped), and :func:`stream` re-batches and pads for a fixed batch size."""
+    return [replace(s, shape=(None, *s.shape[1:])) if s.shape and isinstance(s.shape[0], int) else s
+            for s in input_specs(model)]
+
+
+def pair_runners(float_model: onnx.ModelProto | str | os.PathLike[str],
+                 quant_model: onnx.ModelProto | str | os.PathLike[str], float_proto: onnx.ModelProto,
+                 quant_proto: onnx.ModelProto, outputs: Sequence[str] | None = None, *,
+                 threads: int | None = None) -> tuple[Runner, Runner]:
+    """Runners for a float/quantized pair; a path is handed to ORT (it reads external data itself)."""
+    def source(original: Any, proto: onnx.ModelProto) -> Any:
+        return original if isinstance(original, (str, os.PathLike)) else proto
+
+    return (Runner.create(source(float_model, float_proto), outputs, proto=float_proto, threads=threads),
+            Runner.create(source(quant_model, quant_proto), outputs, proto=quant_proto, threads=threads))
+
+
 @dataclass
 class Runner:
     """One ONNX Runtime session and the tensors it returns.
@@ -146,6 +165,7 @@ class StreamBatch:
         labels: the labels of this batch, or ``None``.
         outputs: per runner, ``{tensor name: values}`` (padding already cut away).
         samples: real samples in the batch.
+        fed: the inputs as the models ran them (``inputs`` padded to a fixed batch size).
     """
 
     index: int
@@ -153,6 +173,7 @@ class StreamBatch:
     labels: np.ndarray | None
     outputs: list[dict[str, np.ndarray]]
     samples: int
+    fed: Feeds
 
 
 @dataclass
@@ -191,9 +212,9 @@ def stream(runners: Sequence[Runner], data: Any, consume: Callable[[StreamBatch]
     batches = progress_bar(_batches_of(data), desc=desc, total=total, enabled=progress)
     for chunk, chunk_labels, real in _fit(batches, fixed):
         padded = fixed is not None and real < fixed
-        outputs = [dict(zip(r.outputs, _cut(r.run(_pad(chunk, fixed) if padded else chunk), real, fixed)))
-                   for r in runners]
-        consume(StreamBatch(stats.batches, chunk, chunk_labels, outputs, real))
+        fed = _pad(chunk, fixed) if padded else chunk
+        outputs = [dict(zip(r.outputs, _cut(r.run(fed), real, fixed))) for r in runners]
+        consume(StreamBatch(stats.batches, chunk, chunk_labels, outputs, real, fed))
         stats.batches += 1
         stats.samples += real
         stats.padded += (fixed - real) if padded and fixed is not None else 0

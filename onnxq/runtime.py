@@ -47,7 +47,7 @@ def create_session(model: onnx.ModelProto | str | os.PathLike[str], *, threads: 
             return _large_session(model, options, providers)
         return ort.InferenceSession(os.fspath(model), options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-        raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
+        raise ModelError(f"ONNX Runtime cannot load the model: {ort_detail(exc)}") from exc
 
 
 def session_inputs(model: onnx.ModelProto) -> tuple[bytes, list[str], list[ort.OrtValue]]:
@@ -141,11 +141,18 @@ def _copy_fields(source: object, target: object, *, skip: str) -> None:
 
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
         output_names: list[str] | None = None) -> list[np.ndarray]:
-    """Run one batch; turn ORT's failure into a ModelError with its first line."""
+    """Run one batch; turn ORT's failure into a ModelError with its whole message (on one line)."""
     try:
         return session.run(output_names, feeds)
     except Exception as exc:
-        raise ModelError(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from exc
+        raise ModelError(f"ONNX Runtime failed to run the model: {ort_detail(exc)}") from exc
+
+
+def ort_detail(exc: BaseException) -> str:
+    """Every line of ONNX Runtime's message joined on one line, so that the detail after the first
+    line ("index: 0 Got: 3 Expected: 4") is kept."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,17 +15,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import onnx
 
-from ._progress import progress as _progress
 from .errors import ConfigError, DataError, ModelError
 from .latency import LatencyOptions, latency_options, measure_latency
 from .report.schema import OutputMetrics, Report
-from .runtime import create_session, run
+from .engine import StreamBatch, pair_runners, sample_specs, stream
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +237,70 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, *,
     return acc.result()
 
 
+class PairMetrics:
+    """The validation consumer of the engine: per-output metrics and label accuracy of a float/quantized pair.
+
+    Call :meth:`update` with each :class:`~onnxq.engine.StreamBatch` of ``[float, quantized]``
+    outputs, then :meth:`finish` for the notes.
+    """
+
+    def __init__(self, output_names: list[str]) -> None:
+        self.names = output_names
+        self.outputs = {name: OutputAccumulator(name) for name in output_names}
+        self.skipped: set[str] = set()
+        self.float_acc, self.quant_acc = AccuracyAccumulator(), AccuracyAccumulator()
+        self.accuracy_output: str | None = None
+        self.labels_seen = False
+        self.first_feeds: dict[str, np.ndarray] | None = None
+        self.notes: list[str] = []
+
+    def update(self, batch: StreamBatch) -> None:
+        """Fold one batch of both models' outputs into the metrics."""
+        float_out, quant_out = batch.outputs
+        if self.first_feeds is None:
+            self.first_feeds = batch.fed
+        for name in self.names:
+            ref, cand = float_out[name], quant_out[name]
+            if name in self.skipped:
+                continue
+            if batch.index == 0 and not _is_numeric(ref, cand):
+                self.skipped.add(name)
+                self.notes.append(f"output {name!r} is not numeric ({np.asarray(ref).dtype}); not compared")
+                logger.warning("output %r is not numeric; not compared", name)
+                continue
+            self.outputs[name].update(ref, cand)
+        if batch.labels is None:
+            return
+        if not self.labels_seen:  # the first batch with labels picks the output to score
+            self.labels_seen = True
+            self.accuracy_output = next((n for n in self.names
+                                         if n not in self.skipped and is_class_scores(float_out[n])), None)
+        if self.accuracy_output is not None:
+            self.float_acc.update(float_out[self.accuracy_output], batch.labels)
+            self.quant_acc.update(quant_out[self.accuracy_output], batch.labels)
+
+    def finish(self) -> list[str]:
+        """The notes of the run (non-numeric outputs, labels without class scores)."""
+        if self.labels_seen and self.accuracy_output is None:
+            self.notes.append("labels were given but no output looks like class scores [N, C]; "
+                              "accuracy not computed")
+            logger.warning("labels given but no output is class scores; accuracy not computed")
+        return self.notes
+
+
+def evaluation_data(data: Any, model: onnx.ModelProto, *, batch_size: int = 8, limit: int | None = None) -> Any:
+    """Evaluation batches for ``model``: a ``Dataset`` keeps its batching (``limit`` applied); any
+    other object with ``batches()`` is used as is; anything else is loaded keeping every sample
+    (a fixed batch size is honoured by the engine, which pads the remainder)."""
+    from .feeds import Dataset, load_data
+
+    if isinstance(data, Dataset):
+        return data if limit is None else load_data(data, model, limit=limit)
+    if callable(getattr(data, "batches", None)):
+        return data
+    return load_data(data, sample_specs(model), batch_size=batch_size, limit=limit)
+
+
 def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
              quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
              batch_size: int = 8, limit: int | None = None, latency: bool | LatencyOptions = True,
@@ -270,7 +332,6 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
         DataError: the data does not fit the model or holds no sample.
         ConfigError: ``latency_runs`` < 1 while ``latency`` is on.
     """
-    from .feeds import Dataset, load_data
     from .model import load_model, model_size
 
     latency_opts = latency_options(latency, runs=latency_runs)
@@ -283,69 +344,25 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
     check_same_io(float_proto, quant_proto)
     output_names = [o.name for o in float_proto.graph.output]
 
-    if isinstance(data, Dataset):  # keep its batching; apply only a limit
-        dataset = data if limit is None else load_data(data, float_proto, limit=limit)
-    elif callable(getattr(data, "batches", None)):  # any other Dataset-like object, as is
-        dataset = data
-    else:
-        dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
-    float_session = create_session(_session_source(float_model, float_proto), threads=threads)
-    quant_session = create_session(_session_source(quant_model, quant_proto), threads=threads)
+    dataset = evaluation_data(data, float_proto, batch_size=batch_size, limit=limit)
+    float_runner, quant_runner = pair_runners(float_model, quant_model, float_proto, quant_proto, output_names,
+                                              threads=threads)
     del float_proto, quant_proto  # the sessions hold their own copies
-
-    notes: list[str] = []
-    accumulators = {name: OutputAccumulator(name) for name in output_names}
-    skipped: set[str] = set()
-    float_acc = AccuracyAccumulator()
-    quant_acc = AccuracyAccumulator()
-    accuracy_output: str | None = None
-    labels_seen = False
-    first_inputs: dict[str, np.ndarray] | None = None
-    samples = 0
-
-    batches = _progress(dataset.batches(), desc="validate", enabled=progress,
-                        total=getattr(dataset, "num_batches", None))
-    for batch_index, (inputs, labels) in enumerate(batches):
-        float_out = run(float_session, inputs, output_names)
-        quant_out = run(quant_session, inputs, output_names)
-        if first_inputs is None:
-            first_inputs = inputs
-        samples += _batch_samples(inputs)
-        for name, ref, cand in zip(output_names, float_out, quant_out):
-            if name in skipped:
-                continue
-            if batch_index == 0 and not _is_numeric(ref, cand):
-                skipped.add(name)
-                notes.append(f"output {name!r} is not numeric ({np.asarray(ref).dtype}); "
-                             "not compared")
-                logger.warning("output %r is not numeric; not compared", name)
-                continue
-            accumulators[name].update(ref, cand)
-        if labels is not None:
-            if not labels_seen:  # the first batch with labels picks the output to score
-                labels_seen = True
-                accuracy_output = next((n for n, ref in zip(output_names, float_out)
-                                        if n not in skipped and is_class_scores(ref)), None)
-            if accuracy_output is not None:
-                i = output_names.index(accuracy_output)
-                float_acc.update(float_out[i], labels)
-                quant_acc.update(quant_out[i], labels)
-        del float_out, quant_out
-
-    if first_inputs is None:
+    pair = PairMetrics(output_names)
+    stats = stream([float_runner, quant_runner], dataset, pair.update, desc="validate", progress=progress)
+    if pair.first_feeds is None:
         raise DataError("the evaluation data holds no batch")
-    if labels_seen and accuracy_output is None:
-        notes.append("labels were given but no output looks like class scores [N, C]; "
-                     "accuracy not computed")
-        logger.warning("labels given but no output is class scores; accuracy not computed")
+    samples, first_inputs = stats.samples, pair.first_feeds
+    notes = pair.finish()
+    accumulators, skipped, float_acc, quant_acc = pair.outputs, pair.skipped, pair.float_acc, pair.quant_acc
 
     latency_metrics = None
     if latency_opts is not None:
-        latency_metrics = measure_latency(float_session, quant_session, first_inputs,
+        latency_metrics = measure_latency(float_runner.session, quant_runner.session, first_inputs,
                                           output_names, options=latency_opts, threads=threads)
 
-    float_bytes = model_size(float_model)
-    quant_bytes = model_size(quant_model)
+    float_bytes = model_size(float_model, debug_info=False)  # like with like: exporters' metadata
+    quant_bytes = model_size(quant_model, debug_info=False)  # survives in one more than the other
     report = Report(
         outputs=[accumulators[n].result() for n in output_names if n not in skipped],
         samples=samples,
@@ -387,22 +404,8 @@ def _input_names(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in initializers]
 
 
-def _session_source(original: Any, proto: onnx.ModelProto) -> Any:
-    """A path lets ORT read external data itself; otherwise the loaded proto."""
-    return original if isinstance(original, (str, os.PathLike)) else proto
-
-
 def _is_numeric(*arrays: Any) -> bool:
     return all(np.asarray(a).dtype.kind in _NUMERIC_KINDS for a in arrays)
-
-
-def _batch_samples(inputs: Mapping[str, np.ndarray]) -> int:
-    """Samples in a batch: the leading dimension of the first input that has one."""
-    for value in inputs.values():
-        arr = np.asarray(value)
-        if arr.ndim >= 1:
-            return int(arr.shape[0])
-    return 1
 
 
 def _cosines(rr: np.ndarray, cc: np.ndarray, rc: np.ndarray, *,
