@@ -52,7 +52,7 @@ class QuantResult:
 
 def calibrate(model: Any, calibration: Any, *, config: QuantConfig | None = None,
               progress: bool = False, cache_dir: str | os.PathLike[str] | None = None,
-              example_inputs: Any = None, export_options: dict[str, Any] | None = None) -> Ranges:
+              example_inputs: Any = None, export_options: dict[str, Any] | None = None, client: Any = None) -> Ranges:
     """Calibrate the activation ranges that static quantization of ``model`` needs.
 
     Args:
@@ -63,7 +63,11 @@ def calibrate(model: Any, calibration: Any, *, config: QuantConfig | None = None
         cache_dir: reuse / store ranges keyed by model hash + data hash + settings.
         example_inputs: export inputs for a framework model.
         export_options: adapter export options.
+        client: calibrate on a Dask cluster (as for :func:`quantize`); the same ranges.
     """
+    if isinstance(client, str):  # a cluster for this call only
+        return _on_cluster(client, calibrate, model, calibration, config=config, progress=progress,
+                           cache_dir=cache_dir, example_inputs=example_inputs, export_options=export_options)
     config = config or QuantConfig()
     float_model, _ = resolve_model(model, example_inputs=example_inputs, data=calibration,
                                    export_options=export_options)
@@ -71,7 +75,25 @@ def calibrate(model: Any, calibration: Any, *, config: QuantConfig | None = None
     prepared = prepare(float_model, config)
     plan = make_plan(prepared, config, supported_op_types=rewrite.static_op_types())
     data = _dataset(calibration, prepared, config)
-    return pipelines.calibrate_ranges(prepared, plan, data, config, progress=progress, cache_dir=cache_dir)
+    return pipelines.calibrate_ranges(prepared, plan, data, config, progress=progress, cache_dir=cache_dir,
+                                      executor=_executor(client, calibration, None))
+
+
+def _on_cluster(spec: str, entry: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``entry(*args, client=..., **kwargs)`` with a cluster opened for ``spec`` and closed after."""
+    from .distributed.cluster import open_cluster
+
+    with open_cluster(spec) as client:
+        return entry(*args, client=client, **kwargs)
+
+
+def _executor(client: Any, calibration: Any, evaluation: Any) -> Any:
+    """The Dask executor of a run on ``client``, or ``None`` (in-process; Dask is not imported)."""
+    if client is None:
+        return None
+    from .distributed.executor import DaskExecutor
+
+    return DaskExecutor(client, calibration=calibration, evaluation=evaluation)
 
 
 def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None = None,
@@ -79,7 +101,7 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
              cache_dir: str | os.PathLike[str] | None = None, latency: bool | LatencyOptions = True,
              threads: int | None = None, example_inputs: Any = None,
              export_options: dict[str, Any] | None = None, allow_pickle: bool = False,
-             metric: Callable[[dict[str, Any], Any], float] | None = None) -> QuantResult:
+             metric: Callable[[dict[str, Any], Any], float] | None = None, client: Any = None) -> QuantResult:
     """Quantize a float model and validate it against the float model.
 
     Args:
@@ -101,10 +123,18 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         metric: a task metric ``fn(outputs, labels) -> float`` (higher is better) for the targets
             ``metric>=X`` and ``metric_drop<=X``; ``outputs`` maps output names to their values
             over the whole evaluation set.
+        client: run calibration and validation on a Dask cluster (``pip install 'onnxq[dask]'``): a
+            ``distributed.Client``, or ``"tcp://HOST:PORT"`` / ``"local:N"`` for a cluster opened and
+            closed for this call. Same ranges and report as in-process (see onnxq.distributed).
 
     Returns:
         QuantResult with the quantized model, the plan and the validation report.
     """
+    if isinstance(client, str):  # a cluster for this call only
+        return _on_cluster(client, quantize, model, calibration, config=config, evaluation=evaluation,
+                           ranges=ranges, progress=progress, cache_dir=cache_dir, latency=latency, threads=threads,
+                           example_inputs=example_inputs, export_options=export_options,
+                           allow_pickle=allow_pickle, metric=metric)
     config = config or QuantConfig()
     if cache_dir is not None:  # before any work: a cache path that is a file fails here, not at the end
         check_output_folder(cache_dir, what="cache_dir")
@@ -130,7 +160,9 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
                  if eval_source is not None else None)
     prepared = prepare(float_model, config)
 
-    job = pipelines.Job(prepared, config, calib_data, ranges, qat=qat, progress=progress, cache_dir=cache_dir)
+    executor = _executor(client, calibration, eval_source)
+    job = pipelines.Job(prepared, config, calib_data, ranges, qat=qat, progress=progress, cache_dir=cache_dir,
+                        executor=executor)
     built = pipelines.PIPELINES[config.mode](job)
     plan, quantized = built.plan, built.model
     notes = list(plan.notes)
@@ -152,7 +184,7 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         logger.info(note)
 
     report = _report(float_model, _float_io_view(quantized, config), eval_data, config, plan, notes,
-                     progress=progress, latency=latency, threads=threads)
+                     progress=progress, latency=latency, threads=threads, executor=executor)
     _add_integer_details(report, float_model if qat else None, quantized, float_ops, config)
     report.passes = [record.to_dict() for record in built.passes]
     if tuning is not None:
@@ -322,7 +354,7 @@ def _dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Datase
 
 def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Dataset | None, config: QuantConfig,
             plan: QuantPlan, notes: list[str], *, progress: bool, latency: bool | LatencyOptions,
-            threads: int | None) -> Report:
+            threads: int | None, executor: Any = None) -> Report:
     from .validate import validate
 
     if data is None:
@@ -330,6 +362,8 @@ def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Data
         report = Report(outputs=[], samples=0, float_size_bytes=float_bytes, quant_size_bytes=quant_bytes,
                         size_ratio=float_bytes / max(quant_bytes, 1))
         report.notes.append("No evaluation data: closeness to float was not measured.")
+    elif executor is not None:  # sharded on a Dask cluster: the same report
+        report = executor.validate(float_model, quantized, data, latency=latency, threads=threads, progress=progress)
     else:
         report = validate(float_model, quantized, data, batch_size=config.batch_size, latency=latency,
                           threads=threads, progress=progress)

@@ -21,7 +21,8 @@ import onnx
 
 from . import rewrite
 from .calibration.ranges import RangeCache, Ranges
-from .calibration.runner import collect_ranges, range_settings
+from .calibration.runner import collect_ranges as _collect_ranges
+from .calibration.runner import range_settings
 from .config import Mode, QuantConfig
 from .feeds import Dataset
 from .model import model_hash
@@ -43,6 +44,7 @@ class Job:
         qat: the model already holds Q/DQ pairs (quantization-aware training).
         progress: progress bars on stderr.
         cache_dir: calibration cache folder.
+        executor: runs calibration elsewhere (``onnxq.distributed.executor.DaskExecutor``), or ``None``.
     """
 
     prepared: onnx.ModelProto
@@ -52,6 +54,7 @@ class Job:
     qat: bool = False
     progress: bool = False
     cache_dir: str | os.PathLike[str] | None = None
+    executor: Any = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def static(job: Job) -> Built:
             plan = replace(plan, tensors_to_calibrate=plan.tensors_to_calibrate + [
                 t for t in float_io_tensors(model) if t not in plan.tensors_to_calibrate])
         ranges = calibrate_ranges(model, plan, job.calibration, config, progress=job.progress,
-                                  cache_dir=job.cache_dir)
+                                  cache_dir=job.cache_dir, executor=job.executor)
     plan = refine_plan(plan, model, ranges)
     recipe = Recipe(model, ranges, config, qat=job.qat)
     if job.calibration is not None and not job.qat:
@@ -174,8 +177,10 @@ PIPELINES: dict[Mode, Callable[[Job], Built]] = {
 
 
 def calibrate_ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,
-                     progress: bool, cache_dir: str | os.PathLike[str] | None) -> Ranges:
-    """The ranges of ``plan.tensors_to_calibrate``, from the cache when it holds them."""
+                     progress: bool, cache_dir: str | os.PathLike[str] | None, executor: Any = None) -> Ranges:
+    """The ranges of ``plan.tensors_to_calibrate``, from the cache when it holds them
+    (calibrated by ``executor.collect_ranges`` when an executor is given: a Dask cluster)."""
+    collect_ranges = executor.collect_ranges if executor is not None else _collect_ranges
     if cache_dir is None:  # hashing the model and every sample is only worth it for the cache
         return collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
     cache = RangeCache(cache_dir)
