@@ -25,6 +25,7 @@ from ..config import QuantType as OnnxqQuantType
 from .._graph import serialized_size
 from ..errors import QuantizationError
 from ..plan import QuantPlan
+from .compact import compact
 from .keep_float import keep_float_at_runtime
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
     )
     quantized = _run(quantizer, "static")
     keep_float_at_runtime(quantized)  # else ORT re-quantizes float Conv/Gemm weights at session creation
+    compact(quantized)  # unneeded zero points, debug metadata, unused initializers
     return quantized
 
 
@@ -156,7 +158,9 @@ def quantize_dynamic(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfi
         list(plan.op_types),
         {"MatMulConstBOnly": True},
     )
-    return _run(quantizer, "dynamic")
+    quantized = _run(quantizer, "dynamic")
+    compact(quantized)
+    return quantized
 
 
 def _skip_ort_reload(model: onnx.ModelProto) -> onnx.ModelProto:
