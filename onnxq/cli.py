@@ -343,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The --target-hw presets: the settings each one picks and why.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_presets)
+    _add_distributed(sub, common, quantize=q, validate=v)
     return parser
 
 
@@ -560,7 +561,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     _check_data_paths(args.model, args.calib, args.eval, batch_size=args.batch_size, samples=args.samples)
     result = quantize(args.model, args.calib, config=config, evaluation=args.eval, progress=not args.quiet,
                       cache_dir=args.cache_dir, latency=_latency(args), threads=args.threads,
-                      allow_pickle=args.allow_pickle, metric=metric)
+                      allow_pickle=args.allow_pickle, metric=metric, client=args.dask)
     written = result.save(args.output)
     if args.report and Path(args.report).suffix.lower() in (".html", ".htm"):
         from .report.html import html_report
@@ -696,9 +697,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         require_matplotlib()
     _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                       samples=args.samples)
-    report = validate(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
-                      limit=args.samples, latency=_latency(args), threads=args.threads,
-                      progress=not args.quiet and not args.json)
+    report = (_validate_on_dask(args) if args.dask else
+              validate(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
+                       limit=args.samples, latency=_latency(args), threads=args.threads,
+                       progress=not args.quiet and not args.json))
     if args.html:
         from .report.html import html_report
 
@@ -796,3 +798,74 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# ------------------------------------------------------------------ Dask (issue 14): --dask and `onnxq batch`
+# Kept apart: Dask is imported only when --dask is given (onnxq.distributed.cluster names the extra).
+
+_DASK_HELP = ("run on Dask: tcp://HOST:PORT (a running `dask scheduler`) or local:N (a LocalCluster of N "
+              "single-threaded workers, closed at the end); needs pip install 'onnxq[dask]'")
+
+
+def _add_distributed(sub: Any, common: argparse.ArgumentParser, *, quantize: argparse.ArgumentParser,
+                     validate: argparse.ArgumentParser) -> None:
+    """``--dask`` on quantize and validate, and the ``batch`` command."""
+    quantize.add_argument("--dask", metavar="SPEC", help=_DASK_HELP + "; same ranges and report as in-process")
+    validate.add_argument("--dask", metavar="SPEC", help=_DASK_HELP + "; same report as in-process")
+    b = sub.add_parser("batch", parents=[common], help="quantize many models (a folder or a manifest) as independent tasks",
+                       description="Quantize every model of a folder of .onnx files or of a YAML/JSON manifest; "
+                                   "one model's failure never stops the others. Prints a summary table and "
+                                   "writes a JSON summary and JUnit (one test case per model). Exit code 1 "
+                                   "when a model failed or missed its target.")
+    b.add_argument("source", metavar="IN", help="folder of .onnx files, or a .yaml/.yml/.json manifest")
+    b.add_argument("-o", "--out", required=True, metavar="DIR", help="folder for the quantized models")
+    b.add_argument("--calib", metavar="DATA", help="calibration data for models without their own")
+    b.add_argument("--eval", metavar="DATA", help="evaluation data for models without their own")
+    b.add_argument("--mode", choices=[m.value for m in Mode], help="quantization mode for every model")
+    b.add_argument("--method", choices=[m.value for m in CalibrationMethod], help="calibration method")
+    b.add_argument("--target", metavar="GOAL", help="accuracy goal for every model (e.g. cosine>=0.99)")
+    b.add_argument("--latency", action="store_true", help="measure latency (off by default in a batch)")
+    b.add_argument("--summary", metavar="OUT.json", help="JSON summary (default: DIR/batch_summary.json)")
+    b.add_argument("--junit", metavar="OUT.xml", help="JUnit XML (default: DIR/batch_junit.xml)")
+    b.add_argument("--dask", metavar="SPEC", help=_DASK_HELP + "; each model is one task")
+    b.set_defaults(func=_cmd_batch)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .distributed.batch import FAILED, ERROR, format_table, read_items, run_batch, to_junit, write_summary
+
+    out = Path(args.out)
+    options = {k: v for k, v in (("mode", args.mode), ("method", args.method), ("target", args.target)) if v}
+    items = read_items(args.source, out, calibration=args.calib, evaluation=args.eval, options=options)
+    summary, junit = args.summary or out / "batch_summary.json", args.junit or out / "batch_junit.xml"
+    out.mkdir(parents=True, exist_ok=True)
+    for path, what in ((summary, "--summary"), (junit, "--junit")):
+        _check_output_path(str(path), what=what)
+    if args.dask:
+        from .distributed.cluster import open_cluster
+
+        with open_cluster(args.dask) as client:
+            outcomes = run_batch(items, client=client, latency=args.latency)
+    else:
+        outcomes = run_batch(items, latency=args.latency, progress=not args.quiet)
+    write_summary(outcomes, summary)
+    to_junit(outcomes, junit)
+    print(format_table(outcomes))
+    print(f"wrote {summary} and {junit}")
+    return ExitCode.CHECK_FAILED if any(o.status in (FAILED, ERROR) for o in outcomes) else ExitCode.OK
+
+
+def _validate_on_dask(args: argparse.Namespace) -> Any:
+    """``onnxq validate --dask``: the evaluation batches sharded over the cluster's workers."""
+    from .distributed.cluster import open_cluster
+    from .distributed.validate import validate_on_cluster
+    from .feeds import load_data
+    from .model import load_model
+
+    float_model = load_model(args.float_model, check=False)
+    data = load_data(args.data, float_model, batch_size=args.batch_size, limit=args.samples)
+    with open_cluster(args.dask) as client:
+        report, _ = validate_on_cluster(client, float_model, load_model(args.quant_model, check=False), data,
+                                        source=args.data, latency=_latency(args), threads=args.threads,
+                                        progress=not args.quiet and not args.json)
+    return report
