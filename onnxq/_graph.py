@@ -9,14 +9,15 @@ both :mod:`onnxq.model` and :mod:`onnxq.summary` build on them without importing
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import onnx
 from onnx.external_data_helper import uses_external_data
 
 from .errors import ModelError
 
-__all__ = ["LARGE_MODEL_BYTES", "all_tensors", "graph_tensors", "initializer_tensors", "opset_version",
-           "proto_size", "serialized_size"]
+__all__ = ["LARGE_MODEL_BYTES", "all_tensors", "debug_info_size", "graph_tensors", "initializer_tensors",
+           "opset_version", "proto_size", "serialized_size"]
 
 #: Serialized size (bytes) above which a model cannot be one protobuf message: such models are
 #: checked by path and saved with their tensors in an external-data side file.
@@ -82,6 +83,57 @@ def proto_size(model: onnx.ModelProto) -> int:
             info = {entry.key: entry.value for entry in tensor.external_data}
             external += int(info.get("length") or 0)
     return serialized_size(model) + external
+
+
+def debug_info_size(model: onnx.ModelProto) -> int:
+    """Serialized bytes of the exporters' debug information: every node's ``metadata_props`` and
+    ``doc_string`` (torch's module paths and stack traces), subgraphs and functions included.
+
+    Exporters write it, ONNX Runtime's optimiser and the quantizer keep some of it, so sizes that
+    are compared (float vs quantized) leave it out of both.
+    """
+    total = 0
+    containers: list[Any] = [model.graph, *model.functions]
+    for container in containers:
+        saved = sum(_node_debug_size(node) for node in container.node)
+        if saved:  # the container's length prefix shrinks with it
+            before = serialized_size(container)
+            total += saved + _varint_size(before) - _varint_size(before - saved)
+    return total
+
+
+def _node_debug_size(node: onnx.NodeProto) -> int:
+    if not _has_debug_info(node):
+        return 0
+    stripped = onnx.NodeProto()
+    stripped.CopyFrom(node)
+    _strip_debug_info(stripped)
+    before, after = serialized_size(node), serialized_size(stripped)
+    return before + _varint_size(before) - after - _varint_size(after)
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            yield attribute.g
+        yield from attribute.graphs
+
+
+def _has_debug_info(node: onnx.NodeProto) -> bool:
+    return bool(node.doc_string or len(node.metadata_props)) or any(
+        _has_debug_info(inner) for graph in _subgraphs(node) for inner in graph.node)
+
+
+def _strip_debug_info(node: onnx.NodeProto) -> None:
+    node.ClearField("doc_string")
+    node.ClearField("metadata_props")
+    for graph in _subgraphs(node):
+        for inner in graph.node:
+            _strip_debug_info(inner)
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (int(value).bit_length() + 6) // 7)
 
 
 def serialized_size(message: object) -> int:

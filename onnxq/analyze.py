@@ -51,6 +51,7 @@ from onnx import numpy_helper
 
 from .engine import Runner, StreamBatch, stream, tapped
 from .errors import DataError, ModelError
+from .names import framework_names
 from .report.schema import LayerMetrics
 from .validate import OutputAccumulator, check_same_io, evaluation_data
 
@@ -121,6 +122,9 @@ def analyze(float_model: onnx.ModelProto | str | os.PathLike[str],
         layers += [_activation_metrics(a) for a in activations if a.float_name not in broken]
     elif activations:
         logger.info("no data: %d activation tensor(s) not measured, weights only", len(activations))
+    names = framework_names(float_proto, {m.node for m in layers if m.node})
+    for m in layers:
+        m.framework_name = names.get(m.node or "")
     return rank(layers)
 
 
@@ -145,6 +149,9 @@ def format_layers(layers: list[LayerMetrics], *, top: int | None = None) -> str:
     rows = [(m.tensor, m.op_type or "-", m.kind, format_number(m.sqnr_db, ".2f"),
              format_number(m.cosine, ".6f"), format_number(m.model_sqnr_db, ".2f"),
              format_number(m.model_cosine, ".6f"), ", ".join(m.fallback_nodes) or "-") for m in shown]
+    if any(m.framework_name for m in shown):  # the user's layer names, beside the ONNX tensor
+        header = ("tensor", "layer", *header[1:])
+        rows = [(row[0], m.framework_name or "-", *row[1:]) for row, m in zip(rows, shown)]
     lines = _table(header, rows)
     if top is not None and len(layers) > top:
         lines.append(f"... {len(layers) - top} more (of {len(layers)})")

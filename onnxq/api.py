@@ -21,6 +21,7 @@ from .errors import AdapterError, ConfigError
 from .feeds import Dataset, InputSpec, check_data, load_data
 from .latency import LatencyOptions
 from .model import load_model, model_size, save_model
+from .names import framework_names
 from .plan import QuantPlan, make_plan
 from .prepare import prepare
 from .report import Report
@@ -190,9 +191,20 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     if tuning is not None:
         tuning.annotate(report)
     report.notes[:0] = export_notes
+    report.framework_names = _named_nodes(prepared, report)
     if evaluation is None and calibration is not None:
         report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
     return QuantResult(model=quantized, report=report, plan=plan, ranges=built.ranges, source=source)
+
+
+def _named_nodes(model: onnx.ModelProto, report: Report) -> dict[str, str]:
+    """The framework names (``layer2.conv1``) of the nodes ``report`` names."""
+    mentioned = set(report.float_nodes) | {str(d.get("name")) for d in report.float_node_details}
+    for step in report.fallback:
+        mentioned.update(step.nodes + ([step.node] if step.node else []))
+    for layer in report.layers:
+        mentioned.update(layer.fallback_nodes + ([layer.node] if layer.node else []))
+    return framework_names(model, mentioned)
 
 
 def _check_data_needs(config: QuantConfig, calibration: Any, ranges: Ranges | None) -> None:
@@ -275,7 +287,7 @@ def _add_integer_details(report: Report, qat_model: onnx.ModelProto | None, quan
         report.qat_tensors = [t.to_dict() for t in tensors]
         report.notes.append(describe(tensors))
     if config.io_type is not None or config.mode is Mode.FLOAT16:  # validation ran a wrapped model
-        report.quant_size_bytes = model_size(quantized)
+        report.quant_size_bytes = model_size(quantized, debug_info=False)
         report.size_ratio = report.float_size_bytes / max(report.quant_size_bytes, 1)
 
 
@@ -358,7 +370,7 @@ def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Data
     from .validate import validate
 
     if data is None:
-        float_bytes, quant_bytes = model_size(float_model), model_size(quantized)
+        float_bytes, quant_bytes = model_size(float_model, debug_info=False), model_size(quantized, debug_info=False)
         report = Report(outputs=[], samples=0, float_size_bytes=float_bytes, quant_size_bytes=quant_bytes,
                         size_ratio=float_bytes / max(quant_bytes, 1))
         report.notes.append("No evaluation data: closeness to float was not measured.")

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import onnx
 from onnx.external_data_helper import set_external_data, uses_external_data
 
-from ._graph import LARGE_MODEL_BYTES, opset_version, proto_size, serialized_size
+from ._graph import LARGE_MODEL_BYTES, debug_info_size, opset_version, proto_size, serialized_size
 from ._graph import all_tensors as _all_tensors, initializer_tensors as _initializer_tensors
 from ._atomic import output_target
 from .errors import ConfigError, ModelError
@@ -474,18 +474,20 @@ def _same_file(a: Path, b: Path) -> bool:
 # ----------------------------------------------------------------------------- size and hash
 
 
-def model_size(model_or_path: onnx.ModelProto | _PathLike) -> int:
+def model_size(model_or_path: onnx.ModelProto | _PathLike, *, debug_info: bool = True) -> int:
     """Return the bytes a model takes serialized, external data included.
 
     Args:
         model_or_path: a model in memory, or the path of a saved model (the model file plus
             every distinct external-data file it references).
+        debug_info: count the exporters' node ``metadata_props`` and doc strings; ``False`` for
+            sizes that are compared (float vs quantized), which keep different shares of it.
 
     Raises:
         ModelError: the path cannot be read or refers to unsafe or missing external data.
     """
     if isinstance(model_or_path, onnx.ModelProto):
-        return proto_size(model_or_path)
+        return proto_size(model_or_path) - (0 if debug_info else debug_info_size(model_or_path))
     path = Path(model_or_path)
     label = f"'{os.fspath(model_or_path)}'"
     if not path.is_file():
@@ -496,7 +498,8 @@ def model_size(model_or_path: onnx.ModelProto | _PathLike) -> int:
         raise ModelError(f"cannot read model {label}: not an ONNX file ({_one_line(exc)})") from exc
     files = {_external_ref(t, path.parent, label)[0]
              for t in _all_tensors(header) if uses_external_data(t)}
-    return path.stat().st_size + sum(file.stat().st_size for file in files)
+    debug = 0 if debug_info else debug_info_size(header)
+    return path.stat().st_size - debug + sum(file.stat().st_size for file in files)
 
 
 def model_hash(model: onnx.ModelProto) -> str:

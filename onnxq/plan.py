@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 
 from .config import Mode, QuantConfig, QuantType
+from .names import framework_name
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
 
@@ -105,6 +106,16 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def node_matches(node: onnx.NodeProto | str, patterns: Iterable[str]) -> bool:
+    """True when the node's ONNX name or its framework name (``layer2.conv1``, see
+    :mod:`onnxq.names`) matches one of ``patterns``; a bare name is matched as it is."""
+    patterns = tuple(patterns)
+    if isinstance(node, str) or not patterns:
+        return matches(node if isinstance(node, str) else node.name, patterns)
+    other = framework_name(node)
+    return matches(node.name, patterns) or (other is not None and matches(other, patterns))
+
+
 def is_transformer(model: onnx.ModelProto) -> bool:
     """A graph with attention-style ops (Softmax, LayerNormalization, Attention)."""
     return any(node.op_type in TRANSFORMER_MARKERS for node in model.graph.node)
@@ -190,15 +201,15 @@ def user_choice(node: onnx.NodeProto, config: QuantConfig) -> str | None:
     """Why the user's selection keeps ``node`` out of the conversion, or ``None`` when it does not.
 
     The one selection policy of every mode: ``exclude_op_types``, ``exclude_nodes``, ``keep_float``
-    (names or globs) and the ``include_nodes`` list.
+    (names or globs, of the ONNX node or of its framework layer) and the ``include_nodes`` list.
     """
     if node.op_type in config.exclude_op_types:
         return "op type excluded by the user"
-    if matches(node.name, config.exclude_nodes):
+    if node_matches(node, config.exclude_nodes):
         return "excluded by the user"
-    if matches(node.name, config.keep_float):
+    if node_matches(node, config.keep_float):
         return "pinned to float by the user (keep_float)"
-    if config.include_nodes and not matches(node.name, config.include_nodes):
+    if config.include_nodes and not node_matches(node, config.include_nodes):
         return "not in the user's include list"
     return None
 

@@ -43,7 +43,7 @@ import onnx
 from .config import Mode, QuantConfig
 from .errors import ConfigError
 from .metrics import MetricFn, Target, parse_target, worst_value
-from .plan import NodeDecision, QuantPlan, matches, set_calibration_targets
+from .plan import NodeDecision, QuantPlan, node_matches, set_calibration_targets
 from .report.schema import FallbackStep, LayerMetrics, Report
 from .runtime import create_session, run
 
@@ -182,7 +182,7 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
             continue
         chosen = set(plan.nodes_to_quantize)
         nodes = [n for n in entry.fallback_nodes if n in chosen]
-        if not nodes or any(matches(n, config.force_quantize) for n in entry.fallback_nodes):
+        if not nodes or any(node_matches(by_name.get(n, n), config.force_quantize) for n in entry.fallback_nodes):
             continue
         candidate = keep_float(plan, prepared, nodes, ranges)
         if candidate is None:

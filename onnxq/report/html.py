@@ -350,10 +350,10 @@ def _summary_section(report: Report) -> list[str]:
     if details:
         out.append(f"<details{' open' if len(details) <= 20 else ''}><summary>Nodes that run in float "
                    f"({len(details)})</summary>")
-        out += _records_table(details)
+        out += _records_table(_named(details, report, "name"))
         out.append("</details>")
     elif report.float_nodes:
-        items = "".join(f"<li><code>{_e(n)}</code></li>" for n in report.float_nodes)
+        items = "".join(f"<li><code>{_e(report.display_name(n))}</code></li>" for n in report.float_nodes)
         out.append(f"<details{' open' if len(report.float_nodes) <= 20 else ''}><summary>"
                    f"Nodes kept in float ({len(report.float_nodes)})</summary><ul>{items}</ul></details>")
     return out
@@ -383,7 +383,8 @@ def _layers_section(report: Report, figure_class: Any) -> list[str]:
         shown = finite[:_MAX_LAYER_BARS]
         fig = figure_class(figsize=(9, 0.8 + 0.24 * len(shown)))
         ax = fig.add_subplot()
-        labels = [_short(_layer_name(layer)) for layer, _ in shown]
+        labels = [_short(_layer_name(layer)) + (f" ({_get(layer, 'framework_name')})"
+                                                 if _get(layer, "framework_name") else "") for layer, _ in shown]
         colors = ["#cf6a00" if str(_get(layer, "kind", "")).lower() == "weight" else "#0969da"
                   for layer, _ in shown]
         ax.barh(range(len(shown)), [v for _, v in shown], color=colors)
@@ -497,7 +498,7 @@ def _fallback_section(report: Report, figure_class: Any) -> list[str]:
             ax.set_title(f"{key} after each fallback step", fontsize=10)
             ax.grid(alpha=0.3)
             out.append(_img(fig, "fallback steps"))
-    return out + _records_table(steps)
+    return out + _records_table(_named(steps, report, "node", "nodes"))
 
 
 def _details_section(report: Report) -> list[str]:
@@ -625,6 +626,19 @@ def _record(obj: Any) -> dict[str, Any]:
     if hasattr(obj, "__dict__"):
         return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
     return {"value": obj}
+
+
+def _named(records: Sequence[Any], report: Report, *keys: str) -> list[dict[str, Any]]:
+    """``records`` with the node names under ``keys`` shown as ``name (framework name)``."""
+    rows = [_record(r) for r in records]
+    for row in rows:
+        for key in keys:
+            value = row.get(key)
+            if isinstance(value, str):
+                row[key] = report.display_name(value)
+            elif isinstance(value, (list, tuple)):
+                row[key] = [report.display_name(str(v)) for v in value]
+    return rows
 
 
 def _records_table(records: Sequence[Any]) -> list[str]:

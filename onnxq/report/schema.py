@@ -14,7 +14,9 @@ JSON conventions (``schema_version`` 2; version 1 files still load):
 Version history: 2 added ``layers`` (per-layer error, :class:`LayerMetrics`), ``fallback``
 (:class:`FallbackStep`), ``target`` and ``target_met`` (issue 5); a version-1 file loads with
 those empty / ``None``. Within version 2, ``passes`` (accuracy-recovery passes, issue 10) was added
-as an optional list; files without it load with it empty. ``latency`` gained the optional
+as an optional list; files without it load with it empty.
+``framework_names`` (ONNX node name -> the user's layer name) and ``LayerMetrics.framework_name``
+are optional (issue 12); older files load with them empty / ``None``. ``latency`` gained the optional
 percentile spread, ``warmup``, ``stop`` and ``seconds`` (issue 12); older files load with them ``None``.
 """
 
@@ -33,6 +35,7 @@ import numpy as np
 from .._atomic import write_text_atomic
 from ..errors import ConfigError, DataError
 from ..metrics import METRICS, get_metric
+from ..names import display_name
 
 SCHEMA_VERSION = 2
 
@@ -151,6 +154,8 @@ class LayerMetrics:
         model_sqnr_db: activations: SQNR of what the quantized model computes there (including
             every upstream error) against the float activation; ``None`` for weights.
         model_cosine: activations: the mean per-sample cosine of that pair; ``None`` for weights.
+        framework_name: the layer of the user's model that ``node`` came from (``layer2.conv1``,
+            see :mod:`onnxq.names`), when the graph tells.
     """
 
     tensor: str
@@ -162,6 +167,7 @@ class LayerMetrics:
     fallback_nodes: list[str] = field(default_factory=list)
     model_sqnr_db: float | None = None
     model_cosine: float | None = None
+    framework_name: str | None = None
 
 
 @dataclass
@@ -218,6 +224,8 @@ class Report:
         target_met: whether the goal held at the end; ``None`` without a target.
         passes: what each accuracy-recovery pass did (equalization, bias correction, adaptive
             rounding), as ``{"name", "summary", "changed", "details", "seconds"}``.
+        framework_names: ONNX node name -> the layer of the user's model it came from
+            (``layer2.conv1``; :mod:`onnxq.names`), for the nodes this report names.
         schema_version: version of this JSON layout.
     """
 
@@ -240,6 +248,7 @@ class Report:
     target: str | None = None
     target_met: bool | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
+    framework_names: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------- queries
@@ -273,6 +282,10 @@ class Report:
             return (0, 0.0) if math.isnan(value) else (1, sign * value)
 
         return min(candidates, key=badness_key)
+
+    def display_name(self, node: str | None) -> str:
+        """``node (layer2.conv1)`` when the user's layer name of ``node`` is known, else ``node``."""
+        return display_name(node, self.framework_names)
 
     # ---------------------------------------------------------------- JSON
 
@@ -316,6 +329,7 @@ class Report:
                 target=None if data.get("target") is None else str(data["target"]),
                 target_met=None if data.get("target_met") is None else bool(data["target_met"]),
                 passes=[dict(d) for d in data.get("passes") or []],
+                framework_names={str(k): str(v) for k, v in (data.get("framework_names") or {}).items()},
                 schema_version=SCHEMA_VERSION,
             )
         except (TypeError, ValueError, AttributeError) as exc:
@@ -379,14 +393,15 @@ class Report:
             lines.append(f"accuracy: {format_percent(self.float_accuracy)} -> "
                          f"{format_percent(self.quant_accuracy)}")
         if self.float_nodes:
-            shown = ", ".join(self.float_nodes[:8])
+            shown = ", ".join(self.display_name(n) for n in self.float_nodes[:8])
             more = f", ... (+{len(self.float_nodes) - 8})" if len(self.float_nodes) > 8 else ""
             lines.append(f"float nodes ({len(self.float_nodes)}): {shown}{more}")
         if self.target is not None:
             verdict = {True: "met", False: "NOT met", None: "not checked"}[self.target_met]
             lines.append(f"target:   {self.target} {verdict}" + (
                 f" after {len(self.fallback) - 1} fallback step(s)" if self.fallback else ""))
-            lines.extend(f"  step {s.step}: " + (f"kept {', '.join(s.nodes or [s.node or ''])} float -> "
+            lines.extend(f"  step {s.step}: " + (f"kept {', '.join(map(self.display_name, s.nodes or [s.node]))}"
+                                                  " float -> "
                                                   if s.step else "first quantization -> ")
                          + f"{format_number(s.metric_value, '.6g')}" for s in self.fallback)
         lines.extend(f"pass:     {p.get('name')}: {p.get('summary')} ({float(p.get('seconds') or 0):.1f} s)"
@@ -551,6 +566,7 @@ def _layer_from_dict(data: dict[str, Any]) -> LayerMetrics:
         fallback_nodes=[str(n) for n in data.get("fallback_nodes") or []],
         model_sqnr_db=to_optional_float(data.get("model_sqnr_db")),
         model_cosine=to_optional_float(data.get("model_cosine")),
+        framework_name=_optional_str(data.get("framework_name")),
     )
 
 

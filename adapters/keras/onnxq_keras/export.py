@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import onnx
 from onnxq.adapters import ExportResult
 from onnxq.errors import AdapterError, OnnxqError
+from onnxq.names import FRAMEWORK_NAME_KEY
 from onnxq.runtime import create_session, run
 from onnxq.summary import TensorInfo
 
@@ -133,6 +135,7 @@ def export(obj: Any, *, example_inputs: Any = None, data: Any = None,
         raise AdapterError(f"the {target.kind} captures eager tensors that tf2onnx turns into extra inputs "
                            f"({', '.join(extra)}); hold such constants in tf.Variable (or a tf.Module)")
     _clean_io_names(proto, target.input_names, output_names)
+    _name_layers(proto, obj)
     if nchw:
         notes.append(f"Inputs {', '.join(nchw)} are NCHW in ONNX (Keras: NHWC); framework data is "
                      "transposed for them, numpy data must already be NCHW.")
@@ -388,6 +391,46 @@ def _clean_io_names(proto: onnx.ModelProto, input_names: list[str], output_names
     for node in proto.graph.node:
         node.input[:] = [rename.get(n, n) for n in node.input]
         node.output[:] = [rename.get(n, n) for n in node.output]
+
+
+_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
+
+
+def _name_layers(proto: onnx.ModelProto, obj: Any) -> None:
+    """Record in each node's metadata the Keras layer it came from (``onnxq.names``), read from
+    the TF scopes in tf2onnx's names (``cnn_1/stem_conv_1/convolution``); a Conv/MatMul/Gemm
+    is named after its weight's layer (a folded BatchNorm gives the Conv its own name)."""
+    if not isinstance(obj, _tf.keras().Model):
+        return
+    initializers = {t.name for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        index = _WEIGHT_INPUT.get(node.op_type)
+        weight = node.input[index] if index is not None and len(node.input) > index else ""
+        layer = (_layer_path(weight.split(":")[0], obj) if weight in initializers else None) \
+            or _layer_path(node.name, obj)
+        if layer:
+            entry = node.metadata_props.add()
+            entry.key, entry.value = FRAMEWORK_NAME_KEY, layer
+
+
+def _layer_path(name: str, model: Any) -> str | None:
+    """``inner/dense`` for ``outer_1/inner_1/dense_1/MatMul`` (TF may suffix each scope ``_<n>``)."""
+    parts = name.split("/")
+    if len(parts) < 3 or not re.fullmatch(re.escape(model.name) + r"(_\d+)?", parts[0]):
+        return None
+    suffixed = parts[0] != model.name
+    found: list[str] = []
+    container = model
+    for scope in parts[1:-1]:
+        layers = {layer.name: layer for layer in getattr(container, "layers", None) or []}
+        bare = re.sub(r"_\d+$", "", scope)
+        choice = [bare, scope] if suffixed else [scope, bare]
+        match = next((c for c in choice if c in layers), None)
+        if match is None:
+            break
+        found.append(match)
+        container = layers[match]
+    return "/".join(found) or None
 
 
 def _verify(function: Any, proto: onnx.ModelProto, arrays: list[np.ndarray], target: Target,
