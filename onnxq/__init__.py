@@ -16,7 +16,8 @@ from .plan import QuantPlan
 from .presets import Preset, list_presets, preset
 from .report import FallbackStep, LayerMetrics, Report
 from .compare import Comparison, compare
-from .report.html import html_report, write_html
+from .evidence import html_report
+from .report.html import write_html
 from .rewrite.io_types import IoParams, io_params
 from .validate import validate
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from ._paths import check_output_folder
 from .adapters import adapter_for_data, adapter_for_object, adapter_for_path, describe_inputs
 from .calibration.ranges import Ranges
 from .config import Mode, QuantConfig
+from .engine import timed
 from .errors import AdapterError, ConfigError
 from .feeds import Dataset, InputSpec, check_data, load_data
 from .latency import LatencyOptions
@@ -38,6 +40,8 @@ class QuantResult:
         report: validation of the quantized model against the float one.
         plan: which nodes were quantized and which stayed float, with reasons.
         ranges: calibrated activation ranges (static mode), ``None`` for dynamic.
+        float_model: the float ONNX model the run quantized (exported from a framework model, before
+            preparation), for reports that compare against it without exporting it again.
     """
 
     model: onnx.ModelProto
@@ -45,6 +49,7 @@ class QuantResult:
     plan: QuantPlan
     ranges: Ranges | None = None
     source: str | None = None
+    float_model: onnx.ModelProto | None = None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the quantized model atomically; refuses to overwrite the float model it came from."""
@@ -159,12 +164,15 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     eval_source = evaluation if evaluation is not None else calibration
     eval_data = (load_data(eval_source, float_model, batch_size=config.batch_size)
                  if eval_source is not None else None)
-    prepared = prepare(float_model, config)
+    timings: dict[str, float] = {}  # seconds per stage, for the report's time line
+    with timed(timings, "prepare"):
+        prepared = prepare(float_model, config)
 
     executor = _executor(client, calibration, eval_source)
     job = pipelines.Job(prepared, config, calib_data, ranges, qat=qat, progress=progress, cache_dir=cache_dir,
                         executor=executor)
     built = pipelines.PIPELINES[config.mode](job)
+    timings.update(built.timings)
     plan, quantized = built.plan, built.model
     notes = list(plan.notes)
     float_ops: list[Any] = []
@@ -177,24 +185,30 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         from .tune import tune
 
         assert built.recipe is not None  # target needs static or dynamic mode (QuantConfig checks it)
+        started = time.perf_counter()
         tuning = tune(float_model, built.recipe.model, plan, quantized, eval_data, config, ranges=built.ranges,
                       progress=progress, metric=metric, rebuild=built.recipe.build)
         plan, quantized = tuning.plan, tuning.model
+        timings["tune"] = time.perf_counter() - started
         float_ops = float_nodes(quantized) if config.mode is Mode.STATIC else []
     for note in notes:
         logger.info(note)
 
-    report = _report(float_model, _float_io_view(quantized, config), eval_data, config, plan, notes,
-                     progress=progress, latency=latency, threads=threads, executor=executor)
+    view = _float_io_view(quantized, config)
+    known = tuning.report if tuning is not None and view is quantized else None  # validated by the fallback
+    report = _report(float_model, view, eval_data, config, plan, notes,
+                     progress=progress, latency=latency, threads=threads, known=known, executor=executor)
     _add_integer_details(report, float_model if qat else None, quantized, float_ops, config)
     report.passes = [record.to_dict() for record in built.passes]
+    report.timings = {**timings, **report.timings}  # + validate, latency
     if tuning is not None:
         tuning.annotate(report)
     report.notes[:0] = export_notes
     report.framework_names = _named_nodes(prepared, report)
     if evaluation is None and calibration is not None:
         report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
-    return QuantResult(model=quantized, report=report, plan=plan, ranges=built.ranges, source=source)
+    return QuantResult(model=quantized, report=report, plan=plan, ranges=built.ranges, source=source,
+                       float_model=float_model)
 
 
 def _named_nodes(model: onnx.ModelProto, report: Report) -> dict[str, str]:
@@ -240,7 +254,7 @@ def _pass_through(model: onnx.ModelProto, export_notes: list[str], config: Quant
     report = Report(outputs=[], samples=0, float_size_bytes=size, quant_size_bytes=size, size_ratio=1.0,
                     mode="qat", config=config.to_dict(), notes=export_notes + plan.notes)
     _add_integer_details(report, model, model, [], config)
-    return QuantResult(model=model, report=report, plan=plan, ranges=None, source=source)
+    return QuantResult(model=model, report=report, plan=plan, ranges=None, source=source, float_model=model)
 
 
 def _integer_steps(model: onnx.ModelProto, ranges: Ranges | None,
@@ -366,8 +380,8 @@ def _dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Datase
 
 def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Dataset | None, config: QuantConfig,
             plan: QuantPlan, notes: list[str], *, progress: bool, latency: bool | LatencyOptions,
-            threads: int | None, executor: Any = None) -> Report:
-    from .validate import validate
+            threads: int | None, known: Report | None = None, executor: Any = None) -> Report:
+    from .validate import validate, with_latency
 
     if data is None:
         float_bytes, quant_bytes = model_size(float_model, debug_info=False), model_size(quantized, debug_info=False)
@@ -376,6 +390,8 @@ def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Data
         report.notes.append("No evaluation data: closeness to float was not measured.")
     elif executor is not None:  # sharded on a Dask cluster: the same report
         report = executor.validate(float_model, quantized, data, latency=latency, threads=threads, progress=progress)
+    elif known is not None:  # the fallback's last step validated this very model: latency only
+        report = with_latency(known, float_model, quantized, data, latency=latency, threads=threads)
     else:
         report = validate(float_model, quantized, data, batch_size=config.batch_size, latency=latency,
                           threads=threads, progress=progress)

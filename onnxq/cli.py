@@ -564,9 +564,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       allow_pickle=args.allow_pickle, metric=metric, client=args.dask)
     written = result.save(args.output)
     if args.report and Path(args.report).suffix.lower() in (".html", ".htm"):
-        from .report.html import html_report
+        from .evidence import html_report
 
-        html_report(args.model, result.model, args.eval or args.calib, args.report, report=result.report,
+        # the float model of the run: a framework model is not exported a second time
+        html_report(result.float_model, result.model, args.eval or args.calib, args.report,
+                    report=result.report,
                     ranges=result.ranges, calibration=args.calib, batch_size=args.batch_size,
                     progress=not args.quiet)
     elif args.report:
@@ -702,7 +704,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                        limit=args.samples, latency=_latency(args), threads=args.threads,
                        progress=not args.quiet and not args.json))
     if args.html:
-        from .report.html import html_report
+        from .evidence import html_report
 
         html_report(args.float_model, args.quant_model, args.data, args.html, report=report,
                     batch_size=args.batch_size, progress=not args.quiet and not args.json)

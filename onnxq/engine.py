@@ -23,9 +23,11 @@ the shards' results.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Observer", "Runner", "StreamBatch", "StreamStats", "TappedModel", "batch_samples", "fixed_batch_size", "merge_observers",
-    "observe", "pair_runners", "sample_specs", "stream", "tapped",
+    "Stopwatch", "first_batch", "observe", "pair_runners", "sample_specs", "stream", "tapped", "timed",
 ]
 
 Feeds = dict[str, np.ndarray]
@@ -435,3 +437,37 @@ def _reduced_model(model: onnx.ModelProto, full: list[str], reduced: dict[str, t
         graph.output.extend(helper.make_empty_tensor_value_info(o) for o in outputs)
     return result
 
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the ``with`` block to ``timings[stage]`` (the per-stage line of a report)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+class Stopwatch:
+    """Laps of wall-clock time by stage: ``lap(stage)`` adds the time since the last lap to ``stage``
+    (``None``: the time is not counted)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str | None) -> None:
+        now = time.perf_counter()
+        if stage is not None:
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+def first_batch(runners: Sequence[Runner], data: Any) -> Feeds | None:
+    """The first batch of ``data`` as :func:`stream` would feed it to ``runners`` (padded to a fixed
+    batch size); ``None`` for empty data. Reads one batch, runs nothing."""
+    fixed = next((r.batch for r in runners if r.batch is not None), None)
+    for chunk, _, real in _fit(_batches_of(data), fixed):
+        return _pad(chunk, fixed) if fixed is not None and real < fixed else chunk
+    return None

@@ -24,6 +24,7 @@ from .calibration.ranges import RangeCache, Ranges
 from .calibration.runner import collect_ranges as _collect_ranges
 from .calibration.runner import range_settings
 from .config import Mode, QuantConfig
+from .engine import Stopwatch, timed
 from .feeds import Dataset
 from .model import model_hash
 from .passes import PassRecord
@@ -106,6 +107,7 @@ class Built:
         ranges: the activation ranges used (static mode).
         recipe: rebuilds the graph for another plan (``None``: the mode has no fallback).
         passes: what each accuracy pass did.
+        timings: wall-clock seconds of the stages that ran (``calibrate``, ``passes``, ``rewrite``).
     """
 
     plan: QuantPlan
@@ -113,6 +115,7 @@ class Built:
     ranges: Ranges | None = None
     recipe: Recipe | None = None
     passes: list[PassRecord] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------- the pipelines
@@ -127,6 +130,7 @@ def static(job: Job) -> Built:
 
         plan = exclude_qat_nodes(plan, model)
     passes: list[PassRecord] = []
+    stopwatch = Stopwatch()
     ranges = job.ranges
     if ranges is None:
         assert job.calibration is not None  # api.quantize checked it
@@ -134,38 +138,53 @@ def static(job: Job) -> Built:
         # and only when we calibrate here (ranges passed in were made for the unchanged model)
         model, plan = _smooth(model, plan, job)
         model = _equalize(model, job, passes)
+        stopwatch.lap("passes")
         if config.io_type is not None:  # integer I/O needs the range of every float input/output
             from .rewrite.io_types import float_io_tensors
 
             plan = replace(plan, tensors_to_calibrate=plan.tensors_to_calibrate + [
                 t for t in float_io_tensors(model) if t not in plan.tensors_to_calibrate])
+        stopwatch.lap(None)
         ranges = calibrate_ranges(model, plan, job.calibration, config, progress=job.progress,
                                   cache_dir=job.cache_dir, executor=job.executor)
+    stopwatch.lap("calibrate" if job.ranges is None else None)
     plan = refine_plan(plan, model, ranges)
     recipe = Recipe(model, ranges, config, qat=job.qat)
     if job.calibration is not None and not job.qat:
         recipe = _correct_biases(recipe, plan, job, passes)
         recipe = _round_weights(recipe, plan, job, passes)
-    return Built(plan, recipe.build(plan), ranges, recipe, passes)
+        stopwatch.lap("passes")
+    quantized = recipe.build(plan)
+    stopwatch.lap("rewrite")
+    return Built(plan, quantized, ranges, recipe, passes, stopwatch.timings)
 
 
 def dynamic(job: Job) -> Built:
     """Int8 weights, activations quantized by ORT at run time: no data, no ranges."""
     plan = make_plan(job.prepared, job.config, supported_op_types=rewrite.dynamic_op_types())
     recipe = Recipe(job.prepared, None, job.config)
-    return Built(plan, recipe.build(plan), None, recipe)
+    timings: dict[str, float] = {}
+    with timed(timings, "rewrite"):
+        quantized = recipe.build(plan)
+    return Built(plan, quantized, None, recipe, timings=timings)
 
 
 def float16(job: Job) -> Built:
     """float16 weights and activations through ORT's converter (no fallback: nothing is calibrated)."""
     plan = rewrite.float16_plan(job.prepared, job.config)
-    return Built(plan, rewrite.quantize_float16(job.prepared, plan, job.config))
+    timings: dict[str, float] = {}
+    with timed(timings, "rewrite"):
+        quantized = rewrite.quantize_float16(job.prepared, plan, job.config)
+    return Built(plan, quantized, timings=timings)
 
 
 def weight_only(job: Job) -> Built:
     """Block-wise int4/int8 MatMul weights (MatMulNBits); GPTQ reads the calibration data."""
     plan = rewrite.weight_only_plan(job.prepared, job.config)
-    return Built(plan, rewrite.quantize_weight_only(job.prepared, plan, job.config, calibration=job.calibration))
+    timings: dict[str, float] = {}
+    with timed(timings, "rewrite"):  # GPTQ's pass over the calibration data included
+        quantized = rewrite.quantize_weight_only(job.prepared, plan, job.config, calibration=job.calibration)
+    return Built(plan, quantized, timings=timings)
 
 
 PIPELINES: dict[Mode, Callable[[Job], Built]] = {

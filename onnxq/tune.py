@@ -97,6 +97,8 @@ class TuneResult:
         steps: step 0 (first quantization) and one entry per fallback step.
         layers: the per-layer analysis of the first quantized model (empty when the goal held
             at once).
+        report: the validation of ``model`` made by the last step (``None`` with a metric function),
+            which the final report reuses instead of validating the same model again.
     """
 
     model: onnx.ModelProto
@@ -105,6 +107,7 @@ class TuneResult:
     target_met: bool
     steps: list[FallbackStep] = field(default_factory=list)
     layers: list[LayerMetrics] = field(default_factory=list)
+    report: Report | None = None
 
     def annotate(self, report: Report) -> None:
         """Record target, steps and layers in ``report`` (plus one note)."""
@@ -158,18 +161,20 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
     start = time.monotonic()
     reference = user_metric(float_model, data, metric) if target.metric == "metric_drop" else 0.0
 
+    reports: list[Report] = []  # the validation of the last model measured
+
     def measure(model: onnx.ModelProto) -> float:
         if uses_fn:
             value = user_metric(model, data, metric)
             return reference - value if target.metric == "metric_drop" else value
-        report = validate(float_model, model, data, latency=False, progress=False)
-        return metric_value(report, target)
+        reports[:] = [validate(float_model, model, data, latency=False, progress=False)]
+        return metric_value(reports[0], target)
 
     value = measure(quantized)
     steps = [FallbackStep(step=0, node=None, op_type=None, metric_value=value, goal_met=target.holds(value))]
     logger.info("target %s: first quantization gives %.6g", target, value)
     if steps[0].goal_met:
-        return TuneResult(quantized, plan, target, True, steps)
+        return TuneResult(quantized, plan, target, True, steps, report=reports[0] if reports else None)
     layers = analyze(prepared, quantized, data, progress=progress)
     by_name = {n.name: n for n in prepared.graph.node}
     for entry in layers:
@@ -200,7 +205,7 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
                     entry.kind, entry.tensor, target.metric, value)
         if steps[-1].goal_met:
             break
-    return TuneResult(quantized, plan, target, steps[-1].goal_met, steps, layers)
+    return TuneResult(quantized, plan, target, steps[-1].goal_met, steps, layers, reports[0] if reports else None)
 
 
 def keep_float(plan: QuantPlan, model: onnx.ModelProto, nodes: list[str], ranges: Any = None) -> QuantPlan | None:

@@ -20,7 +20,8 @@ from onnxq import QuantResult, quantize
 from onnxq.calibration.histograms import estimated_sqnr_db, tensor_histograms
 from onnxq.errors import ConfigError
 from onnxq.feeds import load_data
-from onnxq.report.html import clipping_ranges, collect_scatter, html_report, write_html
+from onnxq.evidence import clipping_ranges, collect_scatter, html_report
+from onnxq.report.html import write_html
 from onnxq.report.schema import Report, format_number, format_percent
 
 pytest.importorskip("matplotlib", reason="HTML reports need matplotlib (pip install 'onnxq[html]')")
@@ -284,3 +285,19 @@ def test_renders_in_headless_chromium(html_file: Path, tmp_path: Path) -> None:
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     colourful = int(np.count_nonzero(saturation > 0.25))
     assert colourful > 2_000, colourful  # without decoded images this is 0
+
+
+def test_quantize_report_html_does_not_export_twice(cnn_files: CnnFiles, tmp_path: Path,
+                                                    run_cli: Callable[..., tuple[int, str, str]],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HTML is rendered from the run's float model and report: the model is resolved (exported) once."""
+    import onnxq.api
+
+    calls = []
+    real = onnxq.api.resolve_model
+    monkeypatch.setattr(onnxq.api, "resolve_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    report = tmp_path / "r.html"
+    code, _, err = run_cli("quantize", cnn_files.model, "--calib", cnn_files.calib, "-o", tmp_path / "q.onnx",
+                           "--report", report, "--no-latency", "-q")
+    assert code == 0, err
+    assert len(calls) == 1 and report.read_text(encoding="utf-8").count(IMG) >= 2

@@ -2,7 +2,8 @@
 
 Calibration keeps only what a range estimator needs; a report also wants to *show* the
 distribution of a tensor next to the clipping range that was chosen for it. This module runs one
-extra streamed pass with :class:`~onnxq.calibration.observers.HistogramObserver` on the tapped
+extra streamed pass on :mod:`onnxq.engine` with :class:`~onnxq.calibration.observers.HistogramObserver`
+on the tapped
 tensors (one batch of activations alive at a time), and estimates from a histogram how much
 signal a given clipping range keeps.
 """
@@ -17,11 +18,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .._progress import progress as progress_bar
+from ..engine import observe
 from ..errors import DataError
-from ..runtime import create_session, run
 from .observers import HistogramObserver
-from .runner import tap
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +62,9 @@ def tensor_histograms(model: onnx.ModelProto, data: Any, tensors: Sequence[str],
             logger.debug("tensor %s is not in the model; no histogram", name)
     if not wanted:
         return {}
-    session = create_session(tap(model, wanted))
-    observers = {name: HistogramObserver(num_bins) for name in wanted}
-    batches = 0
-    for feeds in progress_bar(data, desc="histograms", total=getattr(data, "num_batches", None),
-                              enabled=progress):
-        outputs = run(session, feeds, wanted)
-        for name, values in zip(wanted, outputs):
-            if values.dtype.kind == "f":
-                observers[name].update(values)
-        batches += 1
-        del outputs
-    if batches == 0:
+    observers, samples = observe(model, data, wanted, lambda: HistogramObserver(num_bins), desc="histograms",
+                                 progress=progress)
+    if samples == 0:
         raise DataError("the data for the histograms holds no batch")
     return {name: obs for name, obs in observers.items() if obs.count > 0}
 

@@ -15,8 +15,9 @@ Sections (each only when its data is there):
 * float-versus-quantized output scatter plots;
 * the fallback steps (``Report.fallback_steps``) as a table and a plot.
 
-:func:`write_html` renders what it is given. :func:`html_report` gathers the histograms and the
-scatter samples with two extra streamed passes (one batch alive at a time) and then writes.
+:func:`write_html` renders what it is given and runs no model: the histograms and scatter samples
+are gathered by :mod:`onnxq.evidence` on the streaming engine (``html_report``, ``collect_scatter``,
+``clipping_ranges``), from the models and the report of the run.
 """
 
 from __future__ import annotations
@@ -30,29 +31,26 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-from .. import __version__
 from .._atomic import write_text_atomic
 from ..errors import ConfigError
 from .schema import Report, format_bytes, format_number, format_percent
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["clipping_ranges", "collect_scatter", "html_report", "require_matplotlib", "write_html"]
+__all__ = ["require_matplotlib", "write_html"]
 
 #: ``name -> (counts, edges, low, high)``: a histogram and the clipping range chosen for it.
 Histograms = Mapping[str, tuple[Any, Any, float, float]]
 #: ``output name -> (float values, quantized values)``, already subsampled.
 Scatter = Mapping[str, tuple[Any, Any]]
 
-_RENAMED_OUTPUT = "_QuantizeLinear_Input"
 _MAX_LAYER_BARS = 40
 _MAX_LAYER_ROWS = 25
 _DPI = 96
@@ -102,7 +100,7 @@ def write_html(report: Report, path: str | os.PathLike[str], *, histograms: Hist
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">{report.samples} evaluation samples &middot; report schema '
-        f"{report.schema_version} &middot; onnxq {_e(__version__)}</p>",
+        f"{report.schema_version} &middot; onnxq {_e(_version())}</p>",
     ]
     parts += _summary_section(report)
     parts += _target_section(report)
@@ -117,202 +115,6 @@ def write_html(report: Report, path: str | os.PathLike[str], *, histograms: Hist
     written = write_text_atomic(path, "\n".join(parts) + "\n")
     logger.info("wrote HTML report %s", written)
     return written
-
-
-def html_report(float_model: Any, quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any,
-                path: str | os.PathLike[str], *, report: Report | None = None, ranges: Any = None,
-                calibration: Any = None, batch_size: int = 8, max_samples: int = 256, worst: int = 6,
-                max_points: int = 2000, num_bins: int = 2048, progress: bool = False) -> Path:
-    """Gather histograms and scatter samples for a float/quantized pair and write the HTML report.
-
-    Two extra streamed passes run (one batch alive at a time, ``max_samples`` samples each): the
-    activation histograms of every quantized tensor on ``calibration`` (default: ``data``), and a
-    uniform subsample of ``max_points`` output values per output on ``data``. The ``worst``
-    tensors are shown: lowest per-layer SQNR when ``report.layers`` is there, otherwise lowest
-    SQNR estimated from the histogram and its clipping range.
-
-    A tensor that the float model computes is histogrammed there; one that only the quantized
-    model has (a SmoothQuant-scaled input) is histogrammed in the quantized model, where it is the
-    input of its QuantizeLinear.
-
-    Args:
-        float_model: the float model (ONNX path or ModelProto, or what an adapter exports).
-        quant_model: the quantized model or a path to it.
-        data: evaluation data (anything :func:`onnxq.feeds.load_data` accepts).
-        path: the ``.html`` file to write.
-        report: the report to render; default: :func:`onnxq.validate` on ``data`` (no latency).
-        ranges: the clipping ranges: a :class:`~onnxq.Ranges` (e.g. ``QuantResult.ranges``) or a
-            mapping ``name -> (low, high)``; default: read from the quantized model's
-            QuantizeLinear scales and zero points.
-        calibration: data for the histograms (the calibration data); default ``data``.
-        batch_size: samples per batch.
-        max_samples: samples used by each extra pass.
-        worst: how many tensors' histograms to show.
-        max_points: scatter points per output.
-        num_bins: histogram bins.
-        progress: progress bars on stderr.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ConfigError: matplotlib is missing, or a count argument is not positive.
-        DataError, ModelError: the data or models do not fit.
-    """
-    from ..api import resolve_data, resolve_model
-    from ..calibration.histograms import estimated_sqnr_db, tensor_histograms, tensor_names
-    from ..feeds import load_data
-    from ..model import load_model
-    from ..validate import validate
-
-    require_matplotlib()  # fail before the long passes
-    for name, value in (("max_samples", max_samples), ("worst", worst), ("max_points", max_points)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if data is None and calibration is None:  # e.g. dynamic quantization without evaluation data
-        if report is None:
-            raise ConfigError("an HTML report needs evaluation data or a report")
-        return write_html(report, path)
-    float_proto, _ = resolve_model(float_model, data=calibration if calibration is not None else data)
-    quant_proto = load_model(quant_model, check=False)
-    input_names = [i.name for i in float_proto.graph.input]
-    data = resolve_data(data if data is not None else calibration, input_names)
-    calibration = resolve_data(calibration, input_names) if calibration is not None else data
-    if report is None:
-        report = validate(float_proto, quant_proto, data, batch_size=batch_size, latency=False,
-                          progress=progress)
-
-    in_quant = clipping_ranges(quant_proto)
-    chosen = _as_ranges(ranges) if ranges is not None else {n: (lo, hi) for n, (lo, hi, _) in in_quant.items()}
-    levels = {n: lv for n, (_, _, lv) in in_quant.items()}
-    histograms: dict[str, tuple[np.ndarray, np.ndarray, float, float]] = {}
-    if chosen:
-        float_known = tensor_names(float_proto)
-        quant_known = tensor_names(quant_proto)
-        for model, names in ((float_proto, [n for n in chosen if n in float_known]),
-                             (quant_proto, [n for n in chosen if n not in float_known and n in quant_known])):
-            if not names:
-                continue
-            source = load_data(calibration, model, batch_size=batch_size, limit=max_samples)
-            for name, obs in tensor_histograms(model, source, names, num_bins=num_bins, progress=progress).items():
-                low, high = chosen[name]
-                histograms[name] = (obs.counts, obs.edges, float(low), float(high))
-        layer_sqnr = {_layer_name(layer): _number(_get(layer, "sqnr_db", _get(layer, "sqnr")))
-                      for layer in _layers(report)}
-
-        def badness(name: str) -> float:
-            value = layer_sqnr.get(name)
-            if value is None:
-                counts, edges, low, high = histograms[name]
-                value = estimated_sqnr_db(counts, edges, low, high, levels=levels.get(name, 256))
-            return -math.inf if math.isnan(value) else value
-
-        histograms = {n: histograms[n] for n in sorted(histograms, key=badness)[:worst]}
-    scatter = (collect_scatter(float_proto, quant_proto, data, max_points=max_points, batch_size=batch_size,
-                               limit=max_samples, progress=progress) if data is not None else None)
-    return write_html(report, path, histograms=histograms, scatter=scatter)
-
-
-def collect_scatter(float_model: onnx.ModelProto | str | os.PathLike[str],
-                    quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
-                    max_points: int = 2000, batch_size: int = 8, limit: int | None = None, seed: int = 0,
-                    progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A uniform random subsample of paired float/quantized output values, streamed.
-
-    Every element of every batch gets a random key; the ``max_points`` smallest keys seen so far
-    are kept (a reservoir), so memory stays ``O(max_points)`` per output whatever the data size.
-
-    Args:
-        float_model: the float model or a path to it.
-        quant_model: the quantized model or a path to it.
-        data: evaluation data (anything :func:`onnxq.feeds.load_data` accepts).
-        max_points: values kept per output.
-        batch_size: samples per batch.
-        limit: use at most this many samples.
-        seed: seed of the subsampling.
-        progress: show a progress bar on stderr.
-
-    Returns:
-        ``output name -> (float values, quantized values)`` (float64, same length) for every
-        floating-point output.
-
-    Raises:
-        ModelError: the models differ in inputs/outputs or cannot run.
-        DataError: the data does not fit the model.
-    """
-    from .._progress import progress as progress_bar
-    from ..feeds import load_data
-    from ..model import load_model
-    from ..runtime import create_session, run
-    from ..validate import check_same_io
-
-    float_proto = load_model(float_model, check=False)
-    quant_proto = load_model(quant_model, check=False)
-    check_same_io(float_proto, quant_proto)
-    names = [o.name for o in float_proto.graph.output]
-    dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
-    float_session = create_session(float_proto)
-    quant_session = create_session(quant_proto)
-    rng = np.random.default_rng(seed)
-    kept: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for feeds in progress_bar(dataset, desc="scatter", total=dataset.num_batches, enabled=progress):
-        for name, ref, cand in zip(names, run(float_session, feeds, names), run(quant_session, feeds, names)):
-            ref, cand = np.asarray(ref), np.asarray(cand)
-            if ref.dtype.kind != "f" or ref.shape != cand.shape:
-                continue
-            r = ref.reshape(-1).astype(np.float64)
-            c = cand.reshape(-1).astype(np.float64)
-            keys = rng.random(r.size)
-            if r.size > max_points:
-                pick = np.argpartition(keys, max_points)[:max_points]
-                r, c, keys = r[pick], c[pick], keys[pick]
-            if name in kept:
-                old_keys, old_r, old_c = kept[name]
-                keys, r, c = (np.concatenate([old_keys, keys]), np.concatenate([old_r, r]),
-                              np.concatenate([old_c, c]))
-                if keys.size > max_points:
-                    pick = np.argpartition(keys, max_points)[:max_points]
-                    keys, r, c = keys[pick], r[pick], c[pick]
-            kept[name] = (keys, r, c)
-    return {name: (r, c) for name, (_, r, c) in kept.items()}
-
-
-def clipping_ranges(quant_model: onnx.ModelProto) -> dict[str, tuple[float, float, int]]:
-    """The clipping range of every per-tensor quantized activation of a QDQ model.
-
-    Read from each QuantizeLinear whose input is not an initializer and whose scale and zero point
-    are scalar initializers: ``low = (qmin - zp) * scale``, ``high = (qmax - zp) * scale``.
-
-    Returns:
-        ``tensor name -> (low, high, levels)``, ``levels`` being 256 for 8-bit and 65536 for 16-bit.
-    """
-    graph = quant_model.graph
-    inits = {t.name: t for t in graph.initializer}
-    limits = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127),
-              np.dtype(np.uint16): (0, 65535), np.dtype(np.int16): (-32768, 32767)}
-    outputs = {o.name for o in graph.output}
-    result: dict[str, tuple[float, float, int]] = {}
-    for node in graph.node:
-        if node.op_type != "QuantizeLinear" or node.input[0] in inits or node.input[1] not in inits:
-            continue
-        scale = numpy_helper.to_array(inits[node.input[1]])
-        if scale.size != 1:
-            continue
-        if len(node.input) > 2 and node.input[2]:
-            if node.input[2] not in inits:
-                continue
-            zp = numpy_helper.to_array(inits[node.input[2]])
-        else:
-            zp = np.zeros((), np.uint8)
-        if zp.size != 1 or zp.dtype not in limits:
-            continue
-        qmin, qmax = limits[zp.dtype]
-        s, z = float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
-        name = node.input[0]
-        if name.endswith(_RENAMED_OUTPUT) and name[:-len(_RENAMED_OUTPUT)] in outputs:
-            name = name[:-len(_RENAMED_OUTPUT)]  # ORT renames a quantized graph output's producer
-        result[name] = ((qmin - z) * s, (qmax - z) * s, qmax - qmin + 1)
-    return result
 
 
 # ============================================================================ sections
@@ -511,6 +313,11 @@ def _details_section(report: Report) -> list[str]:
 # ============================================================================ helpers
 
 
+def _version() -> str:
+    """onnxq's version, read from the loaded package (importing it here would import every stage)."""
+    return str(getattr(sys.modules.get("onnxq"), "__version__", "?"))
+
+
 def require_matplotlib() -> None:
     """Check that HTML reports can be drawn.
 
@@ -601,21 +408,6 @@ def _layer_name(layer: Any) -> str:
         if value:
             return str(value)
     return "?"
-
-
-def _as_ranges(ranges: Any) -> dict[str, tuple[float, float]]:
-    """``Ranges`` / mapping of ``TensorRange`` or ``(low, high)`` -> ``name -> (low, high)``."""
-    tensors = getattr(ranges, "tensors", ranges)
-    if not isinstance(tensors, Mapping):
-        raise ConfigError(f"ranges must be a Ranges or a mapping name -> (low, high), got {type(ranges).__name__}")
-    out = {}
-    for name, value in tensors.items():
-        if hasattr(value, "low") and hasattr(value, "high"):
-            out[str(name)] = (float(value.low), float(value.high))
-        else:
-            low, high = value
-            out[str(name)] = (float(low), float(high))
-    return out
 
 
 def _record(obj: Any) -> dict[str, Any]:

@@ -14,10 +14,11 @@ JSON conventions (``schema_version`` 2; version 1 files still load):
 Version history: 2 added ``layers`` (per-layer error, :class:`LayerMetrics`), ``fallback``
 (:class:`FallbackStep`), ``target`` and ``target_met`` (issue 5); a version-1 file loads with
 those empty / ``None``. Within version 2, ``passes`` (accuracy-recovery passes, issue 10) was added
-as an optional list; files without it load with it empty.
-``framework_names`` (ONNX node name -> the user's layer name) and ``LayerMetrics.framework_name``
-are optional (issue 12); older files load with them empty / ``None``. ``latency`` gained the optional
+as an optional list; files without it load with it empty. ``latency`` gained the optional
 percentile spread, ``warmup``, ``stop`` and ``seconds`` (issue 12); older files load with them ``None``.
+``framework_names`` (ONNX node name -> the user's layer name) and ``LayerMetrics.framework_name``
+are optional (issue 12); older files load with them empty / ``None``. ``timings`` (seconds per stage
+of the run, issue 13) is optional; older files load with it empty.
 """
 
 from __future__ import annotations
@@ -226,6 +227,8 @@ class Report:
             rounding), as ``{"name", "summary", "changed", "details", "seconds"}``.
         framework_names: ONNX node name -> the layer of the user's model it came from
             (``layer2.conv1``; :mod:`onnxq.names`), for the nodes this report names.
+        timings: wall-clock seconds per stage of the run (``prepare``, ``calibrate``, ``passes``,
+            ``rewrite``, ``tune``, ``validate``, ``latency``), for the stages that ran.
         schema_version: version of this JSON layout.
     """
 
@@ -249,6 +252,7 @@ class Report:
     target_met: bool | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
     framework_names: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------- queries
@@ -330,6 +334,7 @@ class Report:
                 target_met=None if data.get("target_met") is None else bool(data["target_met"]),
                 passes=[dict(d) for d in data.get("passes") or []],
                 framework_names={str(k): str(v) for k, v in (data.get("framework_names") or {}).items()},
+                timings={str(k): to_float(v) for k, v in (data.get("timings") or {}).items()},
                 schema_version=SCHEMA_VERSION,
             )
         except (TypeError, ValueError, AttributeError) as exc:
@@ -406,6 +411,8 @@ class Report:
                          + f"{format_number(s.metric_value, '.6g')}" for s in self.fallback)
         lines.extend(f"pass:     {p.get('name')}: {p.get('summary')} ({float(p.get('seconds') or 0):.1f} s)"
                      for p in self.passes)
+        if self.timings:
+            lines.append(f"time:     {format_timings(self.timings)}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -414,6 +421,17 @@ class Report:
 
 
 # ------------------------------------------------------------------------- formatting helpers
+
+#: The stages of a run in the order the time line shows them (other names follow).
+STAGES = ("export", "prepare", "calibrate", "passes", "rewrite", "tune", "validate", "latency")
+
+
+def format_timings(timings: dict[str, float]) -> str:
+    """``prepare 0.12 s, calibrate 1.30 s, ... (total 2.05 s)``, the stages in :data:`STAGES` order."""
+    order = sorted(timings, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES))
+    parts = [f"{stage} {timings[stage]:.2f} s" for stage in order]
+    return ", ".join(parts) + f" (total {sum(timings.values()):.2f} s)"
+
 
 def format_number(value: float | None, spec: str) -> str:
     """Format a float with ``spec``; ``None`` as ``-`` and infinities as ``inf``/``-inf``."""
