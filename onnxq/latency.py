@@ -6,12 +6,13 @@ One timing loop (:func:`interleaved_times`) serves :func:`measure_latency` (``va
 * **Warm-up**: each model runs ``warmup`` untimed times first (allocations, kernel selection).
 * **Interleaved blocks**: the models take turns in blocks of ``block`` timed runs, the order
   reversed every round (A B, B A, A B ...), so that drift in clock speed or machine load hits every
-  model alike. Each block starts with ``block_warmup`` untimed runs: ONNX Runtime's intra-op
-  threads spin for a while after a run, and the first run after another session's block would pay
-  for that session's spinning threads.
+  model alike. Each block of short runs (under 20 ms) starts with an untimed run: ONNX Runtime's
+  intra-op threads spin for a while after a run, and the first run after another session's block
+  would pay for that session's spinning threads.
 * **Stopping**: with ``runs`` set, exactly that many timed runs per model. Otherwise rounds go on
-  until every model's median moved by at most ``tolerance`` (relative) over the last two rounds,
-  or ``max_runs`` / the time ``budget_s`` is reached; the result says which.
+  for at least ``min_seconds`` (2 s: a shorter measurement samples one moment of the machine's
+  load), then until every model's median moved by at most ``tolerance`` (relative) over the last
+  two rounds, or ``max_runs`` / the time ``budget_s`` is reached; the result says which.
 * **Reported**: the median and the 10th-90th percentile spread per model, and
   ``speedup = float median / quantized median``; :func:`speed_text` words it ``x1.80 faster`` or
   ``x1.80 slower``, never a speed-up below 1.
@@ -56,10 +57,13 @@ class LatencyOptions:
             samples; larger: the batch's samples repeated.
         warmup: untimed runs per model before the first block.
         block: timed runs per model per block; ``None``: as many as take about 50 ms (1 to 20).
-        block_warmup: untimed runs at the start of each block.
+        block_warmup: untimed runs at the start of each block; ``None``: 1 for runs under 20 ms
+            (where another session's spinning threads would show), else 0.
         tolerance: the largest relative change of a median over the last two rounds that counts
             as stable.
         min_runs: timed runs per model before stability is checked.
+        min_seconds: seconds of timed rounds before stability is checked, so that the medians
+            span the machine's load changes rather than one moment of it.
         max_runs: cap on timed runs per model when ``runs`` is ``None``.
         budget_s: time budget of the timed rounds, in seconds, when ``runs`` is ``None``.
     """
@@ -68,9 +72,10 @@ class LatencyOptions:
     batch: int | None = None
     warmup: int = 3
     block: int | None = None
-    block_warmup: int = 1
+    block_warmup: int | None = None
     tolerance: float = 0.01
     min_runs: int = 10
+    min_seconds: float = 2.0
     max_runs: int = 2000
     budget_s: float = 5.0
 
@@ -79,10 +84,16 @@ class LatencyOptions:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and low <= value <= MAX_RUNS):
                 raise ConfigError(f"latency {name} must be an integer in [{low}, {MAX_RUNS}] or None, got {value!r}")
-        for name, low in (("warmup", 0), ("block_warmup", 0), ("min_runs", 1), ("max_runs", 1)):
+        if self.block_warmup is not None and not (isinstance(self.block_warmup, int)
+                                                  and 0 <= self.block_warmup <= MAX_RUNS):
+            raise ConfigError(f"latency block_warmup must be an integer in [0, {MAX_RUNS}] or None, "
+                              f"got {self.block_warmup!r}")
+        for name, low in (("warmup", 0), ("min_runs", 1), ("max_runs", 1)):
             value = getattr(self, name)
             if not (isinstance(value, int) and low <= value <= MAX_RUNS):
                 raise ConfigError(f"latency {name} must be an integer in [{low}, {MAX_RUNS}], got {value!r}")
+        if not (isinstance(self.min_seconds, (int, float)) and 0 <= self.min_seconds <= MAX_BUDGET_S):
+            raise ConfigError(f"latency min_seconds must be in [0, {MAX_BUDGET_S:g}], got {self.min_seconds!r}")
         if not (isinstance(self.budget_s, (int, float)) and 0 < self.budget_s <= MAX_BUDGET_S):
             raise ConfigError(f"latency budget_s must be in (0, {MAX_BUDGET_S:g}] seconds, got {self.budget_s!r}")
         if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance < 1):
@@ -141,6 +152,7 @@ def interleaved_times(openers: Mapping[str, BlockOpener], options: LatencyOption
     # without a block size, at least one run per model to size the blocks
     slowest = _warm_up(openers, options.warmup if options.block else max(options.warmup, 1), clock)
     block = options.block or (min(20, max(1, math.ceil(0.05 / slowest))) if slowest > 0 else 20)
+    block_warmup = options.block_warmup if options.block_warmup is not None else int(slowest < 0.02)
     target = options.runs if options.runs is not None else options.max_runs
     started = clock()
     history: list[list[float]] = []
@@ -149,11 +161,11 @@ def interleaved_times(openers: Mapping[str, BlockOpener], options: LatencyOption
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
             count = min(block, target - len(times[name]))
-            _run_block(openers[name], times[name], count, options.block_warmup, clock)
+            _run_block(openers[name], times[name], count, block_warmup, clock)
         if options.runs is not None:
             continue
         history.append([float(np.median(times[name])) for name in names])
-        if _stable(history, times, options):
+        if clock() - started >= options.min_seconds and _stable(history, times, options):
             stop = "stable"
             break
         if clock() - started >= options.budget_s:

@@ -189,6 +189,19 @@ def test_every_junit_outcome_is_schema_valid(junit_schema: Any, tmp_path: Path) 
     assert error.get("message") == "line one line two ? with a NUL" and error.text.startswith("line one\n")
 
 
+def test_batch_junit_is_schema_valid(junit_schema: Any) -> None:
+    from onnxq.distributed.batch import ERROR, FAILED, OK, BatchOutcome, to_junit
+
+    outcomes = [BatchOutcome("ok", "ok.onnx", OK, 1.5, output="ok.quant.onnx", cosine=0.999),
+                BatchOutcome("missed", "m.onnx", FAILED, 2.0, message="target cosine>=0.999 not met"),
+                BatchOutcome("broken\x01", "b.onnx", ERROR, 0.1, message="cannot read b.onnx: \x00 bytes",
+                             error_type="ModelError")]
+    text = to_junit(outcomes)
+    junit_schema.validate(text)
+    suite = ET.fromstring(text).find("testsuite")
+    assert suite is not None and (suite.get("failures"), suite.get("errors")) == ("1", "1")
+
+
 def test_schema_rejects_the_old_layout(junit_schema: Any) -> None:
     import xmlschema
 

@@ -68,10 +68,11 @@ def test_blocks_interleave_in_alternating_order() -> None:
 def test_stops_when_the_medians_are_stable() -> None:
     clock, log = FakeClock(), []
     models = fake_models(clock, {"float": lambda i: 0.004, "quant": lambda i: 0.002}, log)
-    options = LatencyOptions(block=5, min_runs=10, max_runs=1000, budget_s=1000.0)
+    options = LatencyOptions(block=5, min_runs=10, max_runs=1000, budget_s=1000.0, min_seconds=0.5)
     timings = interleaved_times(models, options, clock=clock)
     assert timings["float"].stop == "stable"
     assert 10 <= len(timings["float"].seconds) < 1000  # three rounds at least, far fewer than the cap
+    assert 0.5 <= clock.now < 0.5 + 0.1  # never before min_seconds, and soon after (a round takes 0.04 s)
 
 
 def test_stops_at_the_budget_or_the_run_cap_when_never_stable() -> None:
@@ -101,8 +102,18 @@ def test_block_size_adapts_to_the_slowest_model() -> None:
     assert runs_per_block == [4, 4, 4, 4, 2, 2]  # 50 ms / 15 ms: 4 runs per block, then the rest
 
 
+@pytest.mark.parametrize("seconds, untimed", [(0.001, 1), (0.030, 0)])
+def test_short_runs_get_an_untimed_run_per_block(seconds: float, untimed: int) -> None:
+    clock, log = FakeClock(), []
+    models = fake_models(clock, {"float": lambda i: seconds, "quant": lambda i: seconds}, log)
+    interleaved_times(models, LatencyOptions(runs=4, block=2, warmup=1), clock=clock)
+    after_warmup = log[4:]
+    first_block = after_warmup[:after_warmup.index(("quant", "open"))]
+    assert first_block == [("float", "open")] + [("float", "run")] * (2 + untimed)
+
+
 @pytest.mark.parametrize("field, value", [("runs", 0), ("batch", 0), ("block", -1), ("warmup", -1),
-                                          ("budget_s", 0.0), ("budget_s", float("nan")), ("tolerance", 1.0),
+                                          ("budget_s", 0.0), ("budget_s", float("nan")), ("tolerance", 1.0), ("min_seconds", -1.0),
                                           ("max_runs", 10**9), ("runs", 2.5)])
 def test_options_are_bounded(field: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=field):
