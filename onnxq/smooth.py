@@ -37,12 +37,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ._progress import progress as progress_bar
-from .calibration.runner import tap
+from .engine import Runner, StreamBatch, stream, tapped
 from .errors import CalibrationError, ConfigError
 from .feeds import Dataset
 from .plan import SENTINEL_MAGNITUDE, NodeDecision, QuantPlan, constant_names, set_calibration_targets
-from .runtime import create_session, run
 from ._graph import unique_name
 
 logger = logging.getLogger(__name__)
@@ -60,8 +58,8 @@ def channel_abs_max(model: onnx.ModelProto, data: Dataset, tensors: list[str], *
                     progress: bool = False) -> dict[str, np.ndarray]:
     """Per-channel maximum of ``|x|`` (channel = last axis) of ``tensors`` over ``data``.
 
-    Streams ``data`` through ONNX Runtime one batch at a time; each batch's tapped values update
-    a running maximum and are dropped before the next batch runs.
+    Streams ``data`` through ONNX Runtime one batch at a time (:func:`onnxq.engine.stream`); each
+    batch's tapped values update a running maximum and are dropped before the next batch runs.
 
     Args:
         model: the model whose tensors are measured.
@@ -79,12 +77,10 @@ def channel_abs_max(model: onnx.ModelProto, data: Dataset, tensors: list[str], *
     tensors = list(dict.fromkeys(tensors))
     if not tensors:
         return {}
-    session = create_session(tap(model, tensors))
     maxima: dict[str, np.ndarray] = {}
-    batches = 0
-    for feeds in progress_bar(data, desc="smoothing statistics", total=data.num_batches, enabled=progress):
-        outputs = run(session, feeds, tensors)
-        for name, values in zip(tensors, outputs):
+
+    def update(batch: StreamBatch) -> None:
+        for name, values in batch.outputs[0].items():
             if values.dtype.kind != "f" or values.ndim == 0 or values.size == 0:
                 continue
             flat = np.abs(values.reshape(-1, values.shape[-1]))
@@ -99,9 +95,10 @@ def channel_abs_max(model: onnx.ModelProto, data: Dataset, tensors: list[str], *
                                        f"({previous.shape[0]} -> {batch_max.shape[0]})")
             else:
                 np.maximum(previous, batch_max, out=previous)
-        batches += 1
-        del outputs
-    if batches == 0:
+
+    stats = stream([Runner.create(tapped(model, tensors), tensors)], data, update, desc="smoothing statistics",
+                   progress=progress)
+    if stats.batches == 0:
         raise CalibrationError("the calibration data yielded no batch")
     return maxima
 

@@ -24,13 +24,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .engine import StreamBatch, pair_runners, stream
 from .errors import ConfigError
-from .feeds import load_data
 from .metrics import METRICS, get_metric
 from .model import load_model
 from .report.schema import format_number
-from .runtime import create_session, run
-from .validate import OutputAccumulator, check_same_io, is_class_scores
+from .validate import OutputAccumulator, check_same_io, evaluation_data, is_class_scores
 
 __all__ = ["assert_quantized_close"]
 
@@ -82,21 +81,21 @@ def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str]
         if unknown:
             raise ConfigError(f"unknown output(s) {unknown}; the model has {names}")
         names = list(dict.fromkeys(outputs))
-    dataset = load_data(data, float_proto, batch_size=batch_size, limit=limit)
-    float_session = create_session(_source(float_model, float_proto))
-    quant_session = create_session(_source(quant_model, quant_proto))
+    dataset = evaluation_data(data, float_proto, batch_size=batch_size, limit=limit)
+    runners = pair_runners(float_model, quant_model, float_proto, quant_proto, names)
     del float_proto, quant_proto
 
     accumulators = {n: OutputAccumulator(n) for n in names}
     worst = {n: _Worst(higher_is_better=spec.higher_is_better) for n in names}
     usable = set(names)
     offset = 0
-    for inputs, _ in dataset.batches():
-        float_out = run(float_session, inputs, names)
-        quant_out = run(quant_session, inputs, names)
+
+    def update(batch: StreamBatch) -> None:
+        nonlocal offset
+        float_out, quant_out = batch.outputs
         n = 0
-        for name, ref, cand in zip(names, float_out, quant_out):
-            ref, cand = np.asarray(ref), np.asarray(cand)
+        for name in names:
+            ref, cand = np.asarray(float_out[name]), np.asarray(quant_out[name])
             n = max(n, ref.shape[0] if ref.ndim else 1)
             if name not in usable:
                 continue
@@ -106,7 +105,8 @@ def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str]
             accumulators[name].update(ref, cand)
             worst[name].update(offset, *_per_sample(spec.name, ref, cand))
         offset += n
-        del float_out, quant_out
+
+    stream(list(runners), dataset, update, desc="compare")
 
     values: dict[str, float] = {}
     misses: list[str] = []
@@ -199,10 +199,6 @@ def _per_sample(metric: str, ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndar
         cos = np.clip(np.where(denom > 0, rc / np.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
     cos = np.where(np.isnan(denom) | np.isnan(rc), np.nan, cos)
     return np.where(identical, 1.0, cos), None
-
-
-def _source(original: Any, proto: onnx.ModelProto) -> Any:
-    return original if isinstance(original, (str, os.PathLike)) else proto
 
 
 def _fmt(value: float) -> str:

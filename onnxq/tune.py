@@ -41,11 +41,11 @@ import numpy as np
 import onnx
 
 from .config import Mode, QuantConfig
+from .engine import Runner, StreamBatch, stream
 from .errors import ConfigError
 from .metrics import MetricFn, Target, parse_target, worst_value
 from .plan import NodeDecision, QuantPlan, node_matches, set_calibration_targets
 from .report.schema import FallbackStep, LayerMetrics, Report
-from .runtime import create_session, run
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +56,17 @@ FALLBACK_REASON = "kept float by the accuracy fallback"
 
 def user_metric(model: onnx.ModelProto, data: Any, fn: MetricFn) -> float:
     """``fn`` on the model's outputs over ``data`` (outputs are gathered; activations are not)."""
-    session = create_session(model)
-    names = [o.name for o in session.get_outputs()]
-    outputs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    runner = Runner.create(model)
+    outputs: dict[str, list[np.ndarray]] = {n: [] for n in runner.outputs}
     labels: list[np.ndarray] = []
-    for feeds, batch_labels in data.batches():
-        for name, values in zip(names, run(session, feeds)):
+
+    def gather(batch: StreamBatch) -> None:
+        for name, values in batch.outputs[0].items():
             outputs[name].append(values)
-        if batch_labels is not None:
-            labels.append(np.asarray(batch_labels))
+        if batch.labels is not None:
+            labels.append(np.asarray(batch.labels))
+
+    stream([runner], data, gather, desc="metric")
     gathered = {n: np.concatenate(v) for n, v in outputs.items()}
     try:
         value = float(fn(gathered, np.concatenate(labels) if labels else None))

@@ -43,11 +43,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .._progress import progress as progress_bar
+from ..engine import Runner, StreamBatch, stream
 from ..errors import CalibrationError, ConfigError
 from ..feeds import Dataset
 from ..rewrite.weights import QuantizedWeight, read_quantized_weights
-from ..runtime import create_session, run
 from . import PassRecord
 from .._graph import unique_name
 
@@ -237,17 +236,16 @@ def measure(model: onnx.ModelProto, qdq_model: onnx.ModelProto, targets: Sequenc
     qdq_inputs = {n.name: n.input[0] for n in qdq_model.graph.node}
     probes.append(_probe(qdq_model, targets, float_nodes, [qdq_inputs[t.node] for t in targets],
                          [{"quant": dequantized[t.node]} for t in targets]))
-    sessions = [(create_session(probe), [o.name for o in probe.graph.output]) for probe in probes]
+    runners = [Runner.create(probe) for probe in probes]
     means = {t.node: LinearMeans() for t in targets}
-    batches = 0
-    for feeds in progress_bar(data, desc=desc, total=data.num_batches, enabled=progress):
-        for session, names in sessions:
-            values = dict(zip(names, run(session, feeds, names)))
+
+    def update(batch: StreamBatch) -> None:
+        for values in batch.outputs:
             for index, target in enumerate(targets):
                 _accumulate(means[target.node], values, f"bc/{index}/", target, float_nodes[target.node])
-            del values
-        batches += 1
-    if batches == 0:
+
+    stats = stream(runners, data, update, desc=desc, progress=progress)
+    if stats.batches == 0:
         raise CalibrationError("the calibration data yielded no batch")
     return means
 
