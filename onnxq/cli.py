@@ -717,6 +717,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .metrics import get_metric
 
     check_metric(args.metric, args.threshold)  # a malformed request, like argparse's errors, writes no JUnit
+    latency = _latency(args)
     if args.junit:
         _check_output_path(args.junit, args.float_model, args.quant_model, args.data, args.labels,
                            what="JUnit file")
@@ -728,7 +729,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                           samples=args.samples)
         result = compare(args.float_model, args.quant_model, args.data, metric=args.metric,
                          threshold=args.threshold, labels=args.labels, batch_size=args.batch_size,
-                         limit=args.samples, threads=args.threads, latency=_latency(args),
+                         limit=args.samples, threads=args.threads, latency=latency,
                          progress=not args.quiet and not args.json)
     except Exception as exc:  # any outcome gets its JUnit file: an <error> test case, then the usual exit
         if args.junit:
