@@ -30,6 +30,7 @@ import onnx
 
 from .._progress import progress as progress_bar
 from ..config import CalibrationMethod, QuantConfig, QuantType
+from ..engine import Runner, StreamBatch, stream
 from ..errors import CalibrationError, ModelError
 from ..feeds import Dataset
 from ..runtime import create_session, run
@@ -169,19 +170,18 @@ def _calibrate(model: onnx.ModelProto, data: Dataset, tensors: list[str], config
     """
     extra = _consumer_inputs(model, tensors) if samples else []
     tapped = tensors + extra
-    session = create_session(tap(model, tapped))
+    runner = Runner.create(tap(model, tapped), tapped)
     observers = {name: HistogramObserver(config.num_bins) for name in tensors}
     cache = _SampleCache(samples, cache_bytes)
-    count = 0
-    for feeds in progress_bar(data, desc="calibrating", total=data.num_batches, enabled=progress):
-        outputs = run(session, feeds, tapped)
-        for name, values in zip(tensors, outputs):
-            if values.dtype.kind == "f":
-                observers[name].update(values)
-        batch = len(next(iter(feeds.values())))
-        cache.offer(session, feeds, tapped, outputs, batch)
-        count += batch
-        del outputs
+
+    def update(batch: StreamBatch) -> None:
+        values = batch.outputs[0]
+        for name in tensors:
+            if values[name].dtype.kind == "f":
+                observers[name].update(values[name])
+        cache.offer(runner.session, batch.inputs, tapped, [values[n] for n in tapped], batch.samples)
+
+    count = stream([runner], data, update, desc="calibrating", progress=progress).samples
     if count == 0:
         raise CalibrationError("the calibration data yielded no samples")
     if samples and not cache.batches:
