@@ -1,0 +1,66 @@
+"""MinMax calibration wall time: in-graph reductions (ReduceMin/ReduceMax) vs full taps reduced in numpy.
+
+Issue 13 item 2. Same model as :mod:`bench.calibration_scaling` (3 Conv+Relu, GAP, Gemm; every node
+output and the input calibrated), seeded standard-normal data, batch 8. Both paths run through
+:func:`onnxq.engine.observe` (``reduce=False`` is exactly how calibration ran before: every tapped
+activation leaves ONNX Runtime and ``MinMaxObserver.update`` reduces it in numpy); the two are
+interleaved ``repeats`` times and the minimum and median wall times are reported, with a check that
+both give the same observer state (hence the same ranges).
+
+Run: ``python -m bench.calibration_reductions [--size tiny|full] [--samples N] [--repeats R]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxq.calibration.observers import MinMaxObserver
+from onnxq.engine import observe
+from onnxq.feeds import load_data
+
+from .calibration_scaling import INPUT_NAME, MODELS, build_model
+
+
+def measure(size: str = "tiny", samples: int = 128, repeats: int = 5, batch_size: int = 8) -> dict[str, object]:
+    """Wall times (s) of both paths and whether their observers agree."""
+    spec = MODELS[size]
+    with tempfile.TemporaryDirectory() as tmp:
+        model = onnx.load(build_model(Path(tmp) / "model.onnx", channels=spec["channels"], size=spec["size"]))
+    images = np.random.default_rng(0).standard_normal((samples, 3, spec["size"], spec["size"])).astype(np.float32)
+    data = load_data({INPUT_NAME: images}, model, batch_size=batch_size)
+    tensors = [INPUT_NAME] + [t for node in model.graph.node for t in node.output]
+    times: dict[bool, list[float]] = {False: [], True: []}
+    states: dict[bool, dict[str, dict]] = {}
+    for _ in range(repeats):
+        for reduce in (False, True):
+            start = time.perf_counter()
+            observers, _ = observe(model, data, tensors, MinMaxObserver, reduce=reduce)
+            times[reduce].append(time.perf_counter() - start)
+            states[reduce] = {n: o.to_dict() for n, o in observers.items()}
+    return {"size": size, "samples": samples, "tensors": len(tensors), "same_ranges": states[False] == states[True],
+            "full_taps_s": times[False], "in_graph_s": times[True]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    r = measure(args.size, args.samples, args.repeats)
+    for key, label in (("full_taps_s", "full taps + numpy"), ("in_graph_s", "in-graph reductions")):
+        values = r[key]
+        print(f"{r['size']} N={r['samples']} {label}: min {min(values):.3f} s, median {statistics.median(values):.3f} s "
+              f"over {len(values)} runs")
+    print(f"same observer state (ranges): {r['same_ranges']}")
+
+
+if __name__ == "__main__":
+    main()
