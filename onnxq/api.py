@@ -18,7 +18,7 @@ from ._paths import check_output_folder
 from .adapters import adapter_for_data, adapter_for_object, adapter_for_path, describe_inputs
 from .calibration.ranges import Ranges
 from .config import Mode, QuantConfig
-from .engine import timed
+from .engine import sample_specs, timed
 from .errors import AdapterError, ConfigError
 from .feeds import Dataset, InputSpec, check_data, load_data
 from .latency import LatencyOptions
@@ -162,7 +162,7 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
                          or _needs_data(config))
     calib_data = _dataset(calibration, float_model, config) if needs_calibration else None
     eval_source = evaluation if evaluation is not None else calibration
-    eval_data = (load_data(eval_source, float_model, batch_size=config.batch_size)
+    eval_data = (load_data(eval_source, sample_specs(float_model), batch_size=config.batch_size)
                  if eval_source is not None else None)
     timings: dict[str, float] = {}  # seconds per stage, for the report's time line
     with timed(timings, "prepare"):

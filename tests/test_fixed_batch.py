@@ -120,3 +120,9 @@ def _labels(folder: Path, count: int) -> Path:
     path = folder / "labels.npy"
     np.save(path, np.zeros(count, dtype=np.int64))
     return path
+
+
+def test_quantize_validates_every_sample_of_a_fixed_batch_model(pairs, data_file: Path) -> None:
+    result = quantize(pairs["fixed"][0], {CNN_INPUT: make_images(16)}, evaluation=data_file,
+                      config=QuantConfig(bias_correction=False), latency=False)
+    assert result.report.samples == SAMPLES and result.report.quant_accuracy is not None
