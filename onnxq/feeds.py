@@ -498,7 +498,7 @@ def _aliases(keys: Iterable[str], specs: list[InputSpec], labels_key: str | None
             renames[other] = labels_key
     if len(specs) == 1 and specs[0].name not in keys:
         rest = [k for k in keys if k not in renames and k != labels_key]
-        if len(rest) == 1:
+        if len(rest) == 1 and not re.search(r"[/\\]", rest[0]):  # never a path-like archive member
             renames[rest[0]] = specs[0].name
     return renames
 
