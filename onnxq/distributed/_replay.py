@@ -94,11 +94,14 @@ def replay(batches: list[tuple[float, float, int, int, str]], num_bins: int) -> 
     points, point_value = 0, 0.0    # values seen while the observer is a point mass, and the constant
     point_bin: int | None = None
     current: tuple[float, float] | None = None
+    seen = (math.inf, -math.inf)
     for k, (low, high, count, _, dtype) in enumerate(batches):
         if count == 0:
             continue
-        observer.update(np.array([low, high], dtype=np.dtype(dtype)))
-        state = observer.to_dict()
+        if not seen[0] <= low <= high <= seen[1]:  # inside what was seen, the grid cannot change
+            observer.update(np.array([low, high], dtype=np.dtype(dtype)))
+            seen = (min(seen[0], low), max(seen[1], high))
+            state = observer.to_dict()
         if state["width"] == 0.0:
             points, point_value = points + count, low
             continue
@@ -136,38 +139,65 @@ def _growth(old: tuple[float, float], new: tuple[float, float]) -> tuple[int, in
 
 @dataclass
 class Binner:
-    """Pass-2 observer of one tensor on one shard: counts on the final grid of :func:`replay`."""
+    """Pass-2 observer of one tensor on one shard: counts on the final grid of :func:`replay`.
+
+    Consecutive batches binned on the same grid go into one ``HistogramObserver`` placed on that
+    grid (exactly the updates the single process made); its counts move to the final grid when
+    the grid changes and at the end.
+    """
 
     plan: Plan
     counts: np.ndarray = field(init=False)
     batch: int = 0
     count: int = 0
+    _open: tuple[HistogramObserver, tuple[float, float, int, int]] | None = None  # observer, its grid and map
 
     def __post_init__(self) -> None:
         self.counts = np.zeros(self.plan.num_bins)
 
     def update(self, values: np.ndarray) -> None:
-        """Bin one batch on its grid, as the single process did, and move the counts to the final grid."""
+        """Bin one batch on its grid, as the single process did."""
         k = self.batch
         self.batch += 1
         lo, width = float(self.plan.lo[k]), float(self.plan.width[k])
         if math.isnan(lo):
             return
-        bins = self.plan.num_bins
-        grid = HistogramObserver.from_dict({"type": "histogram", "num_bins": bins, "min": lo, "max": lo,
-                                            "count": 1, "nonfinite": 0, "lo": lo, "width": width,
-                                            "counts": [0.0] * bins})
-        grid.update(values)
+        grid_map = (lo, width, int(self.plan.origin[k]), int(self.plan.factor[k]))
+        if self._open is None or self._open[1] != grid_map:
+            self._flush()
+            bins = self.plan.num_bins
+            grid = HistogramObserver.from_dict({"type": "histogram", "num_bins": bins, "min": lo, "max": lo,
+                                                "count": 1, "nonfinite": 0, "lo": lo, "width": width,
+                                                "counts": [0.0] * bins})
+            self._open = (grid, grid_map)
+        self._open[0].update(values)
+
+    def _flush(self) -> None:
+        if self._open is None:
+            return
+        grid, (_, _, origin, factor) = self._open
         counts = grid.counts
         occupied = np.flatnonzero(counts)
-        target = (occupied - int(self.plan.origin[k])) // int(self.plan.factor[k])
-        np.add.at(self.counts, target, counts[occupied])
+        np.add.at(self.counts, (occupied - origin) // factor, counts[occupied])
         self.count += int(counts.sum())
+        self._open = None
+
+    def totals(self) -> np.ndarray:
+        """The counts on the final grid of every batch seen."""
+        self._flush()
+        return self.counts
 
     def merge(self, other: Binner) -> None:
         """Add the counts of another shard."""
+        self._flush()
+        other._flush()
         self.counts += other.counts
         self.count += other.count
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Flushed before pickling (a worker returns it to the client)."""
+        self._flush()
+        return self.__dict__.copy()
 
 
 def histogram(plan: Plan, extremes: Extremes, counts: np.ndarray) -> HistogramObserver:

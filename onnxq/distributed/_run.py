@@ -22,6 +22,22 @@ class ShardTiming:
     worker: str
 
 
+def ship(client: Any, payload: Any) -> Any:
+    """A future holding ``payload`` (a serialised model) that every shard task takes as an argument.
+
+    Each worker fetches it once (from the client's task or a peer) and keeps it while tasks need
+    it; the worker-side cache (:func:`onnxq.distributed.shards.worker_cached`) then parses it and
+    builds its session once. Unlike ``client.scatter``, whose replicas the scheduler may trim and
+    which is lost for good with the last worker holding it, this is a task: a worker killed mid-run
+    takes nothing with it that Dask cannot recompute.
+    """
+    return client.submit(_hold, payload, pure=False)
+
+
+def _hold(payload: Any) -> Any:
+    return payload
+
+
 def workers_of(client: Any) -> int:
     """Workers connected to the client's scheduler (at least 1)."""
     return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))

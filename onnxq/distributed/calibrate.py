@@ -2,7 +2,7 @@
 
 Each worker streams its shard (:mod:`onnxq.distributed.shards`) through its own ONNX Runtime
 session of the tapped model (:class:`onnxq.engine.TappedModel`, the single-process loop) -- the model
-is scattered once to every worker, not sent per task -- and returns its observers. The client
+is shipped once to every worker, not sent per task -- and returns its observers. The client
 merges them in shard order and finishes exactly as the single-process run
 (:func:`ranges_from_observers`).
 
@@ -43,7 +43,7 @@ from ..engine import Observer, TappedModel, merge_observers
 from ..errors import CalibrationError
 from ..feeds import Dataset, InputSpec, input_specs
 from ._replay import Binner, Extremes, Plan, histogram, minmax, replay
-from ._run import ShardTiming, log_timings, map_shards, timings, worker_name, workers_of
+from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, workers_of
 from .shards import Shard, model_key, parse_model, plan_shards, worker_cached
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def collect_ranges(client: Any, model: onnx.ModelProto, data: Dataset, tensors: 
             logger.info("a histogram grew beyond exact re-binning: calibrating in-process")
             return collect_in_process(model, data, tensors, config, progress=progress), timings(first)
         second = run.bin(lengths, plans)  # type: ignore[arg-type]
-        observers = {t: histogram(plans[t], extremes[t], sum(r.observers[t].counts for r in second))  # type: ignore[arg-type]
+        observers = {t: histogram(plans[t], extremes[t], sum(r.observers[t].totals() for r in second))  # type: ignore[arg-type]
                      for t in tensors}
         return ranges_from_observers(observers, samples, config), timings(first) + timings(second)
     finally:
@@ -112,7 +112,7 @@ def collect_ranges(client: Any, model: onnx.ModelProto, data: Dataset, tensors: 
 
 
 class _Run:
-    """One sharded calibration: the model scattered once, the shards planned the same way per pass."""
+    """One sharded calibration: the model shipped once, the shards planned the same way per pass."""
 
     def __init__(self, client: Any, model: onnx.ModelProto, data: Dataset, tensors: list[str],
                  config: QuantConfig, source: Any, shards: int, progress: bool) -> None:
@@ -120,7 +120,7 @@ class _Run:
         self.source, self.shards, self.progress = source, shards, progress
         payload = model.SerializeToString()
         self.key = model_key(payload)
-        self.model = client.scatter(payload, broadcast=True, hash=False)
+        self.model = ship(client, payload)
         self.specs = input_specs(model)
         self.in_flight = 2 * workers_of(client)
 

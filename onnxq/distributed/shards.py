@@ -8,7 +8,7 @@ the batches a worker sees are the very batches the single-process run sees:
 * :class:`BatchShard` -- batches read on the client and shipped with the task (any source:
   folders, lists, generators, framework data).
 
-Models are shipped once per worker with ``client.scatter(..., broadcast=True)``; each worker
+Models are shipped once per worker as a recomputable task (:func:`onnxq.distributed._run.ship`); each worker
 process keeps what it built from them (:func:`worker_cached`: the tapped model and its ONNX Runtime
 session), so a model crosses the network, is deserialised and gets a session once per worker, not
 once per task.

@@ -1,7 +1,7 @@
 """Sharded validation on Dask: workers compare float and quantized outputs on their shards, the
 client folds the per-batch metrics in the single-process batch order.
 
-Each worker runs the float/quantized pair (scattered once to every worker) over its shard with
+Each worker runs the float/quantized pair (shipped once to every worker) over its shard with
 the engine's loop (:func:`onnxq.engine.stream`) and returns, per batch, the metric accumulators of
 that batch alone (:class:`~onnxq.validate.OutputAccumulator`, :class:`~onnxq.validate.AccuracyAccumulator`).
 The client folds them batch by batch in global order, adding each batch's sums exactly as the
@@ -27,7 +27,7 @@ from ..feeds import Dataset, InputSpec, input_specs
 from ..model import load_model
 from ..report.schema import Report
 from ..validate import AccuracyAccumulator, OutputAccumulator, check_same_io, is_class_scores, validate
-from ._run import ShardTiming, log_timings, map_shards, timings, worker_name, workers_of
+from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, workers_of
 from .shards import Shard, model_key, parse_model, plan_shards, worker_cached
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: 
         raise DataError("the evaluation data holds no batch")
     payload = (float_proto.SerializeToString(), quant_proto.SerializeToString())
     key = model_key(payload[0] + payload[1])
-    [scattered] = client.scatter([payload], broadcast=True, hash=False)
+    scattered = ship(client, payload)
     workers = workers_of(client)
     try:
         items = ((shard,) for shard in plan_shards(data, shards or workers, source=source))

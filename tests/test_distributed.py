@@ -1,0 +1,316 @@
+"""Dask scale-out (issue 14) on a LocalCluster over loopback: 2 single-threaded worker processes.
+
+Sharded calibration and validation must give exactly the in-process ranges and report; ``onnxq
+batch`` records a broken model and carries on; a missing Dask names the extra; a worker killed
+mid-run costs a retry, not a different result; ``import onnxq`` never imports Dask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import CNN_INPUT, make_cnn_model, make_images, make_labels
+
+distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'onnxq[dask]'")
+
+import onnxq  # noqa: E402
+from onnxq import QuantConfig  # noqa: E402
+from onnxq.distributed.batch import ERROR, OK, read_items, run_batch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    """A LocalCluster of 2 worker processes (1 thread each) on 127.0.0.1, shared by this module."""
+    local = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                     dashboard_address=None, silence_logs=40)
+    client = distributed.Client(local, set_as_default=False)
+    client.wait_for_workers(2, timeout=60)
+    yield local, client
+    client.close()
+    local.close()
+
+
+@pytest.fixture(scope="module")
+def client(cluster: Any) -> Any:
+    return cluster[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """calib.npz (203 samples: shards do not split evenly) and eval.npz with labels."""
+    folder = tmp_path_factory.mktemp("distributed")
+    calib, evaluation = folder / "calib.npz", folder / "eval.npz"
+    np.savez(calib, image=make_images(203, seed=1))
+    np.savez(evaluation, image=make_images(150, seed=3), labels=make_labels(150, seed=4))
+    model = folder / "model.onnx"
+    onnx.save_model(make_cnn_model(), model)
+    return {"calib": calib, "eval": evaluation, "model": model, "folder": folder}
+
+
+def _strip(report: onnxq.Report) -> dict[str, Any]:
+    """The report without wall-clock fields."""
+    d = report.to_dict()
+    d.pop("timings", None)
+    d.pop("latency", None)
+    for record in d.get("passes", []):
+        record.pop("seconds", None)
+    return d
+
+
+# ------------------------------------------------------------------ calibration
+
+
+@pytest.mark.parametrize("config", [
+    QuantConfig(method="minmax"),
+    QuantConfig(method="minmax", moving_average=True, batch_size=5),
+    QuantConfig(method="entropy"),
+    QuantConfig(method="percentile", percentile=99.9, batch_size=7),
+], ids=["minmax", "minmax-moving-average", "entropy", "percentile"])
+@pytest.mark.parametrize("source", ["npz", "shipped"])
+def test_ranges_equal_in_process(client: Any, data: dict[str, Path], config: QuantConfig, source: str) -> None:
+    """Row ranges read by the workers, or batches shipped from the client: the very same ranges."""
+    calibration: Any = data["calib"] if source == "npz" else {CNN_INPUT: make_images(203, seed=1)}
+    local = onnxq.calibrate(data["model"], calibration, config=config)
+    sharded = onnxq.calibrate(data["model"], calibration, config=config, client=client)
+    assert sharded.to_dict() == local.to_dict()
+    assert sharded.samples == 203
+
+
+def test_histograms_with_more_shards_than_workers(client: Any, data: dict[str, Path]) -> None:
+    """Five shards of an entropy calibration: the replayed histograms equal the single-process ones."""
+    from onnxq.calibration.runner import collect_ranges as in_process
+    from onnxq.distributed.calibrate import collect_ranges
+    from onnxq.feeds import load_data
+
+    model = make_cnn_model()
+    tensors = ["image", "conv_out", "relu_out", "pool_out", "flat", "logits"]
+    config = QuantConfig(method="entropy", num_bins=512)
+    dataset = load_data(data["calib"], model, batch_size=4)
+    ranges, timings = collect_ranges(client, model, dataset, tensors, config, source=data["calib"], shards=5)
+    assert ranges.to_dict() == in_process(model, dataset, tensors, config).to_dict()
+    assert len(timings) == 10 and sum(t.samples for t in timings) == 2 * 203  # two passes
+
+
+# ------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_quantize_on_cluster_equals_in_process(client: Any, data: dict[str, Path], mode: str) -> None:
+    """Same ranges, same model bytes, same report (latency aside) with ``client=``."""
+    config = QuantConfig(mode=mode, method="entropy") if mode == "static" else QuantConfig(mode=mode)
+    calibration = data["calib"] if mode == "static" else None
+    local = onnxq.quantize(data["model"], calibration, config=config, evaluation=data["eval"], latency=False)
+    sharded = onnxq.quantize(data["model"], calibration, config=config, evaluation=data["eval"], latency=False,
+                             client=client)
+    assert _strip(sharded.report) == _strip(local.report)
+    assert sharded.report.samples == 150 and sharded.report.quant_accuracy is not None
+    assert sharded.model.SerializeToString() == local.model.SerializeToString()
+    if mode == "static":
+        assert sharded.ranges.to_dict() == local.ranges.to_dict()
+
+
+def test_validation_report_equal_with_uneven_shards(client: Any, data: dict[str, Path]) -> None:
+    """Three shards of batches of 7 over 150 labelled samples: the report of one process, exactly."""
+    from onnxq.distributed.validate import validate_on_cluster
+    from onnxq.feeds import load_data
+
+    float_model = make_cnn_model()
+    quant = onnxq.quantize(float_model, {CNN_INPUT: make_images(64)}, latency=False).model
+    dataset = load_data(data["eval"], float_model, batch_size=7)
+    local = onnxq.validate(float_model, quant, dataset, latency=False)
+    for source in (data["eval"], None):  # row ranges / shipped batches
+        report, timings = validate_on_cluster(client, float_model, quant, dataset, source=source, shards=3,
+                                              latency=False)
+        assert _strip(report) == _strip(local)
+        assert [t.samples for t in timings] == [56, 56, 38]  # 22 batches of 7: 8 + 8 + 6
+
+
+def test_cli_dask_local_2(data: dict[str, Path], tmp_path: Path, run_cli: Any) -> None:
+    """``--dask local:2`` starts and closes its own cluster; the model is the in-process one."""
+    args = ["quantize", data["model"], "--calib", data["calib"], "--method", "percentile", "--no-latency", "-q"]
+    code, _, err = run_cli(*args, "-o", tmp_path / "local.onnx")
+    assert code == 0, err
+    code, _, err = run_cli(*args, "-o", tmp_path / "dask.onnx", "--dask", "local:2")
+    assert code == 0, err
+    assert (tmp_path / "dask.onnx").read_bytes() == (tmp_path / "local.onnx").read_bytes()
+
+
+def test_bad_dask_spec_is_a_usage_error(data: dict[str, Path], tmp_path: Path, run_cli: Any) -> None:
+    code, _, err = run_cli("quantize", data["model"], "-o", tmp_path / "q.onnx", "--calib", data["calib"],
+                           "--dask", "local:zero")
+    assert code == 2 and "--dask expects tcp://HOST:PORT" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ onnxq batch
+
+
+@pytest.fixture
+def zoo(tmp_path: Path) -> Path:
+    """Three small CNNs (one with its own data), and one file that is not a model."""
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    for seed in range(3):
+        onnx.save_model(make_cnn_model(seed=seed), folder / f"cnn{seed}.onnx")
+    np.savez(folder / "cnn1.npz", image=make_images(24, seed=9))
+    (folder / "broken.onnx").write_bytes(b"this is not an ONNX model")
+    return folder
+
+
+def test_batch_folder_with_a_broken_model(zoo: Path, data: dict[str, Path], tmp_path: Path, run_cli: Any) -> None:
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("batch", zoo, "-o", out, "--calib", data["calib"], "-q")
+    assert code == 1, err  # some model failed
+    assert "4 model(s): 3 ok, 0 failed, 1 error(s)" in stdout
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["ok"] == 3 and summary["errors"] == 1
+    assert {r["name"]: r["status"] for r in summary["results"]} == {"broken": "error", "cnn0": "ok", "cnn1": "ok",
+                                                                      "cnn2": "ok"}
+    for seed in range(3):
+        assert onnx.load(out / f"cnn{seed}.quant.onnx").graph.node
+    suite = ET.parse(out / "batch_junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "4" and suite.get("errors") == "1"
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert set(cases) == {"broken", "cnn0", "cnn1", "cnn2"}
+    error = cases["broken"].find("error")
+    assert error is not None and error.get("type") == "ModelError"
+    assert all(cases[n].find("error") is None and cases[n].find("failure") is None for n in ("cnn0", "cnn1", "cnn2"))
+
+
+def test_batch_on_cluster_matches_in_process(client: Any, zoo: Path, tmp_path: Path) -> None:
+    """The same outcomes on the cluster (one task per model); a manifest with per-model options."""
+    manifest = zoo / "batch.json"
+    manifest.write_text(json.dumps({"defaults": {"options": {"mode": "dynamic"}}, "models": [
+        {"model": "cnn0.onnx"}, {"model": "broken.onnx"},
+        {"model": "cnn1.onnx", "name": "cnn1-static", "calibration": "cnn1.npz", "options": {"mode": "static"}},
+        {"model": "cnn2.onnx", "evaluation": "cnn1.npz", "options": {"per_channel": False}}]}))
+    items = read_items(manifest, tmp_path / "out")
+    local = run_batch(items)
+    remote = run_batch([item.__class__(**{**item.__dict__, "output": item.output + ".dask"}) for item in items],
+                       client=client)
+    assert [o.status for o in local] == [o.status for o in remote] == [OK, ERROR, OK, OK]
+    assert [o.cosine for o in local] == [o.cosine for o in remote]
+    assert [o.mode for o in remote] == ["dynamic", None, "static", "dynamic"]
+    assert all(o.worker.startswith("tcp://127.0.0.1") for o in remote)
+
+
+def test_batch_junit_failure_and_error_cases(tmp_path: Path) -> None:
+    """A missed target is a <failure>, an exception an <error>; counts on the suite."""
+    from onnxq.distributed.batch import FAILED, BatchOutcome, to_junit
+
+    outcomes = [BatchOutcome("a", "a.onnx", OK, 1.0, output="a.q.onnx", cosine=0.999),
+                BatchOutcome("b", "b.onnx", FAILED, 2.0, message="target cosine>=0.999 not met"),
+                BatchOutcome("c", "c.onnx", ERROR, 0.5, message="bad\x00model", error_type="ModelError")]
+    suite = ET.fromstring(to_junit(outcomes, tmp_path / "j.xml").split("\n", 1)[1]).find("testsuite")
+    assert suite is not None and (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "1")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert cases["b"].find("failure").get("type") == "TargetNotMet"  # type: ignore[union-attr]
+    assert cases["c"].find("error").get("message") == "bad?model"  # type: ignore[union-attr]
+    assert (tmp_path / "j.xml").read_text().startswith("<?xml")
+
+
+# ------------------------------------------------------------------ worker loss
+
+
+def test_worker_killed_mid_run_gives_the_same_ranges(cluster: Any, client: Any, tmp_path: Path) -> None:
+    """SIGKILL one worker process while it calibrates a shard: Dask reruns the shard elsewhere."""
+    calib = tmp_path / "big.npz"
+    np.savez(calib, image=make_images(8000, seed=5))
+    config = QuantConfig(method="entropy", batch_size=4)
+    expected = onnxq.calibrate(make_cnn_model(), calib, config=config)
+    local, _ = cluster
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["ranges"] = onnxq.calibrate(make_cnn_model(), calib, config=config, client=client)
+        except BaseException as exc:  # surfaced by the assertion below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    start = time.monotonic()
+    thread.start()
+    killed = _kill_a_busy_worker(client, local, "_observe_shard")
+    thread.join(timeout=120)
+    assert not thread.is_alive() and "error" not in result, result.get("error")
+    assert killed, "no worker was caught running a shard"
+    assert result["ranges"].to_dict() == expected.to_dict()
+    removed = [event for _, event in client.get_events(killed) if event.get("action") == "remove-worker"]
+    lost = [key for event in removed for key in event.get("processing-tasks", ())]
+    assert any(str(key).startswith("_observe_shard") for key in lost)  # a shard died with it and was rerun
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts the worker for the tests that follow
+
+
+def _kill_a_busy_worker(client: Any, local: Any, prefix: str, timeout: float = 60.0) -> str | None:
+    """SIGKILL the process of a worker that is running a task whose key starts with ``prefix``; its address."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        processing = client.processing()
+        for address, keys in processing.items():
+            if any(str(key).startswith(prefix) for key in keys):
+                for nanny in local.workers.values():
+                    if nanny.worker_address == address and nanny.process is not None:
+                        time.sleep(0.2)  # well inside the shard
+                        os.kill(nanny.process.process.pid, signal.SIGKILL)
+                        return str(address)
+        time.sleep(0.01)
+    return None
+
+
+# ------------------------------------------------------------------ Dask stays optional
+
+_BLOCK_DASK = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("dask", "distributed"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_onnxq_never_imports_dask_without_the_option() -> None:
+    done = _python("import sys, onnxq, onnxq.cli\n"
+                   "from conftest import make_cnn_model, make_images\n"
+                   "onnxq.quantize(make_cnn_model(), {'image': make_images(16)}, latency=False)\n"
+                   "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_missing_extra_names_it(data: dict[str, Path], tmp_path: Path) -> None:
+    """Without Dask, --dask / client= fail at once with one line naming pip install 'onnxq[dask]'."""
+    done = _python(_BLOCK_DASK + "from onnxq.cli import main\n"
+                   f"code = main(['quantize', {str(data['model'])!r}, '-o', {str(tmp_path / 'q.onnx')!r}, "
+                   f"'--calib', {str(data['calib'])!r}, '--dask', 'local:2'])\n"
+                   "import onnxq\n"
+                   "try:\n"
+                   f"    onnxq.calibrate({str(data['model'])!r}, {str(data['calib'])!r}, client='local:2')\n"
+                   "except onnxq.ConfigError as exc:\n"
+                   "    print('api:', exc)\n"
+                   "sys.exit(code)")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == ["onnxq: error: running on Dask needs the optional extra: pip install 'onnxq[dask]'"]
+    assert "api: running on Dask needs the optional extra: pip install 'onnxq[dask]'" in done.stdout
+    assert not (tmp_path / "q.onnx").exists()
