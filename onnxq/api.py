@@ -175,6 +175,16 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     timings.update(built.timings)
     plan, quantized = built.plan, built.model
     notes = list(plan.notes)
+    if config.optimize != "accuracy" and config.mode is Mode.STATIC and calib_data is not None and built.recipe:
+        from .profile import latency_plan  # keep float the nodes whose int8 kernel is slower (issue 13)
+
+        with timed(timings, "latency plan"):
+            first = next(iter(calib_data.batches()))[0]
+            plan, quantized, decided = latency_plan(prepared, plan, quantized, first, setting=config.optimize,
+                                                    rebuild=built.recipe.build, ranges=built.ranges, threads=threads)
+        notes += decided.notes
+    elif config.optimize != "accuracy":
+        notes.append(f"optimize={config.optimize}: needs static mode and a calibration batch to profile; not applied")
     float_ops: list[Any] = []
     if config.mode is Mode.STATIC:
         quantized, float_ops, integer_notes = _integer_steps(quantized, built.ranges, config)

@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="static: fold the quantized weights' expected output error, measured on --calib, into the "
                         "biases")
+    q.add_argument("--optimize", choices=["accuracy", "balanced", "latency"], default=None,
+                   help="static: accuracy (default) keeps the plan; balanced keeps float the nodes whose int8 "
+                        "kernel takes over 1.1x the float time, latency those over 0.9x (profiled on a --calib "
+                        "batch with --threads; used only when the whole model gets faster)")
     q.add_argument("--rounding", choices=["nearest", "adaptive"], default=None,
                    help="static: weight rounding: nearest (default) or adaptive (AdaRound, layer by layer on --calib; "
                         "takes minutes on a large CNN, see --rounding-seconds)")
@@ -362,7 +366,7 @@ _OPTIONAL_FIELDS = {"per_channel": "per_channel", "activation_type": "activation
                     "bias_correction": "bias_correction", "weight_rounding": "rounding",
                     "rounding_seconds": "rounding_seconds", "method": "method", "percentile": "percentile",
                     "num_bins": "bins", "smooth_alpha": "smooth_alpha", "seed": "seed",
-                    "max_fallback_steps": "max_steps"}
+                    "max_fallback_steps": "max_steps", "optimize": "optimize"}
 
 #: Flags that act only in some modes: given in another one they would be silently ignored, so they
 #: are refused (exit 2) before any work. dest -> (flag, modes where it acts).
@@ -373,6 +377,7 @@ _MODE_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "activation_type": ("--activation-type", ("static",)),
     "samples": ("--samples", ("static", "weight-only")), "shuffle": ("--shuffle", ("static", "weight-only")),
     "seed": ("--seed", ("static", "weight-only")), "quantize_conv": ("--quantize-conv", ("dynamic",)),
+    "optimize": ("--optimize", ("static",)),
     "per_channel": ("--per-tensor", ("static", "dynamic")), "reduce_range": ("--reduce-range", ("static", "dynamic")),
 }
 _SWITCHES = frozenset({"shuffle", "quantize_conv", "no_smooth"})  # store_true: False means not given

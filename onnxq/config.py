@@ -126,6 +126,10 @@ class QuantConfig:
             layer by layer on the calibration data; :mod:`onnxq.passes.adaround`).
         rounding_seconds: time budget of adaptive rounding (``None``: no limit); layers not reached
             keep nearest rounding.
+        optimize: static mode: ``"accuracy"`` (default: the plan as it is), ``"balanced"`` (keep
+            float the nodes whose int8 kernel is over 10 % slower than float) or ``"latency"``
+            (also those where int8 saves under 10 %), profiled on a calibration batch
+            (:mod:`onnxq.profile`); the rebuilt model is used only when it is faster.
     """
 
     mode: Mode = Mode.STATIC
@@ -167,6 +171,7 @@ class QuantConfig:
     bias_correction: bool | None = None
     weight_rounding: str = "nearest"
     rounding_seconds: float | None = None
+    optimize: str = "accuracy"
 
     def __post_init__(self) -> None:
         coerce = {"mode": Mode, "method": CalibrationMethod, "activation_type": QuantType,
@@ -210,6 +215,8 @@ class QuantConfig:
 
     def _check_passes(self) -> None:
         """Accuracy-recovery passes (issue 10): static mode only, valid values."""
+        if self.optimize not in ("accuracy", "balanced", "latency"):
+            raise ConfigError(f"optimize={self.optimize!r} is not one of: accuracy, balanced, latency")
         if self.weight_rounding not in ("nearest", "adaptive"):
             raise ConfigError(f"weight_rounding={self.weight_rounding!r} is not one of: nearest, adaptive")
         if self.rounding_seconds is not None and not self.rounding_seconds > 0:
