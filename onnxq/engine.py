@@ -44,7 +44,8 @@ from .runtime import create_session, run
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Observer", "Runner", "StreamBatch", "StreamStats", "TappedModel", "batch_samples", "fixed_batch_size", "merge_observers",
+    "Observer", "Runner", "StreamBatch", "StreamStats", "TappedModel", "batch_samples", "fixed_batch_size",
+    "merge_observers",
     "Stopwatch", "first_batch", "observe", "pair_runners", "sample_specs", "stream", "tapped", "timed",
 ]
 
@@ -324,22 +325,29 @@ class TappedModel:
             (the sum only proves that no value is NaN or infinite).
     """
 
-    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], *, reduce: bool = False) -> None:
+    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], *, reduce: bool = False,
+                 keep: Sequence[str] = ()) -> None:
         self.model = model
         self.tensors = list(dict.fromkeys(tensors))
-        self.reduced = _float_tensors(model, self.tensors) if reduce else {}
-        self._full = [n for n in self.tensors if n not in self.reduced]
+        self.keep = [n for n in dict.fromkeys(keep)]
+        self.reduced = {n: o for n, o in (_float_tensors(model, self.tensors) if reduce else {}).items()
+                        if n not in self.keep}
+        self._full = [n for n in dict.fromkeys(self.tensors + self.keep) if n not in self.reduced]
         outputs = self._full + [o for names in self.reduced.values() for o in names]
         graph = _reduced_model(model, self._full, self.reduced) if self.reduced else tapped(model, self._full)
-        self.runner = Runner.create(graph, outputs) if self.tensors else None
+        self.runner = Runner.create(graph, outputs) if self._full or self.reduced else None
         self._rerun: Runner | None = None
 
     def observe(self, data: Any, factory: Callable[[], Observer], *, desc: str = "calibrating",
-                progress: bool = False) -> tuple[dict[str, Observer], int]:
+                progress: bool = False, also: Callable[[dict[str, np.ndarray]], None] | None = None
+                ) -> tuple[dict[str, Observer], int]:
         """Stream ``data`` (one shard of feeds, see :func:`stream`) into fresh observers, one per tensor.
 
         Observers only ever see float tensors; a batch whose reduced extremes are not finite is run
         again with full taps, so that non-finite values are skipped exactly as ``update`` skips them.
+
+        ``also`` (optional) gets each batch's ``{name: values}`` of the ``keep`` tensors (tapped in
+        full), so that another statistic shares the pass (SmoothQuant's per-channel maxima).
 
         Returns:
             The observers by tensor name (mergeable: ``merge``, ``to_dict``), and the samples seen.
@@ -350,8 +358,10 @@ class TappedModel:
 
         def update(batch: StreamBatch) -> None:
             values = batch.outputs[0]
+            if also is not None:
+                also({name: values[name] for name in self.keep})
             for name in self._full:
-                if values[name].dtype.kind == "f":
+                if name in observers and values[name].dtype.kind == "f":
                     observers[name].update(values[name])
             bad = []
             for name, (low_name, high_name, sum_name, size_name) in self.reduced.items():
@@ -432,7 +442,8 @@ def _reduced_model(model: onnx.ModelProto, full: list[str], reduced: dict[str, t
     graph = result.graph
     for name, outputs in reduced.items():
         ops = ("ReduceMin", "ReduceMax", "ReduceSum", "Size")
-        graph.node.extend(helper.make_node(op, [name], [out], name=f"{out}_node", **({"keepdims": 0} if op != "Size" else {}))
+        graph.node.extend(helper.make_node(op, [name], [out], name=f"{out}_node",
+                                           **({"keepdims": 0} if op != "Size" else {}))
                           for op, out in zip(ops, outputs))
         graph.output.extend(helper.make_empty_tensor_value_info(o) for o in outputs)
     return result

@@ -20,12 +20,13 @@ import numpy as np
 import onnx
 
 from . import rewrite
-from .calibration.ranges import RangeCache, Ranges
+from .calibration.ranges import RangeCache, Ranges, TensorRange
 from .calibration.runner import collect_ranges as _collect_ranges
 from .calibration.runner import range_settings
-from .config import Mode, QuantConfig
+from .config import CalibrationMethod, Mode, QuantConfig
 from .engine import Stopwatch, timed
 from .feeds import Dataset
+from .errors import CalibrationError
 from .model import model_hash
 from .passes import PassRecord
 from .plan import QuantPlan, is_transformer, make_plan, refine_plan
@@ -136,7 +137,7 @@ def static(job: Job) -> Built:
         assert job.calibration is not None  # api.quantize checked it
         # float-equivalent passes change which values the tensors take: they run before calibration,
         # and only when we calibrate here (ranges passed in were made for the unchanged model)
-        model, plan = _smooth(model, plan, job)
+        model, plan, ranges = _smooth(model, plan, job)  # ranges: when smoothing shared the calibration pass
         model = _equalize(model, job, passes)
         stopwatch.lap("passes")
         if config.io_type is not None:  # integer I/O needs the range of every float input/output
@@ -145,8 +146,9 @@ def static(job: Job) -> Built:
             plan = replace(plan, tensors_to_calibrate=plan.tensors_to_calibrate + [
                 t for t in float_io_tensors(model) if t not in plan.tensors_to_calibrate])
         stopwatch.lap(None)
-        ranges = calibrate_ranges(model, plan, job.calibration, config, progress=job.progress,
-                                  cache_dir=job.cache_dir, executor=job.executor)
+        if ranges is None:
+            ranges = calibrate_ranges(model, plan, job.calibration, config, progress=job.progress,
+                                      cache_dir=job.cache_dir, executor=job.executor)
     stopwatch.lap("calibrate" if job.ranges is None else None)
     plan = refine_plan(plan, model, ranges)
     recipe = Recipe(model, ranges, config, qat=job.qat)
@@ -219,14 +221,74 @@ def calibrate_ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, con
 # ------------------------------------------------------------------------------- the passes
 
 
-def _smooth(model: onnx.ModelProto, plan: QuantPlan, job: Job) -> tuple[onnx.ModelProto, QuantPlan]:
-    """SmoothQuant on transformer graphs (float-equivalent); a no-op when off or not a transformer."""
+def _smooth(model: onnx.ModelProto, plan: QuantPlan, job: Job) -> tuple[onnx.ModelProto, QuantPlan, Ranges | None]:
+    """SmoothQuant on transformer graphs (float-equivalent); a no-op when off or not a transformer.
+
+    With MinMax calibration the smoothing statistics and the calibration share one pass over the data
+    (:func:`_smooth_and_calibrate`), and the ranges come back too; otherwise they are ``None``.
+    """
     config = job.config  # a QAT model arrives with smooth_alpha=None (api.quantize)
     if config.smooth_alpha is None or not (config.transformer_policy and is_transformer(model)):
-        return model, plan
+        return model, plan, None
     from .smooth import smooth
 
-    return smooth(model, plan, job.calibration, alpha=config.smooth_alpha, progress=job.progress)
+    if (config.method is CalibrationMethod.MINMAX and not config.moving_average and job.cache_dir is None
+            and job.executor is None and not config.equalization and not job.qat):
+        return _smooth_and_calibrate(model, plan, job)
+    return (*smooth(model, plan, job.calibration, alpha=config.smooth_alpha, progress=job.progress), None)
+
+
+def _smooth_and_calibrate(model: onnx.ModelProto, plan: QuantPlan, job: Job
+                          ) -> tuple[onnx.ModelProto, QuantPlan, Ranges | None]:
+    """SmoothQuant and MinMax calibration in one pass over the calibration data.
+
+    The pass runs the unsmoothed model: MinMax observers on every tensor to calibrate (reduced in the
+    graph) and per-channel statistics of the activations to smooth. The range of a smoothed input
+    ``X' = X * (1 / s)`` follows from the per-channel minima and maxima of ``X`` exactly (rounding
+    is monotonic and ``1 / s > 0``); every other tensor keeps the name and, up to float32 rounding
+    downstream of the rescaled MatMuls, the values it had before smoothing. A tensor the pass did
+    not see is calibrated on the smoothed model in a second pass (none in practice).
+    """
+    from .calibration.observers import MinMaxObserver, compute_range, make_observer
+    from .engine import TappedModel
+    from .smooth import ChannelStats, smooth, smoothed_tensors, smoothing_targets
+
+    config, data = job.config, job.calibration
+    extra = []
+    if config.io_type is not None:
+        from .rewrite.io_types import float_io_tensors
+
+        extra = float_io_tensors(model)
+    stats = ChannelStats()
+    observers, samples = TappedModel(model, list(plan.tensors_to_calibrate) + extra, reduce=True,
+                                     keep=list(smoothing_targets(model, plan))).observe(
+        data, lambda: make_observer(config), progress=job.progress, also=stats.update)
+    smoothed, new_plan = smooth(model, plan, None, alpha=config.smooth_alpha, act_max=stats.abs_max)
+    for scaled, (source, inverse) in smoothed_tensors(smoothed, new_plan).items():
+        products = [stats.low[source].astype(inverse.dtype) * inverse,  # float32 products, as ORT's Mul
+                    stats.high[source].astype(inverse.dtype) * inverse]
+        finite = [p[np.isfinite(p)] for p in products]
+        observers[scaled] = MinMaxObserver()
+        if finite[0].size and finite[1].size:
+            observers[scaled].update_extremes(float(finite[0].min()), float(finite[1].max()), 1)
+    wanted = list(dict.fromkeys(list(new_plan.tensors_to_calibrate) + extra))
+    missing = [t for t in wanted if t not in observers]
+    if missing:
+        logger.debug("calibrating %d tensor(s) of the smoothed model in a second pass", len(missing))
+        observers.update(_collect_ranges_observers(smoothed, data, missing, config, job.progress))
+    if samples == 0:
+        raise CalibrationError("the calibration data yielded no samples")
+    tensors = {t: TensorRange(*map(float, compute_range(observers[t], config))) for t in wanted if observers[t].count}
+    return smoothed, new_plan, Ranges(tensors=tensors, method=config.method.value, samples=samples,
+                                      settings=range_settings(config))
+
+
+def _collect_ranges_observers(model: onnx.ModelProto, data: Dataset, tensors: list[str], config: QuantConfig,
+                              progress: bool) -> dict[str, Any]:
+    from .calibration.observers import make_observer
+    from .engine import observe
+
+    return observe(model, data, tensors, lambda: make_observer(config), reduce=True, progress=progress)[0]
 
 
 def _equalize(model: onnx.ModelProto, job: Job, passes: list[PassRecord]) -> onnx.ModelProto:

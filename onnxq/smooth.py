@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .engine import Runner, StreamBatch, stream, tapped
+from .engine import Runner, stream, tapped
 from .errors import CalibrationError, ConfigError
 from .feeds import Dataset
 from .plan import SENTINEL_MAGNITUDE, NodeDecision, QuantPlan, constant_names, set_calibration_targets
@@ -52,6 +52,47 @@ SCALE_MAX = 1e2
 SMOOTH_REASON = "SmoothQuant scale"
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+
+
+class ChannelStats:
+    """An engine consumer: per-channel statistics (channel = last axis) of float tensors.
+
+    Attributes:
+        abs_max: tensor -> per-channel maximum of ``|x|`` (float64; non-finite values count as 0),
+            SmoothQuant's statistic.
+        low, high: tensor -> per-channel minimum / maximum of the finite values (``+inf`` / ``-inf``
+            for a channel without one), from which the range of ``x * (1 / s)`` follows exactly.
+    """
+
+    def __init__(self) -> None:
+        self.abs_max: dict[str, np.ndarray] = {}
+        self.low: dict[str, np.ndarray] = {}
+        self.high: dict[str, np.ndarray] = {}
+
+    def update(self, tensors: dict[str, np.ndarray]) -> None:
+        """Fold one batch of ``{name: values}`` into the statistics."""
+        for name, values in tensors.items():
+            if values.dtype.kind != "f" or values.ndim == 0 or values.size == 0:
+                continue
+            signed = values.reshape(-1, values.shape[-1])
+            flat = np.abs(signed)
+            batch_max = flat.max(axis=0).astype(np.float64)
+            low, high = signed.min(axis=0).astype(np.float64), signed.max(axis=0).astype(np.float64)
+            if not np.all(np.isfinite(batch_max)):  # rare: redo this batch without inf / NaN
+                finite = np.isfinite(flat)
+                batch_max = np.where(finite, flat, 0).max(axis=0).astype(np.float64)
+                low = np.where(finite, signed, np.inf).min(axis=0).astype(np.float64)
+                high = np.where(finite, signed, -np.inf).max(axis=0).astype(np.float64)
+            previous = self.abs_max.get(name)
+            if previous is None:
+                self.abs_max[name], self.low[name], self.high[name] = batch_max, low, high
+            elif previous.shape != batch_max.shape:
+                raise CalibrationError(f"tensor {name!r} changes its last dimension between batches "
+                                       f"({previous.shape[0]} -> {batch_max.shape[0]})")
+            else:
+                np.maximum(previous, batch_max, out=previous)
+                np.minimum(self.low[name], low, out=self.low[name])
+                np.maximum(self.high[name], high, out=self.high[name])
 
 
 def channel_abs_max(model: onnx.ModelProto, data: Dataset, tensors: list[str], *,
@@ -77,29 +118,12 @@ def channel_abs_max(model: onnx.ModelProto, data: Dataset, tensors: list[str], *
     tensors = list(dict.fromkeys(tensors))
     if not tensors:
         return {}
-    maxima: dict[str, np.ndarray] = {}
-
-    def update(batch: StreamBatch) -> None:
-        for name, values in batch.outputs[0].items():
-            if values.dtype.kind != "f" or values.ndim == 0 or values.size == 0:
-                continue
-            flat = np.abs(values.reshape(-1, values.shape[-1]))
-            batch_max = flat.max(axis=0).astype(np.float64)
-            if not np.all(np.isfinite(batch_max)):  # rare: redo this batch without inf / NaN
-                batch_max = np.where(np.isfinite(flat), flat, 0).max(axis=0).astype(np.float64)
-            previous = maxima.get(name)
-            if previous is None:
-                maxima[name] = batch_max
-            elif previous.shape != batch_max.shape:
-                raise CalibrationError(f"tensor {name!r} changes its last dimension between batches "
-                                       f"({previous.shape[0]} -> {batch_max.shape[0]})")
-            else:
-                np.maximum(previous, batch_max, out=previous)
-
-    stats = stream([Runner.create(tapped(model, tensors), tensors)], data, update, desc="smoothing statistics",
-                   progress=progress)
-    if stats.batches == 0:
+    stats = ChannelStats()
+    streamed = stream([Runner.create(tapped(model, tensors), tensors)], data, lambda b: stats.update(b.outputs[0]),
+                      desc="smoothing statistics", progress=progress)
+    if streamed.batches == 0:
         raise CalibrationError("the calibration data yielded no batch")
+    maxima = stats.abs_max
     return maxima
 
 
@@ -135,8 +159,8 @@ def smoothing_targets(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, list
     return targets
 
 
-def smooth(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, *, alpha: float = 0.75,
-           progress: bool = False) -> tuple[onnx.ModelProto, QuantPlan]:
+def smooth(model: onnx.ModelProto, plan: QuantPlan, data: Dataset | None, *, alpha: float = 0.75,
+           progress: bool = False, act_max: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
     """Apply SmoothQuant to every target of :func:`smoothing_targets`.
 
     Args:
@@ -147,6 +171,8 @@ def smooth(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, *, alpha: flo
             only), 1 moves all of an activation's per-channel range into the weights. 0.7-0.8
             works on BERT-style encoders; 0.5 was worse than no smoothing on all-MiniLM-L6-v2.
         progress: show a progress bar while measuring.
+        act_max: the per-channel maxima already measured (:class:`ChannelStats` in a pass that also
+            calibrated); ``data`` is then not read.
 
     Returns:
         ``(new_model, new_plan)``. The new model holds one ``Mul(X, 1/s)`` per smoothed activation
@@ -165,7 +191,8 @@ def smooth(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, *, alpha: flo
         logger.debug("SmoothQuant: no MatMul with a constant weight to smooth")
         return model, plan
 
-    act_max = channel_abs_max(model, data, list(targets), progress=progress)
+    if act_max is None:
+        act_max = channel_abs_max(model, data, list(targets), progress=progress)
     inits = {i.name: i for i in model.graph.initializer}
     by_name = {n.name: n for n in model.graph.node}
     scales: dict[str, np.ndarray] = {}
@@ -184,6 +211,14 @@ def smooth(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, *, alpha: flo
     logger.info("SmoothQuant (alpha %.2f): %d activation(s) rescaled for %d MatMul(s)", alpha, len(scales),
                 sum(len(targets[t]) for t in scales))
     return new_model, new_plan
+
+
+def smoothed_tensors(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, tuple[str, np.ndarray]]:
+    """``{X': (X, 1 / s)}`` for every SmoothQuant Mul of a smoothed model and its plan."""
+    muls = {d.name for d in plan.decisions if d.reason == SMOOTH_REASON}
+    inits = {i.name: i for i in model.graph.initializer}
+    return {node.output[0]: (node.input[0], numpy_helper.to_array(inits[node.input[1]]))
+            for node in model.graph.node if node.name in muls and node.input[1] in inits}
 
 
 def _scales(tensor: str, act_max: np.ndarray | None, weights: Sequence[np.ndarray],

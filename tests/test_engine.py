@@ -96,3 +96,37 @@ def test_fixed_batch_pads_the_remainder_and_cuts_it_away(batch_size: int) -> Non
     stats = stream([runner], data, lambda b: got.append(b.outputs[0]["logits"]))
     assert stats.samples == 10 and stats.padded == 2
     np.testing.assert_allclose(np.concatenate(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_static_transformer_streams_the_calibration_data_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmoothQuant's statistics and MinMax calibration share one pass; ranges within float32 rounding
+    of smoothing first and calibrating the smoothed model in a second pass."""
+    from builders import encoder_data, tiny_encoder
+
+    from onnxq import pipelines, rewrite
+    from onnxq.feeds import Dataset
+    from onnxq.plan import make_plan
+    from onnxq.prepare import prepare
+    from onnxq.smooth import smooth
+
+    config = QuantConfig()
+    model = prepare(tiny_encoder(), config)
+    plan = make_plan(model, config, supported_op_types=rewrite.static_op_types())
+    data = load_data(encoder_data(40), model, batch_size=8)
+    passes: list[int] = []
+    real = type(data).batches
+
+    def counted(self: Dataset):  # type: ignore[no-untyped-def]
+        passes.append(id(self))
+        return real(self)
+
+    monkeypatch.setattr(type(data), "batches", counted)
+    smoothed, new_plan, ranges = pipelines._smooth(model, plan, pipelines.Job(model, config, data))
+    assert passes == [id(data)] and ranges is not None
+    two_model, two_plan = smooth(model, plan, data, alpha=config.smooth_alpha)
+    two = collect_ranges(two_model, data, two_plan.tensors_to_calibrate, config)
+    assert smoothed.SerializeToString() == two_model.SerializeToString() and new_plan == two_plan
+    assert list(ranges.tensors) == list(two.tensors) and ranges.samples == two.samples == 40
+    for name, r in two.tensors.items():
+        assert ranges[name].low == pytest.approx(r.low, rel=1e-6)
+        assert ranges[name].high == pytest.approx(r.high, rel=1e-6)
