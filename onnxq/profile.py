@@ -108,7 +108,7 @@ class LatencyPlan:
 
 
 def node_timings(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
-                 nodes: list[str], *, threads: int | None = None, runs: int = 7) -> list[NodeTiming]:
+                 nodes: list[str], *, threads: int | None = None, runs: int = 15) -> list[NodeTiming]:
     """Profile both models on ``feeds`` and pair the kernel times of ``nodes`` (float-model names).
 
     Args:
@@ -117,7 +117,8 @@ def node_timings(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, fee
         feeds: one batch.
         nodes: the quantized nodes to time.
         threads: ORT intra-op threads (the user's).
-        runs: profiled runs per model (the median per kernel is taken; the first run is dropped).
+        runs: profiled runs per model, the two models in turns (the median per kernel is taken;
+            a first run is dropped).
 
     Returns:
         One entry per node found in both profiles, in ``nodes`` order.
@@ -125,8 +126,9 @@ def node_timings(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, fee
     graph = float_model.graph
     producer = {out: node for node in graph.node for out in node.output}
     by_name = {node.name: node for node in graph.node}
-    float_us = _attribute(_profile(float_model, feeds, threads, runs), lambda key: _float_node(key, by_name, producer))
-    int8_us = _attribute(_profile(quant_model, feeds, threads, runs), lambda key: _quant_node(key, by_name))
+    float_profile, int8_profile = _profile([float_model, quant_model], feeds, threads, runs)
+    float_us = _attribute(float_profile, lambda key: _float_node(key, by_name, producer))
+    int8_us = _attribute(int8_profile, lambda key: _quant_node(key, by_name))
     return [NodeTiming(name, by_name[name].op_type, float_us[name], int8_us[name])
             for name in nodes if name in float_us and name in int8_us]
 
@@ -199,26 +201,40 @@ def latency_plan(float_model: onnx.ModelProto, plan: QuantPlan, quantized: onnx.
 # ------------------------------------------------------------------------- helpers
 
 
-def _profile(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int | None,
-             runs: int) -> dict[str, list[float]]:
-    """Kernel name -> durations in µs, one per run after the first (ORT's profiler)."""
+def _profile(models: list[onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int | None,
+             runs: int) -> list[dict[str, list[float]]]:
+    """Per model, kernel name -> durations in µs, one per run after the first (ORT's profiler).
+
+    The models run in turns, one run each, so that the machine's load changes hit them alike.
+    """
     with tempfile.TemporaryDirectory(prefix="onnxq-profile-") as folder:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(folder, "profile")
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        try:
-            session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT's own exception types
-            raise ModelError(f"ONNX Runtime cannot profile the model: {str(exc).splitlines()[0]}") from exc
+        sessions = []
+        for index, model in enumerate(models):
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(folder, f"profile{index}")
+            if threads:
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+            try:
+                sessions.append(ort.InferenceSession(model.SerializeToString(), options,
+                                                     providers=["CPUExecutionProvider"]))
+            except Exception as exc:  # ORT's own exception types
+                raise ModelError(f"ONNX Runtime cannot profile the model: {str(exc).splitlines()[0]}") from exc
+        batch = dict(feeds)
         for _ in range(runs + 1):
-            run(session, dict(feeds))
-        path = session.end_profiling()
-        with open(path, encoding="utf-8") as handle:
-            events = json.load(handle)
+            for session in sessions:
+                run(session, batch)
+        paths = [session.end_profiling() for session in sessions]
+        profiles = []
+        for path in paths:
+            with open(path, encoding="utf-8") as handle:
+                profiles.append(_kernel_times(json.load(handle), runs))
+    return profiles
+
+
+def _kernel_times(events: list[dict[str, Any]], runs: int) -> dict[str, list[float]]:
     durations: dict[str, list[float]] = defaultdict(list)
     for event in events:
         name = event.get("name", "")
