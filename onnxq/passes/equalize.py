@@ -43,16 +43,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..engine import Runner, StreamBatch, stream
 from ..errors import ConfigError, DataError
 from ..feeds import Dataset
-from ..runtime import create_session, run
 from . import PassRecord
 from .._graph import unique_name
 
@@ -431,21 +431,27 @@ def channel_stats(model: onnx.ModelProto, pairs: Sequence[Pair], data: Dataset) 
     if not pairs:
         return {}
     probe, outputs = _stats_model(model, pairs)
-    session = create_session(probe)
-    inputs = {i.name for i in model.graph.input}
     stats: dict[str, _Stats] = {}
-    batches = 0
-    for batch in data:
-        values = run(session, {k: v for k, v in batch.items() if k in inputs}, outputs)
+
+    def update(batch: StreamBatch) -> None:
+        values = [batch.outputs[0][name] for name in outputs]
         for index, pair in enumerate(pairs):
             low, high = (v.astype(np.float64) for v in values[2 * index:2 * index + 2])
             seen = stats.get(pair.tensor)
             stats[pair.tensor] = _Stats(low, high) if seen is None else _Stats(
                 np.minimum(seen.low, low), np.maximum(seen.high, high))
-        batches += 1
+
+    batches = stream([Runner.create(probe, outputs)], _model_inputs(model, data), update, desc="equalization").batches
     if not batches:
         raise DataError("equalization: the data has no batches")
     return stats
+
+
+def _model_inputs(model: onnx.ModelProto, data: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Each batch of ``data`` (a Dataset yields input feeds) restricted to the model's inputs."""
+    inputs = {i.name for i in model.graph.input}
+    for batch in data:
+        yield {k: v for k, v in batch.items() if k in inputs}
 
 
 def _stats_model(model: onnx.ModelProto, pairs: Sequence[Pair]) -> tuple[onnx.ModelProto, list[str]]:
@@ -477,18 +483,20 @@ def _stats_model(model: onnx.ModelProto, pairs: Sequence[Pair]) -> tuple[onnx.Mo
 def output_change(before: onnx.ModelProto, after: onnx.ModelProto, data: Iterable[dict[str, np.ndarray]]
                   ) -> dict[str, float]:
     """Per float output: ``max |after - before| / max |before|`` over ``data`` (one batch at a time)."""
-    ref, new = create_session(before), create_session(after)
-    inputs = {i.name for i in before.graph.input}
     names = [o.name for o in before.graph.output]
     diff = dict.fromkeys(names, 0.0)
     scale = dict.fromkeys(names, 0.0)
-    for batch in data:
-        feeds = {k: v for k, v in batch.items() if k in inputs}
-        for name, a, b in zip(names, run(ref, feeds, names), run(new, feeds, names), strict=True):
+
+    def update(batch: StreamBatch) -> None:
+        for name in names:
+            a, b = batch.outputs[0][name], batch.outputs[1][name]
             if not np.issubdtype(a.dtype, np.floating):
                 continue
             diff[name] = max(diff[name], float(np.abs(b.astype(np.float64) - a).max(initial=0.0)))
             scale[name] = max(scale[name], float(np.abs(a).max(initial=0.0)))
+
+    stream([Runner.create(before, names), Runner.create(after, names)], _model_inputs(before, data), update,
+           desc="equalization check")
     return {name: diff[name] / scale[name] if scale[name] > 0 else diff[name] for name in names}
 
 
