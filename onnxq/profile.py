@@ -162,7 +162,8 @@ def latency_plan(float_model: onnx.ModelProto, plan: QuantPlan, quantized: onnx.
         rebuild: builds the quantized model of a plan (``Recipe.build``).
         ranges: the calibrated ranges (a node whose fallback needs new ranges is left int8).
         threads: ORT intra-op threads (the user's).
-        timing: how the whole models are compared (default: 20 interleaved runs each).
+        timing: how the whole models are compared (default: interleaved until the medians settle,
+            as :mod:`onnxq.latency` measures).
 
     Returns:
         The plan and model to use, and the decisions.
@@ -273,5 +274,5 @@ def _whole_model_ms(before: onnx.ModelProto, after: onnx.ModelProto, feeds: Mapp
     sessions = {"before": create_session(before, threads=threads), "after": create_session(after, threads=threads)}
     batch = dict(feeds)
     openers = {name: (lambda s=s: (lambda: run(s, batch))) for name, s in sessions.items()}
-    times = interleaved_times(openers, timing or LatencyOptions(runs=20))
+    times = interleaved_times(openers, timing or LatencyOptions())
     return (float(np.median(times["before"].seconds)) * 1000.0, float(np.median(times["after"].seconds)) * 1000.0)
