@@ -226,3 +226,23 @@ def test_latency_flags_without_a_measurement_are_an_error() -> None:
     args = build_parser().parse_args(["compare", *PAIR, "--threshold", "0.9"])
     assert _latency(args) is False
     assert isinstance(args, argparse.Namespace)
+
+
+def test_bench_harness_runs_the_same_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.harness as harness
+
+    opened: list[str] = []
+
+    class FakeSession:
+        def __init__(self, path: str) -> None:
+            opened.append(path)
+
+        def run(self, names: Any, feeds: Any) -> list:
+            return []
+
+    monkeypatch.setattr(harness, "ort_session", lambda path, threads: FakeSession(path))
+    medians = harness.interleaved_latency({"a": "a.onnx", "b": "b.onnx"}, lambda name: {}, 1,
+                                          warmup=1, rounds=3, per_round=2)
+    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
+    # a fresh session per block (one alive at a time), the order reversed every round
+    assert opened == ["a.onnx", "b.onnx", "b.onnx", "a.onnx", "a.onnx", "b.onnx"]
