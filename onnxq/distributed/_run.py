@@ -90,3 +90,13 @@ def worker_name() -> str:
         return str(get_worker().address)
     except (ImportError, ValueError):
         return "local"
+
+
+def worker_threads() -> int | None:
+    """The task threads of the Dask worker running the current task (``None`` outside one)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None

@@ -27,7 +27,7 @@ from ..feeds import Dataset, InputSpec, input_specs
 from ..model import load_model
 from ..report.schema import Report
 from ..validate import AccuracyAccumulator, OutputAccumulator, check_same_io, is_class_scores, validate
-from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, workers_of
+from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, worker_threads, workers_of
 from .shards import Shard, model_key, parse_model, plan_shards, worker_cached
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,9 @@ def _validate_shard(shard: Shard, payload: tuple[bytes, bytes], key: str, specs:
                     names: list[str]) -> ShardMetrics:
     """Worker side: run the pair over one shard; one :class:`BatchMetrics` per batch."""
     start = time.perf_counter()
-    runners = worker_cached(f"{key}:pair", lambda: [Runner.create(parse_model(p), names) for p in payload])
+    threads = worker_threads()  # ORT threads = the worker's task threads: no oversubscription
+    runners = worker_cached(f"{key}:pair", lambda: [Runner.create(parse_model(p), names, threads=threads)
+                                                    for p in payload])
     batches: list[BatchMetrics] = []
     stats = stream(runners, _Batches(shard.batches(specs)), lambda batch: batches.append(_batch_metrics(batch, names)))
     return ShardMetrics(shard.index, batches, stats.samples, time.perf_counter() - start, worker_name())
