@@ -704,15 +704,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         require_matplotlib()
     _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                       samples=args.samples)
+    from .evidence import ScatterSample, html_report
+
+    sample = ScatterSample() if args.html and not args.dask else None  # taken in the validation pass
     report = (_validate_on_dask(args) if args.dask else
               validate(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                        limit=args.samples, latency=_latency(args), threads=args.threads,
-                       progress=not args.quiet and not args.json))
+                       progress=not args.quiet and not args.json, consumers=[sample.update] if sample else []))
     if args.html:
-        from .evidence import html_report
-
         html_report(args.float_model, args.quant_model, args.data, args.html, report=report,
-                    batch_size=args.batch_size, progress=not args.quiet and not args.json)
+                    batch_size=args.batch_size, progress=not args.quiet and not args.json,
+                    scatter=sample.result() if sample else None)
     print(report.to_json() if args.json else report.format())
     return ExitCode.OK
 

@@ -32,7 +32,7 @@ from .validate import check_same_io, evaluation_data
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Evidence", "clipping_ranges", "collect_scatter", "gather_evidence", "html_report"]
+__all__ = ["Evidence", "ScatterSample", "clipping_ranges", "collect_scatter", "gather_evidence", "html_report"]
 
 _RENAMED_OUTPUT = "_QuantizeLinear_Input"
 
@@ -54,7 +54,8 @@ def html_report(float_model: onnx.ModelProto | str | os.PathLike[str],
                 quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any,
                 path: str | os.PathLike[str], *, report: Report | None = None, ranges: Any = None,
                 calibration: Any = None, batch_size: int = 8, max_samples: int = 256, worst: int = 6,
-                max_points: int = 2000, num_bins: int = 2048, progress: bool = False) -> Path:
+                max_points: int = 2000, num_bins: int = 2048, progress: bool = False,
+                scatter: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
     """Gather the histograms and scatter samples of a float/quantized pair and write the HTML report.
 
     Args:
@@ -73,6 +74,8 @@ def html_report(float_model: onnx.ModelProto | str | os.PathLike[str],
         max_points: scatter points per output.
         num_bins: histogram bins.
         progress: progress bars on stderr.
+        scatter: the scatter sample, when the validation pass already took it (a :class:`ScatterSample`
+            among ``validate(consumers=...)``); otherwise one more pass takes it.
 
     Raises:
         ConfigError: matplotlib is missing, or a count argument is not positive.
@@ -95,14 +98,14 @@ def html_report(float_model: onnx.ModelProto | str | os.PathLike[str],
         report = validate(float_proto, quant_proto, data, batch_size=batch_size, latency=False, progress=progress)
     evidence = gather_evidence(float_proto, quant_proto, data, report=report, ranges=ranges, calibration=calibration,
                                batch_size=batch_size, max_samples=max_samples, worst=worst, max_points=max_points,
-                               num_bins=num_bins, progress=progress)
+                               num_bins=num_bins, progress=progress, scatter=scatter)
     return write_html(report, path, histograms=evidence.histograms, scatter=evidence.scatter)
 
 
 def gather_evidence(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Any, *, report: Report,
                     ranges: Any = None, calibration: Any = None, batch_size: int = 8, max_samples: int = 256,
-                    worst: int = 6, max_points: int = 2000, num_bins: int = 2048,
-                    progress: bool = False) -> Evidence:
+                    worst: int = 6, max_points: int = 2000, num_bins: int = 2048, progress: bool = False,
+                    scatter: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Evidence:
     """The histograms of the ``worst`` quantized tensors and the output scatter of the pair.
 
     The worst tensors are those of lowest per-layer SQNR when ``report.layers`` is there, otherwise
@@ -135,9 +138,10 @@ def gather_evidence(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, 
             return -math.inf if math.isnan(value) else value
 
         histograms = {n: histograms[n] for n in sorted(histograms, key=badness)[:worst]}
-    scatter = (collect_scatter(float_model, quant_model, data, max_points=max_points, batch_size=batch_size,
-                               limit=max_samples, progress=progress) if data is not None else {})
-    return Evidence(histograms, scatter)
+    if scatter is None:
+        scatter = (collect_scatter(float_model, quant_model, data, max_points=max_points, batch_size=batch_size,
+                                   limit=max_samples, progress=progress) if data is not None else {})
+    return Evidence(histograms, dict(scatter))
 
 
 class ScatterSample:
@@ -147,7 +151,7 @@ class ScatterSample:
     are kept (a reservoir), so memory stays ``O(max_points)`` per output whatever the data size.
     """
 
-    def __init__(self, names: list[str], max_points: int, seed: int = 0) -> None:
+    def __init__(self, names: list[str] | None = None, max_points: int = 2000, seed: int = 0) -> None:
         self.names, self.max_points = names, max_points
         self.rng = np.random.default_rng(seed)
         self.kept: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -155,7 +159,7 @@ class ScatterSample:
     def update(self, batch: StreamBatch) -> None:
         """Fold one batch of both models' outputs into the sample."""
         float_out, quant_out = batch.outputs
-        for name in self.names:
+        for name in self.names if self.names is not None else list(float_out):
             ref, cand = np.asarray(float_out[name]), np.asarray(quant_out[name])
             if ref.dtype.kind != "f" or ref.shape != cand.shape:
                 continue

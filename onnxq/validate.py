@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -306,7 +307,8 @@ def evaluation_data(data: Any, model: onnx.ModelProto, *, batch_size: int = 8, l
 def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
              quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
              batch_size: int = 8, limit: int | None = None, latency: bool | LatencyOptions = True,
-             latency_runs: int | None = None, threads: int | None = None, progress: bool = False) -> Report:
+             latency_runs: int | None = None, threads: int | None = None, progress: bool = False,
+             consumers: Sequence[Callable[[StreamBatch], None]] = ()) -> Report:
     """Run the float and the quantized model on the same data and compare them.
 
     Args:
@@ -324,6 +326,8 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
             :mod:`onnxq.latency`).
         threads: ONNX Runtime intra-op threads for both models; ``None``: ORT's default.
         progress: show a progress bar on stderr.
+        consumers: more consumers of the same pass (each gets every :class:`~onnxq.engine.StreamBatch`
+            of float and quantized outputs), e.g. the scatter sample of an HTML report.
 
     Returns:
         A :class:`~onnxq.report.Report` with per-output metrics, sample count, sizes, latency and,
@@ -353,7 +357,8 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
     pair = PairMetrics(output_names)
     timings: dict[str, float] = {}
     with timed(timings, "validate"):
-        stats = stream([float_runner, quant_runner], dataset, pair.update, desc="validate", progress=progress)
+        stats = stream([float_runner, quant_runner], dataset, _all(pair.update, *consumers), desc="validate",
+                       progress=progress)
     if pair.first_feeds is None:
         raise DataError("the evaluation data holds no batch")
     samples, first_inputs = stats.samples, pair.first_feeds
@@ -385,6 +390,14 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
         logger.info("validated %d samples; worst output %r: cosine %.6f, SQNR %.2f dB",
                     samples, worst.name, worst.cosine, worst.sqnr_db)
     return report
+
+
+def _all(*consumers: Callable[[StreamBatch], None]) -> Callable[[StreamBatch], None]:
+    """One consumer that hands each batch to every one of ``consumers``."""
+    def consume(batch: StreamBatch) -> None:
+        for consumer in consumers:
+            consumer(batch)
+    return consume
 
 
 def with_latency(report: Report, float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Any, *,

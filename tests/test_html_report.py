@@ -301,3 +301,22 @@ def test_quantize_report_html_does_not_export_twice(cnn_files: CnnFiles, tmp_pat
                            "--report", report, "--no-latency", "-q")
     assert code == 0, err
     assert len(calls) == 1 and report.read_text(encoding="utf-8").count(IMG) >= 2
+
+
+def test_validate_html_takes_the_scatter_in_the_validation_pass(cnn_files: CnnFiles, tmp_path: Path,
+                                                                run_cli: Callable[..., tuple[int, str, str]],
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                quantized: QuantResult) -> None:
+    import onnxq.evidence
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a second pass for the scatter plot")
+
+    monkeypatch.setattr(onnxq.evidence, "collect_scatter", fail)
+    quant = tmp_path / "q.onnx"
+    quantized.save(quant)
+    report = tmp_path / "v.html"
+    code, _, err = run_cli("validate", cnn_files.model, quant, "--data", cnn_files.eval, "--html", report,
+                           "--no-latency", "-q")
+    assert code == 0, err
+    assert "Float vs quantized outputs" in report.read_text(encoding="utf-8")
