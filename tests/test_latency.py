@@ -173,7 +173,8 @@ def test_latency_batch_cuts_or_repeats_samples_and_respects_a_fixed_batch() -> N
 # ------------------------------------------------------------------------------ wording
 
 
-@pytest.mark.parametrize("speedup, text", [(1.8, "x1.80 faster"), (1 / 1.8, "x1.80 slower"), (1.0, "x1.00 faster"),
+@pytest.mark.parametrize("speedup, text", [(1.8, "x1.80 faster"), (1 / 1.8, "x1.80 slower"), (1.0, "same speed (x1.00)"),
+                                           (0.998, "same speed (x1.00)"), (1.006, "x1.01 faster"),
                                            (0.17, "x5.88 slower"), (float("inf"), "xinf speedup")])
 def test_speed_wording(speedup: float, text: str) -> None:
     assert speed_text(speedup) == text
@@ -185,9 +186,12 @@ def test_report_line_says_slower_with_spread() -> None:
     line = lat.format()
     assert "x1.80 slower" in line and "speedup" not in line
     assert "p10-p90 0.900-1.200" in line and "p10-p90 1.700-2.000" in line
-    assert "median of 40 interleaved runs, stable" in line and "threads ORT default" in line
+    assert "median of 40 interleaved runs, medians settled)" in line and "threads ORT default" in line
     old = LatencyMetrics(float_ms=2.0, quant_ms=1.0, speedup=2.0, batch_size=8, threads=2, runs=20)
     assert "x2.00 faster" in old.format() and "p10" not in old.format()  # reports written before the spread
+    assert old.format().endswith("median of 20 interleaved runs)")
+    budget = LatencyMetrics(float_ms=2.0, quant_ms=1.0, speedup=2.0, batch_size=8, threads=2, runs=9, stop="budget")
+    assert "time budget reached before the medians settled" in budget.format()
 
 
 # ------------------------------------------------------------------------------ CLI flags

@@ -121,16 +121,24 @@ class LatencyMetrics:
             return f"{format_number(median, '.3f')} ms{spread}"
 
         threads = "ORT default" if self.threads is None else str(self.threads)
-        how = f"median of {self.runs} interleaved runs" + (f", {self.stop}" if self.stop else "")
+        how = f"median of {self.runs} interleaved runs" + _STOP_TEXT.get(self.stop or "runs", f", {self.stop}")
         return (f"float {one(self.float_ms, self.float_p10_ms, self.float_p90_ms)} vs quant "
                 f"{one(self.quant_ms, self.quant_p10_ms, self.quant_p90_ms)}: {speed_text(self.speedup)} "
                 f"(batch {self.batch_size}, threads {threads}, {how})")
 
 
+#: how :meth:`LatencyMetrics.format` says why timing stopped
+_STOP_TEXT = {"runs": "", "stable": ", medians settled", "budget": ", time budget reached before the medians settled",
+              "max_runs": ", run cap reached before the medians settled"}
+
+
 def speed_text(speedup: float) -> str:
-    """``x1.80 faster`` for a speed-up of 1.8, ``x1.80 slower`` for 0.556 (never ``x0.56 speedup``)."""
+    """``x1.80 faster`` for a speed-up of 1.8, ``x1.80 slower`` for 0.556 (never ``x0.56 speedup``),
+    ``same speed (x1.00)`` when it rounds to 1."""
     if not math.isfinite(speedup) or speedup <= 0:
         return f"x{format_number(speedup, '.2f')} speedup"
+    if f"{speedup:.2f}" == "1.00" or f"{1 / speedup:.2f}" == "1.00":
+        return "same speed (x1.00)"
     if speedup >= 1:
         return f"x{speedup:.2f} faster"
     return f"x{1 / speedup:.2f} slower"
