@@ -48,17 +48,29 @@ def map_shards(client: Any, task: Callable[..., Any], items: Iterable[tuple[Any,
                desc: str = "shards") -> list[Any]:
     """Run ``task(*item, *args)`` for every item (a shard and its own arguments); results by ``index``.
 
-    At most ``in_flight`` tasks are submitted at a time, so shipped shards do not pile up in the
-    client's memory. A task lost with its worker is rescheduled by Dask (``allowed-failures``);
-    an exception raised by a task is re-raised here.
+    Shards are placed round-robin on the workers (``allow_other_workers``: a shard whose worker is
+    gone runs elsewhere); left alone, the scheduler would queue every shard on the one worker that
+    holds the model, for locality. At most ``in_flight`` tasks are submitted at a time, so shipped
+    shards do not pile up in the client's memory. A task lost with its worker is rescheduled by Dask
+    (``allowed-failures``); an exception raised by a task is re-raised here.
     """
     from distributed import as_completed
+
+    addresses = sorted(client.scheduler_info(n_workers=-1).get("workers", {})) or [None]
+    submitted = 0
+
+    def submit(item: tuple[Any, ...]) -> Any:
+        nonlocal submitted
+        where = addresses[submitted % len(addresses)]
+        submitted += 1
+        return client.submit(task, *item, *args, pure=False, workers=[where] if where else None,
+                             allow_other_workers=True)
 
     iterator = iter(items)
     results: dict[int, Any] = {}
     pending = as_completed(loop=client.loop)
     for item in iterator:
-        pending.add(client.submit(task, *item, *args, pure=False))
+        pending.add(submit(item))
         if pending.count() >= in_flight:
             break
     for future in progress_bar(pending, desc=desc, total=total, enabled=progress, unit="shard"):
@@ -67,7 +79,7 @@ def map_shards(client: Any, task: Callable[..., Any], items: Iterable[tuple[Any,
         results[result.index] = result
         item = next(iterator, None)
         if item is not None:
-            pending.add(client.submit(task, *item, *args, pure=False))
+            pending.add(submit(item))
     return [results[i] for i in sorted(results)]
 
 
