@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.external_data_helper import uses_external_data
 
 from .._graph import serialized_size
 
@@ -87,7 +88,7 @@ def _drop_zero_points(graph: onnx.GraphProto) -> int:
         bias = data.data_type == onnx.TensorProto.INT32
         if not (bias or (readers and all(r.op_type in _WEIGHT_ZP_OPTIONAL for r in readers))):
             continue
-        if np.any(numpy_helper.to_array(zero_point)):
+        if uses_external_data(zero_point) or np.any(numpy_helper.to_array(zero_point)):
             continue
         del node.input[2]
         dropped += 1
