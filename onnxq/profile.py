@@ -175,7 +175,12 @@ def latency_plan(float_model: onnx.ModelProto, plan: QuantPlan, quantized: onnx.
     if OPTIMIZE.get(setting, 0.0) is None:
         return plan, quantized, result
     rejected_nodes([], setting)  # checks the setting
-    result.timings = node_timings(float_model, quantized, feeds, list(plan.nodes_to_quantize), threads=threads)
+    try:
+        result.timings = node_timings(float_model, quantized, feeds, list(plan.nodes_to_quantize), threads=threads)
+    except (ModelError, OSError, ValueError) as exc:  # the quantized model as it is stays usable
+        result.notes.append(f"latency plan ({setting}): cannot profile with ONNX Runtime's CPU provider "
+                            f"({' '.join(str(exc).split())}); plan left as it is")
+        return plan, quantized, result
     result.rejected = rejected_nodes(result.timings, setting)
     if not result.rejected:
         result.notes.append(f"latency plan ({setting}): every int8 kernel of {len(result.timings)} profiled "

@@ -101,3 +101,17 @@ def test_optimize_option_in_config_and_cli(monkeypatch: pytest.MonkeyPatch) -> N
     assert _config(args).optimize == "latency"
     result = onnxq.quantize(tiny_cnn(), cnn_data(16), config=QuantConfig(optimize="balanced"), latency=False)
     assert any(note.startswith("latency plan (balanced)") for note in result.report.notes)
+
+
+def test_a_model_that_cannot_be_profiled_is_left_as_it_is(built: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxq.errors import ModelError
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise ModelError("ONNX Runtime cannot profile the model: no kernel")
+
+    monkeypatch.setattr("onnxq.profile.node_timings", fail)
+    plan, model, decided = latency_plan(built["prepared"], built["plan"], built["model"], cnn_data(8),
+                                        setting="latency", rebuild=built["recipe"].build)
+    assert plan is built["plan"] and model is built["model"]
+    assert decided.notes == ["latency plan (latency): cannot profile with ONNX Runtime's CPU provider "
+                             "(ONNX Runtime cannot profile the model: no kernel); plan left as it is"]
