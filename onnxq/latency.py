@@ -76,7 +76,7 @@ class LatencyOptions:
     tolerance: float = 0.01
     min_runs: int = 10
     min_seconds: float = 2.0
-    max_runs: int = 2000
+    max_runs: int = 20_000
     budget_s: float = 5.0
 
     def __post_init__(self) -> None:
