@@ -44,7 +44,7 @@ from ..errors import CalibrationError
 from ..feeds import Dataset, InputSpec, input_specs
 from ._replay import Binner, Extremes, Plan, histogram, minmax, replay
 from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, workers_of
-from .shards import Shard, model_key, parse_model, plan_shards, worker_cached
+from .shards import Shard, model_key, parse_model, plan_shards, serialise, worker_cached
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ def collect_ranges(client: Any, model: onnx.ModelProto, data: Dataset, tensors: 
             logger.info("a histogram grew beyond exact re-binning: calibrating in-process")
             return collect_in_process(model, data, tensors, config, progress=progress), timings(first)
         second = run.bin(lengths, plans)  # type: ignore[arg-type]
-        observers = {t: histogram(plans[t], extremes[t], sum(r.observers[t].totals() for r in second))  # type: ignore[arg-type]
-                     for t in tensors}
+        counts = {t: sum(r.observers[t].totals() for r in second) for t in tensors}  # type: ignore[attr-defined]
+        observers = {t: histogram(plans[t], extremes[t], counts[t]) for t in tensors}  # type: ignore[arg-type]
         return ranges_from_observers(observers, samples, config), timings(first) + timings(second)
     finally:
         run.close()
@@ -118,7 +118,7 @@ class _Run:
                  config: QuantConfig, source: Any, shards: int, progress: bool) -> None:
         self.client, self.data, self.tensors, self.config = client, data, tensors, config
         self.source, self.shards, self.progress = source, shards, progress
-        payload = model.SerializeToString()
+        payload = serialise(model)
         self.key = model_key(payload)
         self.model = ship(client, payload)
         self.specs = input_specs(model)
@@ -167,8 +167,8 @@ def _observe_shard(shard: Shard, shard_plans: dict[str, Plan] | None, payload: b
     start = time.perf_counter()
     made = iter([Binner(shard_plans[t]) for t in tensors]) if shard_plans is not None else None
     make = (lambda: next(made)) if made is not None else factory  # observe() makes them in tensor order
-    tapped = worker_cached(f"{key}:{reduce}:{tensors}",
-                           lambda: TappedModel(worker_cached(key, lambda: parse_model(payload)), tensors, reduce=reduce))
+    model = worker_cached(key, lambda: parse_model(payload))
+    tapped = worker_cached(f"{key}:{reduce}:{tensors}", lambda: TappedModel(model, tensors, reduce=reduce))
     observers, samples = tapped.observe((inputs for inputs, _ in shard.batches(specs)), make)
     return ShardObservers(shard.index, observers, samples, time.perf_counter() - start, worker_name())
 def ranges_from_observers(observers: dict[str, Observer], samples: int, config: QuantConfig) -> Ranges:

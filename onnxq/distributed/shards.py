@@ -28,9 +28,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..feeds import Dataset, InputSpec, load_data
 
-__all__ = ["BatchShard", "RowShard", "Shard", "model_key", "parse_model", "plan_shards", "worker_cached"]
+__all__ = ["BatchShard", "RowShard", "Shard", "model_key", "parse_model", "plan_shards", "serialise",
+           "worker_cached"]
 
 Batch = tuple[dict[str, np.ndarray], "np.ndarray | None"]
 
@@ -103,6 +105,15 @@ def plan_shards(data: Dataset, shards: int, *, source: Any = None, shuffled: boo
 
 def _is_npz(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".npz"
+
+
+def serialise(model: Any) -> bytes:
+    """The model's bytes for the workers; a model over protobuf's 2 GiB limit is refused in one line."""
+    try:
+        return bytes(model.SerializeToString())
+    except ValueError:
+        raise ConfigError("a model over 2 GiB cannot be shipped to Dask workers; run it in-process "
+                          "(without --dask / client=)") from None
 
 
 def model_key(payload: bytes) -> str:

@@ -28,7 +28,7 @@ from ..model import load_model
 from ..report.schema import Report
 from ..validate import AccuracyAccumulator, OutputAccumulator, check_same_io, is_class_scores, validate
 from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, worker_threads, workers_of
-from .shards import Shard, model_key, parse_model, plan_shards, worker_cached
+from .shards import Shard, model_key, parse_model, plan_shards, serialise, worker_cached
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: 
     first = next(iter(data.batches()), None)
     if first is None:
         raise DataError("the evaluation data holds no batch")
-    payload = (float_proto.SerializeToString(), quant_proto.SerializeToString())
+    payload = (serialise(float_proto), serialise(quant_proto))
     key = model_key(payload[0] + payload[1])
     scattered = ship(client, payload)
     workers = workers_of(client)
