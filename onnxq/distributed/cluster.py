@@ -85,12 +85,26 @@ def connect(spec: str, *, timeout: float = 30.0) -> Cluster:
         local = distributed.LocalCluster(n_workers=int(value), threads_per_worker=1, processes=True,
                                          host="127.0.0.1", dashboard_address=None,
                                          silence_logs=logging.ERROR)
-        return Cluster(distributed.Client(local, set_as_default=False), local)
+        cluster = Cluster(distributed.Client(local, set_as_default=False), local)
+    else:
+        try:
+            cluster = Cluster(distributed.Client(str(value), timeout=timeout, set_as_default=False))
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"cannot reach the Dask scheduler at {value}: {exc}") from None
     try:
-        client = distributed.Client(str(value), timeout=timeout, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(f"cannot reach the Dask scheduler at {value}: {exc}") from None
-    return Cluster(client)
+        cluster.client.run(_warm_up)
+    except ImportError as exc:
+        cluster.close()
+        raise ConfigError(f"the Dask workers cannot import onnxq ({exc}); install onnxq (and its model's "
+                          "dependencies) on every worker") from None
+    return cluster
+
+
+def _warm_up() -> None:
+    """Import onnxq's worker side (numpy, onnx, ONNX Runtime) once per worker, before the clock of the
+    first shard starts; a fresh worker process otherwise pays it inside the first task."""
+    import onnxq.distributed.calibrate  # noqa: F401
+    import onnxq.distributed.validate  # noqa: F401
 
 
 @contextlib.contextmanager
