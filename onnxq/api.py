@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from .calibration.ranges import Ranges
 from .config import Mode, QuantConfig
 from .engine import sample_specs, timed
 from .errors import AdapterError, ConfigError
+from .evidence import Collected
 from .feeds import Dataset, InputSpec, check_data, load_data
 from .latency import LatencyOptions
 from .model import load_model, model_size, save_model
@@ -42,6 +43,8 @@ class QuantResult:
         ranges: calibrated activation ranges (static mode), ``None`` for dynamic.
         float_model: the float ONNX model the run quantized (exported from a framework model, before
             preparation), for reports that compare against it without exporting it again.
+        evidence: with ``quantize(..., evidence=True)``, the plots' data of an HTML report taken in
+            the run's own calibration and validation passes (:class:`onnxq.evidence.Collected`).
     """
 
     model: onnx.ModelProto
@@ -50,6 +53,7 @@ class QuantResult:
     ranges: Ranges | None = None
     source: str | None = None
     float_model: onnx.ModelProto | None = None
+    evidence: Any = None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the quantized model atomically; refuses to overwrite the float model it came from."""
@@ -107,7 +111,8 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
              cache_dir: str | os.PathLike[str] | None = None, latency: bool | LatencyOptions = True,
              threads: int | None = None, example_inputs: Any = None,
              export_options: dict[str, Any] | None = None, allow_pickle: bool = False,
-             metric: Callable[[dict[str, Any], Any], float] | None = None, client: Any = None) -> QuantResult:
+             metric: Callable[[dict[str, Any], Any], float] | None = None, client: Any = None,
+             evidence: bool = False) -> QuantResult:
     """Quantize a float model and validate it against the float model.
 
     Args:
@@ -129,6 +134,8 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         metric: a task metric ``fn(outputs, labels) -> float`` (higher is better) for the targets
             ``metric>=X`` and ``metric_drop<=X``; ``outputs`` maps output names to their values
             over the whole evaluation set.
+        evidence: also take what an HTML report plots (calibration histograms, output scatter) in
+            the run's own passes: ``QuantResult.evidence`` (see :func:`onnxq.evidence.html_report`).
         client: run calibration and validation on a Dask cluster (``pip install 'onnxq[dask]'``): a
             ``distributed.Client``, or ``"tcp://HOST:PORT"`` / ``"local:N"`` for a cluster opened and
             closed for this call. Same ranges and report as in-process (see onnxq.distributed).
@@ -169,8 +176,9 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         prepared = prepare(float_model, config)
 
     executor = _executor(client, calibration, eval_source)
+    collected = Collected() if evidence else None  # histograms in calibration, scatter in validation
     job = pipelines.Job(prepared, config, calib_data, ranges, qat=qat, progress=progress, cache_dir=cache_dir,
-                        executor=executor)
+                        executor=executor, histograms=collected.histograms if collected else None)
     built = pipelines.PIPELINES[config.mode](job)
     timings.update(built.timings)
     plan, quantized = built.plan, built.model
@@ -207,7 +215,8 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     view = _float_io_view(quantized, config)
     known = tuning.report if tuning is not None and view is quantized else None  # validated by the fallback
     report = _report(float_model, view, eval_data, config, plan, notes,
-                     progress=progress, latency=latency, threads=threads, known=known, executor=executor)
+                     progress=progress, latency=latency, threads=threads, known=known, executor=executor,
+                     consumers=[collected.scatter_sample.update] if collected else ())
     _add_integer_details(report, float_model if qat else None, quantized, float_ops, config)
     report.passes = [record.to_dict() for record in built.passes]
     report.timings = {**timings, **report.timings}  # + validate, latency
@@ -218,7 +227,7 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     if evaluation is None and calibration is not None:
         report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
     return QuantResult(model=quantized, report=report, plan=plan, ranges=built.ranges, source=source,
-                       float_model=float_model)
+                       float_model=float_model, evidence=collected)
 
 
 def _named_nodes(model: onnx.ModelProto, report: Report) -> dict[str, str]:
@@ -390,7 +399,8 @@ def _dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Datase
 
 def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Dataset | None, config: QuantConfig,
             plan: QuantPlan, notes: list[str], *, progress: bool, latency: bool | LatencyOptions,
-            threads: int | None, known: Report | None = None, executor: Any = None) -> Report:
+            threads: int | None, known: Report | None = None, executor: Any = None,
+            consumers: Sequence[Callable[[Any], None]] = ()) -> Report:
     from .validate import validate, with_latency
 
     if data is None:
@@ -404,7 +414,7 @@ def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Data
         report = with_latency(known, float_model, quantized, data, latency=latency, threads=threads)
     else:
         report = validate(float_model, quantized, data, batch_size=config.batch_size, latency=latency,
-                          threads=threads, progress=progress)
+                          threads=threads, progress=progress, consumers=consumers)
     report.mode = config.mode.value
     report.config = config.to_dict()
     report.notes = list(notes) + report.notes

@@ -566,16 +566,17 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     _check_data_paths(args.model, args.calib, args.eval, batch_size=args.batch_size, samples=args.samples)
     result = quantize(args.model, args.calib, config=config, evaluation=args.eval, progress=not args.quiet,
                       cache_dir=args.cache_dir, latency=_latency(args), threads=args.threads,
-                      allow_pickle=args.allow_pickle, metric=metric, client=args.dask)
+                      allow_pickle=args.allow_pickle, metric=metric, client=args.dask,
+                      evidence=_html(args.report))  # an HTML report's plots taken in the run's passes
     written = result.save(args.output)
-    if args.report and Path(args.report).suffix.lower() in (".html", ".htm"):
+    if _html(args.report):
         from .evidence import html_report
 
         # the float model of the run: a framework model is not exported a second time
         html_report(result.float_model, result.model, args.eval or args.calib, args.report,
                     report=result.report,
                     ranges=result.ranges, calibration=args.calib, batch_size=args.batch_size,
-                    progress=not args.quiet)
+                    progress=not args.quiet, collected=result.evidence)
     elif args.report:
         result.report.to_json(args.report)
     if not args.quiet:
@@ -692,6 +693,11 @@ def _sig_text(elem_type: int, dims: list[int | None]) -> str:
 _QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                             "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm", "MatMulNBits",
                             "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLSTM"})
+
+
+def _html(report: str | None) -> bool:
+    """Whether ``--report`` names an HTML file."""
+    return bool(report) and Path(str(report)).suffix.lower() in (".html", ".htm")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from .validate import check_same_io, evaluation_data
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Evidence", "ScatterSample", "clipping_ranges", "collect_scatter", "gather_evidence", "html_report"]
+__all__ = ["Collected", "Evidence", "ScatterSample", "clipping_ranges", "collect_scatter", "gather_evidence", "html_report"]
 
 _RENAMED_OUTPUT = "_QuantizeLinear_Input"
 
@@ -50,12 +50,27 @@ class Evidence:
     scatter: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
+@dataclass
+class Collected:
+    """What a run gathers for its HTML report in its own passes (``quantize(..., evidence=True)``).
+
+    Attributes:
+        histograms: tensor -> histogram observer, filled by the calibration pass (empty when the
+            ranges came from elsewhere: given, cached, or calibrated on Dask).
+        scatter_sample: the scatter consumer of the validation pass.
+    """
+
+    histograms: dict[str, Any] = field(default_factory=dict)
+    scatter_sample: ScatterSample = field(default_factory=lambda: ScatterSample())
+
+
 def html_report(float_model: onnx.ModelProto | str | os.PathLike[str],
                 quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any,
                 path: str | os.PathLike[str], *, report: Report | None = None, ranges: Any = None,
                 calibration: Any = None, batch_size: int = 8, max_samples: int = 256, worst: int = 6,
                 max_points: int = 2000, num_bins: int = 2048, progress: bool = False,
-                scatter: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
+                scatter: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                collected: Collected | None = None) -> Path:
     """Gather the histograms and scatter samples of a float/quantized pair and write the HTML report.
 
     Args:
@@ -76,6 +91,8 @@ def html_report(float_model: onnx.ModelProto | str | os.PathLike[str],
         progress: progress bars on stderr.
         scatter: the scatter sample, when the validation pass already took it (a :class:`ScatterSample`
             among ``validate(consumers=...)``); otherwise one more pass takes it.
+        collected: what the run gathered (``QuantResult.evidence``): its histograms and scatter are
+            used, and a pass runs only for what it lacks.
 
     Raises:
         ConfigError: matplotlib is missing, or a count argument is not positive.
@@ -96,29 +113,39 @@ def html_report(float_model: onnx.ModelProto | str | os.PathLike[str],
     data = data if data is not None else calibration
     if report is None:
         report = validate(float_proto, quant_proto, data, batch_size=batch_size, latency=False, progress=progress)
+    observed = None
+    if collected is not None:
+        scatter = scatter if scatter is not None else (collected.scatter_sample.result() or None)
+        observed = collected.histograms or None
     evidence = gather_evidence(float_proto, quant_proto, data, report=report, ranges=ranges, calibration=calibration,
                                batch_size=batch_size, max_samples=max_samples, worst=worst, max_points=max_points,
-                               num_bins=num_bins, progress=progress, scatter=scatter)
+                               num_bins=num_bins, progress=progress, scatter=scatter, observed=observed)
     return write_html(report, path, histograms=evidence.histograms, scatter=evidence.scatter)
 
 
 def gather_evidence(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Any, *, report: Report,
                     ranges: Any = None, calibration: Any = None, batch_size: int = 8, max_samples: int = 256,
                     worst: int = 6, max_points: int = 2000, num_bins: int = 2048, progress: bool = False,
-                    scatter: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Evidence:
+                    scatter: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                    observed: Mapping[str, Any] | None = None) -> Evidence:
     """The histograms of the ``worst`` quantized tensors and the output scatter of the pair.
 
     The worst tensors are those of lowest per-layer SQNR when ``report.layers`` is there, otherwise
     of lowest SQNR estimated from the histogram and its clipping range. A tensor that the float
     model computes is histogrammed there; one that only the quantized model has (a
     SmoothQuant-scaled input) in the quantized model, where it is the input of its QuantizeLinear.
+    ``observed`` (tensor -> histogram observer, from the run's calibration pass) replaces that pass.
     """
     calibration = calibration if calibration is not None else data
     in_quant = clipping_ranges(quant_model)
     chosen = _as_ranges(ranges) if ranges is not None else {n: (lo, hi) for n, (lo, hi, _) in in_quant.items()}
     levels = {n: lv for n, (_, _, lv) in in_quant.items()}
     histograms: dict[str, tuple[np.ndarray, np.ndarray, float, float]] = {}
-    if chosen and calibration is not None:
+    if chosen and observed:
+        for name, obs in observed.items():
+            if name in chosen and obs.count > 0:
+                histograms[name] = (obs.counts, obs.edges, *map(float, chosen[name]))
+    elif chosen and calibration is not None:
         float_known, quant_known = tensor_names(float_model), tensor_names(quant_model)
         for model, names in ((float_model, [n for n in chosen if n in float_known]),
                              (quant_model, [n for n in chosen if n not in float_known and n in quant_known])):
@@ -128,6 +155,7 @@ def gather_evidence(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, 
             for name, obs in tensor_histograms(model, source, names, num_bins=num_bins, progress=progress).items():
                 low, high = chosen[name]
                 histograms[name] = (obs.counts, obs.edges, float(low), float(high))
+    if histograms:
         layer_sqnr = {str(layer.tensor): layer.sqnr_db for layer in report.layers}
 
         def badness(name: str) -> float:

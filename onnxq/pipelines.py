@@ -47,6 +47,8 @@ class Job:
         progress: progress bars on stderr.
         cache_dir: calibration cache folder.
         executor: runs calibration elsewhere (``onnxq.distributed.executor.DaskExecutor``), or ``None``.
+        histograms: a dict the calibration pass fills with a histogram per calibrated tensor (for an
+            HTML report; left empty when the ranges come from elsewhere), or ``None``.
     """
 
     prepared: onnx.ModelProto
@@ -57,6 +59,7 @@ class Job:
     progress: bool = False
     cache_dir: str | os.PathLike[str] | None = None
     executor: Any = None
+    histograms: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def static(job: Job) -> Built:
         stopwatch.lap(None)
         if ranges is None:
             ranges = calibrate_ranges(model, plan, job.calibration, config, progress=job.progress,
-                                      cache_dir=job.cache_dir, executor=job.executor)
+                                      cache_dir=job.cache_dir, executor=job.executor, histograms=job.histograms)
     stopwatch.lap("calibrate" if job.ranges is None else None)
     plan = refine_plan(plan, model, ranges)
     recipe = Recipe(model, ranges, config, qat=job.qat)
@@ -198,10 +201,13 @@ PIPELINES: dict[Mode, Callable[[Job], Built]] = {
 
 
 def calibrate_ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, config: QuantConfig, *,
-                     progress: bool, cache_dir: str | os.PathLike[str] | None, executor: Any = None) -> Ranges:
+                     progress: bool, cache_dir: str | os.PathLike[str] | None, executor: Any = None,
+                     histograms: dict[str, Any] | None = None) -> Ranges:
     """The ranges of ``plan.tensors_to_calibrate``, from the cache when it holds them
     (calibrated by ``executor.collect_ranges`` when an executor is given: a Dask cluster)."""
     collect_ranges = executor.collect_ranges if executor is not None else _collect_ranges
+    if cache_dir is None and executor is None and histograms is not None:  # + the HTML report's histograms
+        return collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress, histograms=histograms)
     if cache_dir is None:  # hashing the model and every sample is only worth it for the cache
         return collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
     cache = RangeCache(cache_dir)

@@ -320,3 +320,22 @@ def test_validate_html_takes_the_scatter_in_the_validation_pass(cnn_files: CnnFi
                            "--no-latency", "-q")
     assert code == 0, err
     assert "Float vs quantized outputs" in report.read_text(encoding="utf-8")
+
+
+def test_quantize_report_html_takes_its_plots_in_the_run(cnn_files: CnnFiles, tmp_path: Path,
+                                                          run_cli: Callable[..., tuple[int, str, str]],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Histograms from the calibration pass, scatter from the validation pass: no pass of its own."""
+    import onnxq.evidence
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the HTML report ran the models again")
+
+    monkeypatch.setattr(onnxq.evidence, "collect_scatter", fail)
+    monkeypatch.setattr(onnxq.evidence, "tensor_histograms", fail)
+    report = tmp_path / "r.html"
+    code, _, err = run_cli("quantize", cnn_files.model, "--calib", cnn_files.calib, "--eval", cnn_files.eval,
+                           "-o", tmp_path / "q.onnx", "--report", report, "--no-latency", "-q")
+    assert code == 0, err
+    text = report.read_text(encoding="utf-8")
+    assert "Calibration histograms" in text and "Float vs quantized outputs" in text

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import onnx
 
 from ..config import CalibrationMethod, QuantConfig
+from ..engine import TappedModel
 from ..engine import observe as observe_tensors
 from ..errors import CalibrationError
 from ..feeds import Dataset
-from .observers import compute_range, make_observer
+from .observers import HistogramObserver, compute_range, make_observer
 from .ranges import Ranges, TensorRange
 from .search import auto_settings, search_ranges
 from .tapping import tap  # re-exported: analyze, smooth and histograms import it from here
@@ -20,12 +22,15 @@ logger = logging.getLogger(__name__)
 
 
 def collect_ranges(model: onnx.ModelProto, data: Dataset, tensors: Sequence[str], config: QuantConfig, *,
-                   progress: bool = False) -> Ranges:
+                   progress: bool = False, histograms: dict[str, HistogramObserver] | None = None) -> Ranges:
     """Calibrate ``tensors`` of ``model`` on ``data`` with the observer ``config.method`` asks for.
 
     Only one batch of activations is alive at a time (:func:`onnxq.engine.observe`): each batch's
     tapped outputs update the observers and are dropped before the next batch runs, so memory does
     not grow with the number of samples. MinMax reduces each tensor inside the graph.
+
+    ``histograms`` (a dict, filled in place) asks the same pass for a 2048-bin histogram of every
+    tensor, for an HTML report (MinMax then taps the tensors in full); not filled by ``auto``.
     """
     if config.method.value == "auto":  # per tensor, the estimator its consumers tolerate best
         return search_ranges(model, data, tensors, config, progress=progress)
@@ -33,8 +38,17 @@ def collect_ranges(model: onnx.ModelProto, data: Dataset, tensors: Sequence[str]
     if not tensors:
         return Ranges(tensors={}, method=config.method.value, settings=range_settings(config))
     # MinMax needs each batch's extremes only: they are reduced inside the graph (issue 13)
-    observers, samples = observe_tensors(model, data, tensors, lambda: make_observer(config),
-                                         reduce=config.method is CalibrationMethod.MINMAX, progress=progress)
+    minmax = config.method is CalibrationMethod.MINMAX
+    if histograms is None:
+        observers, samples = observe_tensors(model, data, tensors, lambda: make_observer(config), reduce=minmax,
+                                             progress=progress)
+    else:
+        histograms.update({t: HistogramObserver() for t in tensors} if minmax else {})
+        tapped = TappedModel(model, tensors, keep=tensors if minmax else ())
+        observers, samples = tapped.observe(data, lambda: make_observer(config), progress=progress,
+                                            also=(lambda values: _fold(histograms, values)) if minmax else None)
+        if not minmax:
+            histograms.update(observers)  # type: ignore[arg-type]
     if samples == 0:
         raise CalibrationError("the calibration data yielded no samples")
     ranges = {}
@@ -45,6 +59,12 @@ def collect_ranges(model: onnx.ModelProto, data: Dataset, tensors: Sequence[str]
         low, high = compute_range(observer, config)
         ranges[name] = TensorRange(low=float(low), high=float(high))
     return Ranges(tensors=ranges, method=config.method.value, samples=samples, settings=range_settings(config))
+
+
+def _fold(histograms: dict[str, HistogramObserver], values: dict[str, Any]) -> None:
+    for name, array in values.items():
+        if array.dtype.kind == "f":
+            histograms[name].update(array)
 
 
 def range_settings(config: QuantConfig) -> dict[str, float | int | str]:
