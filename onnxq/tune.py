@@ -128,7 +128,7 @@ class TuneResult:
 def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPlan, quantized: onnx.ModelProto,
          data: Any, config: QuantConfig, *, ranges: Any = None, progress: bool = False,
          metric: MetricFn | None = None,
-         rebuild: Callable[[QuantPlan], onnx.ModelProto] | None = None) -> TuneResult:
+         rebuild: Callable[[QuantPlan], onnx.ModelProto] | None = None, executor: Any = None) -> TuneResult:
     """Fall back the most harmful nodes to float until ``config.target`` holds or the budget ends.
 
     Args:
@@ -143,6 +143,7 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         progress: progress bars.
         metric: the user's metric function, for the targets ``metric>=X`` (on the quantized
             model) and ``metric_drop<=X`` (float minus quantized).
+        executor: validates each candidate on a Dask cluster (``DaskExecutor``; the same reports).
 
     Raises:
         ConfigError: no target, no evaluation data, or a metric the data cannot give.
@@ -169,7 +170,8 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         if uses_fn:
             value = user_metric(model, data, metric)
             return reference - value if target.metric == "metric_drop" else value
-        reports[:] = [validate(float_model, model, data, latency=False, progress=False)]
+        check = executor.validate if executor is not None else validate
+        reports[:] = [check(float_model, model, data, latency=False, progress=False)]
         return metric_value(reports[0], target)
 
     value = measure(quantized)

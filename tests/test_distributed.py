@@ -124,6 +124,17 @@ def test_quantize_on_cluster_equals_in_process(client: Any, data: dict[str, Path
         assert sharded.ranges.to_dict() == local.ranges.to_dict()
 
 
+def test_fallback_tuning_on_cluster_equals_in_process(client: Any, data: dict[str, Path]) -> None:
+    """Each fallback candidate is validated on the cluster: the same steps, report and model."""
+    config = QuantConfig(method="entropy", target="sqnr>=45")
+    local = onnxq.quantize(data["model"], data["calib"], config=config, evaluation=data["eval"], latency=False)
+    sharded = onnxq.quantize(data["model"], data["calib"], config=config, evaluation=data["eval"], latency=False,
+                             client=client)
+    assert len(local.report.fallback) >= 2  # at least one node kept float
+    assert _strip(sharded.report) == _strip(local.report)
+    assert sharded.model.SerializeToString() == local.model.SerializeToString()
+
+
 def test_validation_report_equal_with_uneven_shards(client: Any, data: dict[str, Path]) -> None:
     """Three shards of batches of 7 over 150 labelled samples: the report of one process, exactly."""
     from onnxq.distributed.validate import validate_on_cluster
