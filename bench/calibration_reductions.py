@@ -48,12 +48,48 @@ def measure(size: str = "tiny", samples: int = 128, repeats: int = 5, batch_size
             "full_taps_s": times[False], "in_graph_s": times[True]}
 
 
+def per_batch(size: str = "full", batch_size: int = 8, repeats: int = 12) -> dict[str, float]:
+    """Best-of-``repeats`` seconds for one batch: the plain model, full taps (+ numpy MinMax), in-graph."""
+    from onnxq.engine import Runner, TappedModel, tapped
+
+    spec = MODELS[size]
+    with tempfile.TemporaryDirectory() as tmp:
+        model = onnx.load(build_model(Path(tmp) / "model.onnx", channels=spec["channels"], size=spec["size"]))
+    feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal((batch_size, 3, spec["size"], spec["size"]))
+             .astype(np.float32)}
+    tensors = [INPUT_NAME] + [t for node in model.graph.node for t in node.output]
+    plain, full = Runner.create(model), Runner.create(tapped(model, tensors), tensors)
+    reduced = TappedModel(model, tensors, reduce=True).runner
+
+    def full_numpy() -> None:
+        for values in full.run(feeds):
+            MinMaxObserver().update(values)
+
+    cases = {"plain model": lambda: plain.run(feeds), "full taps + numpy": full_numpy,
+             "in-graph reductions": lambda: reduced.run(feeds)}
+    best = {}
+    for name, run in cases.items():
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        best[name] = min(times)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--per-batch", action="store_true", help="time one batch of 8 per path (best of 12)")
     args = parser.parse_args()
+    if args.per_batch:
+        for name, seconds in per_batch(args.size).items():
+            print(f"{args.size} one batch of 8, {name}: {seconds * 1000:.1f} ms (best of 12)")
+        return
     r = measure(args.size, args.samples, args.repeats)
     for key, label in (("full_taps_s", "full taps + numpy"), ("in_graph_s", "in-graph reductions")):
         values = r[key]
