@@ -205,7 +205,8 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         assert built.recipe is not None  # target needs static or dynamic mode (QuantConfig checks it)
         started = time.perf_counter()
         tuning = tune(float_model, built.recipe.model, plan, quantized, eval_data, config, ranges=built.ranges,
-                      progress=progress, metric=metric, rebuild=built.recipe.build, executor=executor)
+                      progress=progress, metric=metric, rebuild=built.recipe.build, executor=executor,
+                      unbiased=built.recipe.unbiased)
         plan, quantized = tuning.plan, tuning.model
         timings["tune"] = time.perf_counter() - started
         float_ops = float_nodes(quantized) if config.mode is Mode.STATIC else []

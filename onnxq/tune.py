@@ -3,23 +3,28 @@
 ``QuantConfig(target="cosine>=0.999")`` makes :func:`onnxq.quantize` check the quantized model on
 the evaluation data; when the goal is missed, :func:`tune`:
 
-1. runs :func:`onnxq.analyze` once on the first quantized model (per-layer error, ranked);
-2. walks that ranking from the most harmful entry down: each step keeps float the nodes that
-   entry names (``LayerMetrics.fallback_nodes``: for a weight its layer, for an activation every
-   node that quantizes it, a folded Relu/Clip always with its Conv/Gemm), re-plans and
-   re-quantizes with the *same* calibrated ranges (keeping nodes float never needs a new range),
-   and validates again;
+1. ranks what could be kept float, once, on the first quantized model:
+   - static mode: by *revert-one sensitivity* (:mod:`onnxq.sensitivity`): on the first
+     :data:`SENSITIVITY_SAMPLES` evaluation samples, how much of the output error disappears when
+     one node (its weights, and an input or output only it quantizes) or one shared activation
+     (with its producer and every consumer) is float, measured at the model's outputs in one
+     fake-quantization graph -- what each choice buys where the user looks, not how large a
+     tensor's own error is;
+   - dynamic mode, an integer-I/O or QAT graph (which that graph does not model), or when it
+     fails: by :func:`onnxq.analyze` (each tensor's own quantization error);
+2. walks that ranking from the largest gain down: each step keeps float the nodes of one entry
+   (a folded Relu/Clip always with its Conv/Gemm), re-plans and re-quantizes with the *same*
+   calibrated ranges (keeping nodes float never needs a new range), and validates again;
 3. stops when the goal holds, or after ``max_fallback_steps`` steps or ``max_tune_seconds``.
+   When the goal is missed, the best step measured is returned (not the last one).
 
-Why one ranking and no re-analysis after each step: the ranking key is the error each tensor's
-*own* quantization adds, measured on float activations with the model's scales (see
-:mod:`onnxq.analyze`). Keeping other nodes float does not change those numbers, so
-re-analysing would reproduce the same order at the cost of a full pass per step.
+Why one ranking and no re-ranking after each step: re-ranking costs a full pass per candidate,
+and the order it gives changes little once a few nodes are float.
 
 Entries are skipped when they touch a node of ``force_quantize`` (the error cannot be removed
-without it), when their nodes are float already, or when their error is zero. Each step is kept
-even if it did not improve the metric (greedy, in ranked order), and recorded as a
-:class:`~onnxq.report.schema.FallbackStep`.
+without it), when their nodes are float already, or when keeping them float removes nothing.
+Each step is kept even if it did not improve the metric (greedy, in ranked order), and recorded
+as a :class:`~onnxq.report.schema.FallbackStep`.
 
 Targets (``metric op value``; the worst output counts) use the names of :mod:`onnxq.metrics`,
 where they are parsed: ``cosine`` / ``min_cosine``, ``sqnr`` (dB), ``max_abs`` / ``mean_abs``,
@@ -44,6 +49,7 @@ from .config import Mode, QuantConfig
 from .engine import Runner, StreamBatch, stream
 from .errors import ConfigError
 from .metrics import MetricFn, Target, parse_target, worst_value
+from .sensitivity import TENSOR_GATE
 from .plan import NodeDecision, QuantPlan, node_matches, set_calibration_targets
 from .report.schema import FallbackStep, LayerMetrics, Report
 
@@ -92,15 +98,18 @@ class TuneResult:
     """What the fallback did; :meth:`annotate` writes it into the final report.
 
     Attributes:
-        model: the quantized model after the last step.
+        model: the quantized model after the last step (after the best step when the goal was missed).
         plan: its plan (the fallback nodes marked with :data:`FALLBACK_REASON`).
         target: the goal.
         target_met: whether the goal held after the last step.
         steps: step 0 (first quantization) and one entry per fallback step.
         layers: the per-layer analysis of the first quantized model (empty when the goal held
             at once).
-        report: the validation of ``model`` made by the last step (``None`` with a metric function),
-            which the final report reuses instead of validating the same model again.
+        report: the validation of ``model`` made by the step that produced it (``None`` with a metric
+            function), which the final report reuses instead of validating the same model again.
+        best_step: the step whose model is returned: the last one, or the best measured when the
+            goal was missed.
+        ranking: how the candidates were ranked (one line for the report; empty when no step ran).
     """
 
     model: onnx.ModelProto
@@ -110,6 +119,8 @@ class TuneResult:
     steps: list[FallbackStep] = field(default_factory=list)
     layers: list[LayerMetrics] = field(default_factory=list)
     report: Report | None = None
+    best_step: int | None = None
+    ranking: str = ""
 
     def annotate(self, report: Report) -> None:
         """Record target, steps and layers in ``report`` (plus one note)."""
@@ -117,18 +128,23 @@ class TuneResult:
         report.target_met = self.target_met
         report.fallback = list(self.steps)
         report.layers = list(self.layers)
-        kept = [n for s in self.steps for n in s.nodes]
-        last = self.steps[-1].metric_value if self.steps else math.nan
+        chosen = len(self.steps) - 1 if self.best_step is None else self.best_step
+        kept = [n for s in self.steps[:chosen + 1] for n in s.nodes]
+        value = self.steps[chosen].metric_value if self.steps else math.nan
         verdict = "met" if self.target_met else "NOT met"
-        report.notes.append(f"target {self.target} {verdict} ({self.target.metric} = {last:.6g}) after "
-                            f"{len(self.steps) - 1} fallback step(s)"
+        returned = "" if chosen == len(self.steps) - 1 else f"; returned step {chosen}, the best measured"
+        report.notes.append(f"target {self.target} {verdict} ({self.target.metric} = {value:.6g}) after "
+                            f"{len(self.steps) - 1} fallback step(s){returned}"
                             + (f"; kept float: {', '.join(kept)}" if kept else ""))
+        if self.ranking:
+            report.notes.append(self.ranking)
 
 
 def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPlan, quantized: onnx.ModelProto,
          data: Any, config: QuantConfig, *, ranges: Any = None, progress: bool = False,
          metric: MetricFn | None = None,
-         rebuild: Callable[[QuantPlan], onnx.ModelProto] | None = None, executor: Any = None) -> TuneResult:
+         rebuild: Callable[[QuantPlan], onnx.ModelProto] | None = None, executor: Any = None,
+         unbiased: onnx.ModelProto | None = None) -> TuneResult:
     """Fall back the most harmful nodes to float until ``config.target`` holds or the budget ends.
 
     Args:
@@ -144,11 +160,11 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         metric: the user's metric function, for the targets ``metric>=X`` (on the quantized
             model) and ``metric_drop<=X`` (float minus quantized).
         executor: validates each candidate on a Dask cluster (``DaskExecutor``; the same reports).
+        unbiased: ``prepared`` before bias correction (a node kept float gets its own bias back).
 
     Raises:
         ConfigError: no target, no evaluation data, or a metric the data cannot give.
     """
-    from .analyze import analyze
     from .validate import validate
 
     if config.target is None:
@@ -179,25 +195,30 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
     logger.info("target %s: first quantization gives %.6g", target, value)
     if steps[0].goal_met:
         return TuneResult(quantized, plan, target, True, steps, report=reports[0] if reports else None)
-    layers = analyze(prepared, quantized, data, progress=progress)
+    best = _Best(value, quantized, plan, reports[0] if reports else None, 0)
+    ranking_started = time.monotonic()
+    candidates, layers = _ranking(float_model, prepared, quantized, data, config, unbiased=unbiased,
+                                  progress=progress)
+    ranking = (f"fallback ranking: {'per-layer error (analyze)' if layers else 'revert-one sensitivity'} of "
+               f"{len(candidates)} candidate(s) in {time.monotonic() - ranking_started:.1f} s")
     by_name = {n.name: n for n in prepared.graph.node}
-    for entry in layers:
+    for entry in candidates:
         if len(steps) > config.max_fallback_steps:
             break
         if config.max_tune_seconds is not None and time.monotonic() - start > config.max_tune_seconds:
             logger.info("fallback stopped: max_tune_seconds=%g reached", config.max_tune_seconds)
             break
-        if entry.sqnr_db == math.inf:
-            continue
         chosen = set(plan.nodes_to_quantize)
-        nodes = [n for n in entry.fallback_nodes if n in chosen]
-        if not nodes or any(node_matches(by_name.get(n, n), config.force_quantize) for n in entry.fallback_nodes):
+        nodes = [n for n in entry.nodes if n in chosen]
+        if not nodes or _forced(entry.nodes, by_name, config):
             continue
         candidate = keep_float(plan, prepared, nodes, ranges)
         if candidate is None:
             logger.info("cannot keep %s float without new calibration ranges; skipped", ", ".join(nodes))
             continue
         nodes = [d.name for d in candidate.decisions if d.name in chosen and not d.quantize]
+        if _forced(nodes, by_name, config):  # a Conv/Gemm that a Relu/Clip of the entry is folded into
+            continue
         plan = candidate
         quantized = rebuild(candidate) if rebuild is not None else _rewrite(prepared, candidate, ranges, config)
         value = measure(quantized)
@@ -205,11 +226,120 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         steps.append(FallbackStep(step=len(steps), node=primary, op_type=by_name[primary].op_type,
                                   metric_value=value, goal_met=target.holds(value), nodes=nodes,
                                   tensor=entry.tensor))
-        logger.info("fallback step %d: kept %s float (%s %s) -> %s = %.6g", len(steps) - 1, ", ".join(nodes),
-                    entry.kind, entry.tensor, target.metric, value)
+        logger.info("fallback step %d: kept %s float (%s) -> %s = %.6g", len(steps) - 1, ", ".join(nodes),
+                    entry.why, target.metric, value)
+        if _better(target, value, best.value):
+            best = _Best(value, quantized, plan, reports[0] if reports else None, len(steps) - 1)
         if steps[-1].goal_met:
             break
-    return TuneResult(quantized, plan, target, steps[-1].goal_met, steps, layers, reports[0] if reports else None)
+    if not steps[-1].goal_met and best.step != len(steps) - 1:
+        logger.info("target missed: returning step %d (%s = %.6g), the best measured", best.step,
+                    target.metric, best.value)
+        return TuneResult(best.model, best.plan, target, False, steps, layers, best.report, best_step=best.step,
+                          ranking=ranking)
+    return TuneResult(quantized, plan, target, steps[-1].goal_met, steps, layers,
+                      reports[0] if reports else None, best_step=len(steps) - 1, ranking=ranking)
+
+
+#: Evaluation samples the revert-one ranking runs on (one run of them per candidate).
+SENSITIVITY_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked fallback entry: the nodes one step keeps float.
+
+    Attributes:
+        node: the node the entry is about (for an activation: its producer, or first consumer).
+        nodes: every node the step keeps float.
+        tensor: the activation whose error the step removes, if the entry is an activation.
+        why: one line for the log (what was measured).
+    """
+
+    node: str
+    nodes: list[str]
+    tensor: str | None
+    why: str
+
+
+@dataclass
+class _Best:
+    value: float
+    model: onnx.ModelProto
+    plan: QuantPlan
+    report: Report | None
+    step: int
+
+
+def _forced(nodes: list[str], by_name: dict[str, onnx.NodeProto], config: QuantConfig) -> bool:
+    """Whether one of ``nodes`` must stay quantized (``force_quantize``)."""
+    return any(node_matches(by_name.get(n, n), config.force_quantize) for n in nodes)
+
+
+def _better(target: Target, value: float, than: float) -> bool:
+    """Whether ``value`` is closer to meeting ``target`` than ``than``."""
+    if math.isnan(value):
+        return False
+    if math.isnan(than):
+        return True
+    return value > than if target.op in (">=", ">") else value < than
+
+
+def _ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto, quantized: onnx.ModelProto, data: Any,
+             config: QuantConfig, *, unbiased: onnx.ModelProto | None,
+             progress: bool) -> tuple[list[Candidate], list[LayerMetrics]]:
+    """The fallback's candidates, best first (see the module docstring), and the analysis if it ran."""
+    from .analyze import analyze
+
+    emulated = (config.mode is Mode.STATIC and config.io_type is None
+                and not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in prepared.graph.node))
+    if emulated:
+        try:
+            return sensitivity_ranking(float_model, prepared, quantized, data, unbiased=unbiased,
+                                       progress=progress), []
+        except Exception as exc:  # noqa: BLE001 -- the analysis below still gives an order
+            logger.warning("revert-one ranking failed (%s: %s); ranking by per-layer error instead",
+                           type(exc).__name__, exc)
+    layers = analyze(prepared, quantized, data, progress=progress)
+    candidates = [Candidate(e.node, list(e.fallback_nodes), e.tensor,
+                            f"{e.kind} {e.tensor}, SQNR {e.sqnr_db:.1f} dB")
+                  for e in layers if e.sqnr_db != math.inf]
+    return candidates, layers
+
+
+def sensitivity_ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto, quantized: onnx.ModelProto,
+                        data: Any, *, unbiased: onnx.ModelProto | None = None, samples: int = SENSITIVITY_SAMPLES,
+                        progress: bool = False) -> list[Candidate]:
+    """Revert-one candidates of a static QDQ model, largest output-error gain first (gain > 0 only)."""
+    from .sensitivity import emulation_model, node_sensitivities
+
+    started = time.monotonic()
+    emulation, gates = emulation_model(prepared, quantized, unbiased=unbiased, tensor_gates=True)
+    producer = {o: n.name for n in prepared.graph.node for o in n.output}
+    by_name = {n.name: n for n in prepared.graph.node}
+    constants = {t.name for t in prepared.graph.initializer}
+    consumers: dict[str, list[str]] = {}
+    for node in prepared.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    base, ranked = node_sensitivities(float_model, emulation, gates, data, list(gates), samples=samples,
+                                      progress=progress)
+    candidates = []
+    for entry in ranked:
+        if entry.gain <= 0:
+            break
+        share = f"{entry.gain / base:.1%} of the output error" if base > 0 else "no error"
+        if entry.node.startswith(TENSOR_GATE):
+            tensor = entry.node[len(TENSOR_GATE):]
+            nodes = list(dict.fromkeys(([producer[tensor]] if tensor in producer else []) + consumers.get(tensor, [])))
+            if nodes:
+                candidates.append(Candidate(nodes[0], nodes, tensor, f"activation {tensor}: {share}"))
+        else:
+            weight = next((i for i in by_name[entry.node].input if i in constants), None) if entry.node in by_name else None
+            candidates.append(Candidate(entry.node, [entry.node], weight, f"node {entry.node}: {share}"))
+    logger.info("fallback ranking: revert-one sensitivity of %d entries on %d samples in %.1f s",
+                len(ranked), samples, time.monotonic() - started)
+    return candidates
 
 
 def keep_float(plan: QuantPlan, model: onnx.ModelProto, nodes: list[str], ranges: Any = None) -> QuantPlan | None:
