@@ -24,7 +24,7 @@ import onnx
 
 from .errors import ConfigError, DataError, ModelError
 from .latency import LatencyOptions, latency_options, measure_latency
-from .report.schema import OutputMetrics, Report
+from .report.schema import LatencyMetrics, OutputMetrics, Report
 from .engine import StreamBatch, first_batch, pair_runners, sample_specs, stream, timed
 
 logger = logging.getLogger(__name__)
@@ -361,35 +361,37 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
                        progress=progress)
     if pair.first_feeds is None:
         raise DataError("the evaluation data holds no batch")
-    samples, first_inputs = stats.samples, pair.first_feeds
-    notes = pair.finish()
-    accumulators, skipped, float_acc, quant_acc = pair.outputs, pair.skipped, pair.float_acc, pair.quant_acc
-
     latency_metrics = None
     if latency_opts is not None:
         with timed(timings, "latency"):  # the sessions and the first batch of the validation above
-            latency_metrics = measure_latency(float_runner.session, quant_runner.session, first_inputs,
+            latency_metrics = measure_latency(float_runner.session, quant_runner.session, pair.first_feeds,
                                               output_names, options=latency_opts, threads=threads)
+    report = _report(pair, stats.samples, model_size(float_model, debug_info=False),
+                     model_size(quant_model, debug_info=False), latency_metrics, timings)
+    if report.outputs:
+        worst = report.worst("cosine")
+        logger.info("validated %d samples; worst output %r: cosine %.6f, SQNR %.2f dB",
+                    stats.samples, worst.name, worst.cosine, worst.sqnr_db)
+    return report
 
-    float_bytes = model_size(float_model, debug_info=False)  # like with like: exporters' metadata
-    quant_bytes = model_size(quant_model, debug_info=False)  # survives in one more than the other
-    report = Report(
-        outputs=[accumulators[n].result() for n in output_names if n not in skipped],
+
+def _report(pair: PairMetrics, samples: int, float_bytes: int, quant_bytes: int, latency: LatencyMetrics | None,
+            timings: dict[str, float]) -> Report:
+    """The validation report of a finished :class:`PairMetrics` (sizes without exporters' metadata,
+    which survives in one model more than in the other: like with like)."""
+    notes = pair.finish()
+    return Report(
+        outputs=[pair.outputs[n].result() for n in pair.names if n not in pair.skipped],
         samples=samples,
         float_size_bytes=int(float_bytes),
         quant_size_bytes=int(quant_bytes),
         size_ratio=float_bytes / quant_bytes if quant_bytes else math.inf,
-        latency=latency_metrics,
-        float_accuracy=float_acc.result(),
-        quant_accuracy=quant_acc.result(),
+        latency=latency,
+        float_accuracy=pair.float_acc.result(),
+        quant_accuracy=pair.quant_acc.result(),
         notes=notes,
         timings=timings,
     )
-    if report.outputs:
-        worst = report.worst("cosine")
-        logger.info("validated %d samples; worst output %r: cosine %.6f, SQNR %.2f dB",
-                    samples, worst.name, worst.cosine, worst.sqnr_db)
-    return report
 
 
 def _all(*consumers: Callable[[StreamBatch], None]) -> Callable[[StreamBatch], None]:
