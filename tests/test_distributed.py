@@ -52,14 +52,20 @@ def client(cluster: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """calib.npz (203 samples: shards do not split evenly) and eval.npz with labels."""
+    """calib.npz (203 samples: shards do not split evenly), the same as a folder of .npz files, eval.npz
+    with labels."""
     folder = tmp_path_factory.mktemp("distributed")
     calib, evaluation = folder / "calib.npz", folder / "eval.npz"
     np.savez(calib, image=make_images(203, seed=1))
     np.savez(evaluation, image=make_images(150, seed=3), labels=make_labels(150, seed=4))
     model = folder / "model.onnx"
     onnx.save_model(make_cnn_model(), model)
-    return {"calib": calib, "eval": evaluation, "model": model, "folder": folder}
+    chunks = folder / "calib_chunks"  # the same 203 samples as a folder of .npz files of 50 (the last 3)
+    chunks.mkdir()
+    images = make_images(203, seed=1)
+    for start in range(0, 203, 50):
+        np.savez(chunks / f"part{start // 50}.npz", image=images[start:start + 50])
+    return {"calib": calib, "calib_folder": chunks, "eval": evaluation, "model": model, "folder": folder}
 
 
 def _strip(report: onnxq.Report) -> dict[str, Any]:
@@ -81,14 +87,23 @@ def _strip(report: onnxq.Report) -> dict[str, Any]:
     QuantConfig(method="entropy"),
     QuantConfig(method="percentile", percentile=99.9, batch_size=7),
 ], ids=["minmax", "minmax-moving-average", "entropy", "percentile"])
-@pytest.mark.parametrize("source", ["npz", "shipped"])
+@pytest.mark.parametrize("source", ["npz", "folder", "shipped"])
 def test_ranges_equal_in_process(client: Any, data: dict[str, Path], config: QuantConfig, source: str) -> None:
-    """Row ranges read by the workers, or batches shipped from the client: the very same ranges."""
-    calibration: Any = data["calib"] if source == "npz" else {CNN_INPUT: make_images(203, seed=1)}
+    """A path the workers read themselves, or batches shipped from the client: the very same ranges."""
+    calibration = {"npz": data["calib"], "folder": data["calib_folder"],
+                   "shipped": {CNN_INPUT: make_images(203, seed=1)}}[source]
     local = onnxq.calibrate(data["model"], calibration, config=config)
     sharded = onnxq.calibrate(data["model"], calibration, config=config, client=client)
     assert sharded.to_dict() == local.to_dict()
     assert sharded.samples == 203
+
+
+def test_shuffled_limited_path_source(client: Any, data: dict[str, Path]) -> None:
+    """shuffle + samples on a folder: each worker draws the same permutation as the client."""
+    config = QuantConfig(method="percentile", shuffle=True, seed=3, samples=150, batch_size=16)
+    local = onnxq.calibrate(data["model"], data["calib_folder"], config=config)
+    assert onnxq.calibrate(data["model"], data["calib_folder"], config=config, client=client).to_dict() == \
+        local.to_dict()
 
 
 def test_histograms_with_more_shards_than_workers(client: Any, data: dict[str, Path]) -> None:

@@ -73,8 +73,8 @@ def collect_ranges(client: Any, model: onnx.ModelProto, data: Dataset, tensors: 
         data: the calibration Dataset, as the single-process run would iterate it.
         tensors: the tensors to calibrate.
         config: method, bins, percentile, ... (as for the single-process run).
-        source: the path ``data`` was loaded from: an ``.npz`` is read by the workers in row ranges
-            (it must be visible to them); anything else is read here and shipped in shards.
+        source: the path ``data`` was loaded from (``.npz``, ``.npy``, a folder), read by the workers
+            themselves (it must be visible to them); anything else is read here and shipped in shards.
         shards: number of shards (default: one per worker).
         progress: a progress bar over the shards.
 
@@ -125,7 +125,8 @@ class _Run:
         self.in_flight = 2 * workers_of(client)
 
     def plan(self) -> Any:
-        return plan_shards(self.data, self.shards, source=self.source, shuffled=self.config.shuffle)
+        return plan_shards(self.data, self.shards, source=self.source, shuffle=self.config.shuffle,
+                           seed=self.config.seed)
 
     def map(self, task: Any, factory: Any, desc: str, extra: Any = None, *, reduce: bool = False
             ) -> list[ShardObservers]:

@@ -2,8 +2,8 @@
 
 The pipelines call :meth:`DaskExecutor.collect_ranges` instead of in-process calibration and
 :meth:`DaskExecutor.validate` instead of in-process validation; everything else (preparation,
-passes, rewrite, tuning) stays on the client. The executor knows the raw data sources so that an
-``.npz`` path is read by the workers in row ranges instead of being shipped from the client.
+passes, rewrite) stays on the client. The executor knows the raw data sources so that a data path
+is read by the workers themselves instead of being shipped from the client.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class DaskExecutor:
 
     Attributes:
         client: a connected ``distributed.Client``.
-        calibration: the raw calibration source (a path is read by the workers when it is an .npz).
+        calibration: the raw calibration source (a path is read by the workers themselves).
         evaluation: the raw evaluation source.
         shards: shards per data set (default: one per worker).
         timings: per-shard timings of every sharded step of the run, in order.

@@ -3,8 +3,8 @@
 A shard is a run of consecutive batches of the data set the single process would iterate, so that
 the batches a worker sees are the very batches the single-process run sees:
 
-* :class:`RowShard` -- rows ``[start, stop)`` of an ``.npz`` file that the worker reads itself
-  (the path must be visible to the worker: shared storage);
+* :class:`PathShard` -- a run of batches of a data path (``.npz``, ``.npy``, a folder) that the
+  worker loads itself (the path must be visible to the worker: shared storage);
 * :class:`BatchShard` -- batches read on the client and shipped with the task (any source:
   folders, lists, generators, framework data).
 
@@ -17,6 +17,7 @@ once per task.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import threading
@@ -31,7 +32,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..feeds import Dataset, InputSpec, load_data
 
-__all__ = ["BatchShard", "RowShard", "Shard", "model_key", "parse_model", "plan_shards", "serialise",
+__all__ = ["BatchShard", "PathShard", "Shard", "model_key", "parse_model", "plan_shards", "serialise",
            "worker_cached"]
 
 Batch = tuple[dict[str, np.ndarray], "np.ndarray | None"]
@@ -45,20 +46,29 @@ _LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
-class RowShard:
-    """Rows ``[start, stop)`` of an ``.npz`` file the worker reads, cut into ``batch_size`` batches."""
+class PathShard:
+    """Batches ``[first, stop)`` of the Dataset that ``load_data`` makes of ``path``, rebuilt by the worker.
+
+    The worker loads the path exactly as the client did (same batch size, shuffle and seed; the
+    limit cut to the end of this shard), so its batches are the client's batches, whatever the
+    format (``.npz``, ``.npy``, a folder). It reads, but does not run, the batches before ``first``.
+    """
 
     index: int
     path: str
-    start: int
+    first: int
     stop: int
     batch_size: int
+    samples: int
+    shuffle: bool = False
+    seed: int = 0
 
     def batches(self, specs: list[InputSpec]) -> Iterator[Batch]:
-        """``(inputs, labels)`` per batch, as ``load_data`` makes them from the same rows."""
-        with np.load(self.path, allow_pickle=False) as npz:
-            rows = {key: npz[key][self.start:self.stop] for key in npz.files}
-        yield from load_data(rows, specs, batch_size=self.batch_size).batches()
+        """``(inputs, labels)`` of this shard's batches."""
+        limit = min(self.stop * self.batch_size, self.samples)
+        data = load_data(self.path, specs, batch_size=self.batch_size, limit=limit, shuffle=self.shuffle,
+                         seed=self.seed)
+        yield from itertools.islice(data.batches(), self.first, self.stop)
 
 
 @dataclass(frozen=True)
@@ -74,23 +84,25 @@ class BatchShard:
         yield from self.items
 
 
-Shard = RowShard | BatchShard
+Shard = PathShard | BatchShard
 
 
-def plan_shards(data: Dataset, shards: int, *, source: Any = None, shuffled: bool = False) -> Iterator[Shard]:
+def plan_shards(data: Dataset, shards: int, *, source: Any = None, shuffle: bool = False,
+                seed: int = 0) -> Iterator[Shard]:
     """Cut ``data`` into about ``shards`` runs of consecutive batches.
 
-    Row ranges of ``source`` when it is the ``.npz`` path ``data`` was loaded from and ``data``
-    takes its rows in file order (not ``shuffled``; ``limit`` and a fixed batch size only shorten
-    it); otherwise batches read here and shipped, generated lazily as the caller asks for them.
+    :class:`PathShard` when ``source`` is the path ``data`` was loaded from (with ``shuffle`` and
+    ``seed`` as given to ``load_data``), so that the workers read it; otherwise batches read here and
+    shipped (:class:`BatchShard`), generated lazily as the caller asks for them.
     """
     batch = data.batch_size
     total = data.num_batches
     per_shard = max(1, math.ceil(total / shards)) if total else 16
-    if not shuffled and _is_npz(source) and total is not None and data.num_samples is not None:
+    if isinstance(source, (str, os.PathLike)) and total is not None and data.num_samples is not None:
+        path = os.fspath(Path(source).resolve())
         for index, first in enumerate(range(0, total, per_shard)):
-            stop = min((first + per_shard) * batch, data.num_samples)
-            yield RowShard(index, os.fspath(Path(source).resolve()), first * batch, stop, batch)
+            yield PathShard(index, path, first, min(first + per_shard, total), batch, data.num_samples,
+                            shuffle, seed)
         return
     items: list[Batch] = []
     index = 0
@@ -101,10 +113,6 @@ def plan_shards(data: Dataset, shards: int, *, source: Any = None, shuffled: boo
             index, items = index + 1, []
     if items:
         yield BatchShard(index, items)
-
-
-def _is_npz(source: Any) -> bool:
-    return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".npz"
 
 
 def serialise(model: Any) -> bytes:

@@ -76,7 +76,7 @@ def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: 
         float_model: the float model.
         quant_model: the quantized model (same inputs and outputs).
         data: the evaluation Dataset, as the single-process run iterates it.
-        source: the ``.npz`` path ``data`` was loaded from (read by the workers in row ranges), if any.
+        source: the path ``data`` was loaded from (read by the workers themselves), if any.
         shards: number of shards (default: one per worker).
         latency: as for ``validate`` (measured on the client, on the first batch).
         threads: ORT threads for the latency measurement.
