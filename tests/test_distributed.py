@@ -176,6 +176,23 @@ def test_cli_dask_local_2(data: dict[str, Path], tmp_path: Path, run_cli: Any) -
     assert (tmp_path / "dask.onnx").read_bytes() == (tmp_path / "local.onnx").read_bytes()
 
 
+def test_cli_validate_on_a_running_scheduler(cluster: Any, data: dict[str, Path], quantized_cnn_path: Path,
+                                             run_cli: Any) -> None:
+    """``--dask tcp://HOST:PORT`` joins a running cluster (and leaves it running): the same report."""
+    local, client = cluster
+    args = ["validate", data["model"], quantized_cnn_path, "--data", data["eval"], "--json", "--no-latency",
+            "--batch-size", "16"]
+    code, in_process, err = run_cli(*args)
+    assert code == 0, err
+    code, on_cluster, err = run_cli(*args, "--dask", local.scheduler_address)
+    assert code == 0, err
+    strip = [json.loads(text) for text in (in_process, on_cluster)]
+    for report in strip:
+        report.pop("timings", None)
+    assert strip[0] == strip[1] and strip[1]["samples"] == 150
+    assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2  # still running
+
+
 def test_bad_dask_spec_is_a_usage_error(data: dict[str, Path], tmp_path: Path, run_cli: Any) -> None:
     code, _, err = run_cli("quantize", data["model"], "-o", tmp_path / "q.onnx", "--calib", data["calib"],
                            "--dask", "local:zero")
