@@ -21,8 +21,7 @@ import onnx
 
 from . import rewrite
 from .calibration.ranges import RangeCache, Ranges, TensorRange
-from .calibration.runner import collect_ranges as _collect_ranges
-from .calibration.runner import range_settings
+from .calibration.runner import collect_ranges, range_settings
 from .config import CalibrationMethod, Mode, QuantConfig
 from .engine import Stopwatch, timed
 from .feeds import Dataset
@@ -205,11 +204,11 @@ def calibrate_ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, con
                      histograms: dict[str, Any] | None = None) -> Ranges:
     """The ranges of ``plan.tensors_to_calibrate``, from the cache when it holds them
     (calibrated by ``executor.collect_ranges`` when an executor is given: a Dask cluster)."""
-    collect_ranges = executor.collect_ranges if executor is not None else _collect_ranges
+    collect = executor.collect_ranges if executor is not None else collect_ranges
     if cache_dir is None and executor is None and histograms is not None:  # + the HTML report's histograms
-        return collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress, histograms=histograms)
+        return collect(model, data, plan.tensors_to_calibrate, config, progress=progress, histograms=histograms)
     if cache_dir is None:  # hashing the model and every sample is only worth it for the cache
-        return collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
+        return collect(model, data, plan.tensors_to_calibrate, config, progress=progress)
     cache = RangeCache(cache_dir)
     key_model, key_data = model_hash(model), data.fingerprint()
     if key_data is not None:
@@ -217,7 +216,7 @@ def calibrate_ranges(model: onnx.ModelProto, plan: QuantPlan, data: Dataset, con
         if cached is not None and all(t in cached for t in plan.tensors_to_calibrate):
             logger.info("calibration ranges loaded from the cache")
             return cached
-    ranges = collect_ranges(model, data, plan.tensors_to_calibrate, config, progress=progress)
+    ranges = collect(model, data, plan.tensors_to_calibrate, config, progress=progress)
     ranges.model_hash, ranges.data_hash = key_model, key_data
     if key_data is not None:
         cache.put(ranges)
