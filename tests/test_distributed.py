@@ -199,6 +199,26 @@ def test_bad_dask_spec_is_a_usage_error(data: dict[str, Path], tmp_path: Path, r
     assert code == 2 and "--dask expects tcp://HOST:PORT" in err and len(err.strip().splitlines()) == 1
 
 
+def test_scheduler_without_workers_is_a_config_error() -> None:
+    from onnxq.distributed.cluster import connect
+
+    with distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None, silence_logs=40) as empty:
+        with pytest.raises(onnxq.ConfigError, match="has no worker after 1 s; start some with `dask worker"):
+            connect(empty.scheduler_address, timeout=1)
+
+
+def test_a_shard_that_keeps_killing_workers_is_a_model_error() -> None:
+    """Dask gives up after allowed-failures deaths (KilledWorker): one line, not a traceback."""
+    from onnxq.distributed._run import _result
+
+    class Dead:
+        def result(self) -> None:
+            raise distributed.KilledWorker("_observe_shard-1", None, 3)
+
+    with pytest.raises(onnxq.ModelError, match="Dask workers died running '_observe_shard-1' again and again"):
+        _result(Dead())
+
+
 # ------------------------------------------------------------------ onnxq batch
 
 

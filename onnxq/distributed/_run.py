@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._progress import progress as progress_bar
+from ..errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +75,25 @@ def map_shards(client: Any, task: Callable[..., Any], items: Iterable[tuple[Any,
         if pending.count() >= in_flight:
             break
     for future in progress_bar(pending, desc=desc, total=total, enabled=progress, unit="shard"):
-        result = future.result()
+        result = _result(future)
         future.release()
         results[result.index] = result
         item = next(iterator, None)
         if item is not None:
             pending.add(submit(item))
     return [results[i] for i in sorted(results)]
+
+
+def _result(future: Any) -> Any:
+    """The task's result; a task that killed its workers again and again is a one-line ``ModelError``."""
+    from distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker as exc:
+        raise ModelError(f"Dask workers died running {exc.task!r} again and again (allowed-failures reached); "
+                         "the model may crash ONNX Runtime or exhaust a worker's memory: run it in-process "
+                         "to see the error") from None
 
 
 def timings(results: list[Any]) -> list[ShardTiming]:

@@ -91,6 +91,12 @@ def connect(spec: str, *, timeout: float = 30.0) -> Cluster:
             cluster = Cluster(distributed.Client(str(value), timeout=timeout, set_as_default=False))
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the Dask scheduler at {value}: {exc}") from None
+        try:
+            cluster.client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            cluster.close()
+            raise ConfigError(f"the Dask scheduler at {value} has no worker after {timeout:g} s; start some with "
+                              f"`dask worker {value}`") from None
     try:
         cluster.client.run(_warm_up)
     except ImportError as exc:
