@@ -23,6 +23,7 @@ samples (held in memory: ``samples`` rows of each input) and changes no model.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -351,7 +352,7 @@ def sample_batches(data: Any, samples: int) -> list[dict[str, np.ndarray]]:
 
 
 def node_sensitivities(reference_model: onnx.ModelProto, emulation: onnx.ModelProto, gates: dict[str, str],
-                       data: Any, nodes: Iterable[str], *, samples: int = 32,
+                       data: Any, nodes: Iterable[str], *, samples: int = 32, screen: bool = False,
                        progress: bool = False) -> tuple[float, list[Sensitivity]]:
     """The all-int8 output error and each node's revert-one result, largest gain first.
 
@@ -360,6 +361,11 @@ def node_sensitivities(reference_model: onnx.ModelProto, emulation: onnx.ModelPr
         emulation: from :func:`emulation_model`; ``gates`` its gate inputs.
         data: a ``Dataset``; its first ``samples`` rows are used.
         nodes: the candidates (nodes without a gate are skipped).
+        screen: first switch off groups of about sqrt(n) neighbouring candidates at once (one run
+            per group), then measure one by one only the candidates of the groups that hold
+            :data:`SCREEN_SHARE` of the groups' summed gain (at least :data:`SCREEN_MIN_GROUPS`
+            groups); the others are left out. About 2 sqrt(n) + a few groups' worth of runs
+            instead of n (EfficientNet-Lite1: 144 candidates, ~60 runs).
     """
     batches = sample_batches(data, samples)
     reference_session = create_session(reference_model)
@@ -368,19 +374,48 @@ def node_sensitivities(reference_model: onnx.ModelProto, emulation: onnx.ModelPr
     ops = {n.name: n.op_type for n in reference_model.graph.node}
     ones = {g: np.array(True) for g in gates.values()}
 
-    def error(off: str | None) -> float:
+    def error(off: Iterable[str]) -> float:
         switch = dict(ones)
-        if off is not None:
-            switch[gates[off]] = np.array(False)
+        for key in off:
+            switch[gates[key]] = np.array(False)
         outputs = [run(session, {**feeds, **switch})[:len(reference[0])] for feeds in batches]
         return output_error(reference, outputs)
 
-    base = error(None)
-    switched = {i for n in emulation.graph.node for i in n.input}  # a gate nothing reads changes nothing
-    candidates = [n for n in nodes if gates.get(n) in switched]
+    base = error(())
+    position: dict[str, int] = {}  # where each gate is first read (graph order groups neighbours)
+    for index, node in enumerate(emulation.graph.node):
+        for name in node.input:
+            position.setdefault(name, index)
+    candidates = sorted((n for n in nodes if gates.get(n) in position), key=lambda n: position[gates[n]])
+    if screen and len(candidates) > 4 * SCREEN_MIN_GROUPS:
+        candidates = _screened(candidates, lambda group: base - error(group), progress)
     results = []
     for node in progress_bar(candidates, desc="sensitivity", enabled=progress, unit="node"):
-        value = error(node)
+        value = error((node,))
         results.append(Sensitivity(node, ops.get(node, "activation"), value, base - value))
     results.sort(key=lambda s: s.gain, reverse=True)
     return base, results
+
+
+#: Screening keeps the groups holding this share of the summed positive group gain ...
+SCREEN_SHARE = 0.8
+#: ... and at least this many groups.
+SCREEN_MIN_GROUPS = 3
+
+
+def _screened(candidates: list[str], gain: Any, progress: bool) -> list[str]:
+    """The candidates of the groups that matter (see :func:`node_sensitivities`)."""
+    size = max(2, int(math.ceil(math.sqrt(len(candidates)))))
+    groups = [candidates[k:k + size] for k in range(0, len(candidates), size)]
+    gains = [gain(group) for group in progress_bar(groups, desc="sensitivity groups", enabled=progress,
+                                                   unit="group")]
+    order = sorted(range(len(groups)), key=lambda k: gains[k], reverse=True)
+    total = sum(g for g in gains if g > 0)
+    kept: list[int] = []
+    for k in order:
+        if gains[k] <= 0 or (len(kept) >= SCREEN_MIN_GROUPS and sum(gains[j] for j in kept) >= SCREEN_SHARE * total):
+            break
+        kept.append(k)
+    logger.debug("sensitivity screening: %d of %d groups kept (%d candidates)", len(kept), len(groups),
+                 sum(len(groups[k]) for k in kept))
+    return [c for k in sorted(kept) for c in groups[k]]

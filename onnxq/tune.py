@@ -15,16 +15,17 @@ the evaluation data; when the goal is missed, :func:`tune`:
 2. walks that ranking from the largest gain down: each step keeps float the nodes of one entry
    (a folded Relu/Clip always with its Conv/Gemm), re-plans and re-quantizes with the *same*
    calibrated ranges (keeping nodes float never needs a new range), and validates again;
-3. stops when the goal holds, or after ``max_fallback_steps`` steps or ``max_tune_seconds``.
-   When the goal is missed, the best step measured is returned (not the last one).
+3. keeps a step only if it improved the metric (ties: the worst output's cosine decides, which
+   separates steps that top-1 agreement on a few samples scores the same); a step that made
+   things worse is undone, recorded with ``kept=False``, and costs no latency in the result;
+4. stops when the goal holds, or after ``max_fallback_steps`` steps or ``max_tune_seconds``.
 
 Why one ranking and no re-ranking after each step: re-ranking costs a full pass per candidate,
 and the order it gives changes little once a few nodes are float.
 
 Entries are skipped when they touch a node of ``force_quantize`` (the error cannot be removed
 without it), when their nodes are float already, or when keeping them float removes nothing.
-Each step is kept even if it did not improve the metric (greedy, in ranked order), and recorded
-as a :class:`~onnxq.report.schema.FallbackStep`.
+Every step, kept or undone, is recorded as a :class:`~onnxq.report.schema.FallbackStep`.
 
 Targets (``metric op value``; the worst output counts) use the names of :mod:`onnxq.metrics`,
 where they are parsed: ``cosine`` / ``min_cosine``, ``sqnr`` (dB), ``max_abs`` / ``mean_abs``,
@@ -98,17 +99,16 @@ class TuneResult:
     """What the fallback did; :meth:`annotate` writes it into the final report.
 
     Attributes:
-        model: the quantized model after the last step (after the best step when the goal was missed).
+        model: the quantized model after the last kept step.
         plan: its plan (the fallback nodes marked with :data:`FALLBACK_REASON`).
         target: the goal.
-        target_met: whether the goal held after the last step.
+        target_met: whether the goal holds for ``model``.
         steps: step 0 (first quantization) and one entry per fallback step.
         layers: the per-layer analysis of the first quantized model (empty when the goal held
             at once).
         report: the validation of ``model`` made by the step that produced it (``None`` with a metric
             function), which the final report reuses instead of validating the same model again.
-        best_step: the step whose model is returned: the last one, or the best measured when the
-            goal was missed.
+        best_step: the last step that was kept (whose model is returned).
         ranking: how the candidates were ranked (one line for the report; empty when no step ran).
     """
 
@@ -129,12 +129,13 @@ class TuneResult:
         report.fallback = list(self.steps)
         report.layers = list(self.layers)
         chosen = len(self.steps) - 1 if self.best_step is None else self.best_step
-        kept = [n for s in self.steps[:chosen + 1] for n in s.nodes]
+        kept = [n for s in self.steps[:chosen + 1] if s.kept for n in s.nodes]
         value = self.steps[chosen].metric_value if self.steps else math.nan
         verdict = "met" if self.target_met else "NOT met"
-        returned = "" if chosen == len(self.steps) - 1 else f"; returned step {chosen}, the best measured"
+        undone = sum(not s.kept for s in self.steps)
         report.notes.append(f"target {self.target} {verdict} ({self.target.metric} = {value:.6g}) after "
-                            f"{len(self.steps) - 1} fallback step(s){returned}"
+                            f"{len(self.steps) - 1} fallback step(s)"
+                            + (f" ({undone} undone: they made it worse)" if undone else "")
                             + (f"; kept float: {', '.join(kept)}" if kept else ""))
         if self.ranking:
             report.notes.append(self.ranking)
@@ -144,7 +145,8 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
          data: Any, config: QuantConfig, *, ranges: Any = None, progress: bool = False,
          metric: MetricFn | None = None,
          rebuild: Callable[[QuantPlan], onnx.ModelProto] | None = None, executor: Any = None,
-         unbiased: onnx.ModelProto | None = None) -> TuneResult:
+         unbiased: onnx.ModelProto | None = None,
+         view: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None) -> TuneResult:
     """Fall back the most harmful nodes to float until ``config.target`` holds or the budget ends.
 
     Args:
@@ -161,6 +163,8 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
             model) and ``metric_drop<=X`` (float minus quantized).
         executor: validates each candidate on a Dask cluster (``DaskExecutor``; the same reports).
         unbiased: ``prepared`` before bias correction (a node kept float gets its own bias back).
+        view: what validation runs for a model ``rebuild`` returns (e.g. the float interface of an
+            integer-I/O model); default: the model itself.
 
     Raises:
         ConfigError: no target, no evaluation data, or a metric the data cannot give.
@@ -181,13 +185,14 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
     reference = user_metric(float_model, data, metric) if target.metric == "metric_drop" else 0.0
 
     reports: list[Report] = []  # the validation of the last model measured
+    shown = view or (lambda model: model)
 
     def measure(model: onnx.ModelProto) -> float:
         if uses_fn:
-            value = user_metric(model, data, metric)
+            value = user_metric(shown(model), data, metric)
             return reference - value if target.metric == "metric_drop" else value
         check = executor.validate if executor is not None else validate
-        reports[:] = [check(float_model, model, data, latency=False, progress=False)]
+        reports[:] = [check(float_model, shown(model), data, latency=False, progress=False)]
         return metric_value(reports[0], target)
 
     value = measure(quantized)
@@ -195,9 +200,9 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
     logger.info("target %s: first quantization gives %.6g", target, value)
     if steps[0].goal_met:
         return TuneResult(quantized, plan, target, True, steps, report=reports[0] if reports else None)
-    best = _Best(value, quantized, plan, reports[0] if reports else None, 0)
+    best = _Best(value, _tie_break(reports), quantized, plan, reports[0] if reports else None, 0)
     ranking_started = time.monotonic()
-    candidates, layers = _ranking(float_model, prepared, quantized, data, config, unbiased=unbiased,
+    candidates, layers = _ranking(float_model, prepared, shown(quantized), data, config, unbiased=unbiased,
                                   progress=progress)
     ranking = (f"fallback ranking: {'per-layer error (analyze)' if layers else 'revert-one sensitivity'} of "
                f"{len(candidates)} candidate(s) in {time.monotonic() - ranking_started:.1f} s")
@@ -208,37 +213,41 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         if config.max_tune_seconds is not None and time.monotonic() - start > config.max_tune_seconds:
             logger.info("fallback stopped: max_tune_seconds=%g reached", config.max_tune_seconds)
             break
-        chosen = set(plan.nodes_to_quantize)
+        chosen = set(best.plan.nodes_to_quantize)
         nodes = [n for n in entry.nodes if n in chosen]
         if not nodes or _forced(entry.nodes, by_name, config):
             continue
-        candidate = keep_float(plan, prepared, nodes, ranges)
+        candidate = keep_float(best.plan, prepared, nodes, ranges)
         if candidate is None:
             logger.info("cannot keep %s float without new calibration ranges; skipped", ", ".join(nodes))
             continue
         nodes = [d.name for d in candidate.decisions if d.name in chosen and not d.quantize]
         if _forced(nodes, by_name, config):  # a Conv/Gemm that a Relu/Clip of the entry is folded into
             continue
-        plan = candidate
-        quantized = rebuild(candidate) if rebuild is not None else _rewrite(prepared, candidate, ranges, config)
-        value = measure(quantized)
+        model = rebuild(candidate) if rebuild is not None else _rewrite(prepared, candidate, ranges, config)
+        value = measure(model)
+        tie = _tie_break(reports)
+        met = target.holds(value)
+        kept = met or _better(target, value, best.value) or (value == best.value and tie > best.tie)
         primary = entry.node if entry.node in nodes else nodes[0]
         steps.append(FallbackStep(step=len(steps), node=primary, op_type=by_name[primary].op_type,
-                                  metric_value=value, goal_met=target.holds(value), nodes=nodes,
-                                  tensor=entry.tensor))
-        logger.info("fallback step %d: kept %s float (%s) -> %s = %.6g", len(steps) - 1, ", ".join(nodes),
-                    entry.why, target.metric, value)
-        if _better(target, value, best.value):
-            best = _Best(value, quantized, plan, reports[0] if reports else None, len(steps) - 1)
-        if steps[-1].goal_met:
+                                  metric_value=value, goal_met=met, nodes=nodes, tensor=entry.tensor, kept=kept))
+        logger.info("fallback step %d: kept %s float (%s) -> %s = %.6g%s", len(steps) - 1, ", ".join(nodes),
+                    entry.why, target.metric, value, "" if kept else ": worse, undone")
+        if kept:  # greedy: a step that does not help is undone, so it costs no latency
+            best = _Best(value, tie, model, candidate, reports[0] if reports else None, len(steps) - 1)
+        if met:
             break
-    if not steps[-1].goal_met and best.step != len(steps) - 1:
-        logger.info("target missed: returning step %d (%s = %.6g), the best measured", best.step,
-                    target.metric, best.value)
-        return TuneResult(best.model, best.plan, target, False, steps, layers, best.report, best_step=best.step,
-                          ranking=ranking)
-    return TuneResult(quantized, plan, target, steps[-1].goal_met, steps, layers,
-                      reports[0] if reports else None, best_step=len(steps) - 1, ranking=ranking)
+    return TuneResult(best.model, best.plan, target, steps[best.step].goal_met, steps, layers, best.report,
+                      best_step=best.step, ranking=ranking)
+
+
+def _tie_break(reports: list[Report]) -> float:
+    """The worst output's cosine of the last validation (NaN without one): it separates two steps
+    that a coarse metric such as top-1 agreement on a few samples scores the same."""
+    if not reports or not reports[0].outputs:
+        return math.nan
+    return min(o.cosine for o in reports[0].outputs)
 
 
 #: Evaluation samples the revert-one ranking runs on (one run of them per candidate).
@@ -265,6 +274,7 @@ class Candidate:
 @dataclass
 class _Best:
     value: float
+    tie: float
     model: onnx.ModelProto
     plan: QuantPlan
     report: Report | None
@@ -322,7 +332,7 @@ def sensitivity_ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto,
     for node in prepared.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.name)
-    base, ranked = node_sensitivities(float_model, emulation, gates, data, list(gates), samples=samples,
+    base, ranked = node_sensitivities(float_model, emulation, gates, data, list(gates), samples=samples, screen=True,
                                       progress=progress)
     candidates = []
     for entry in ranked:

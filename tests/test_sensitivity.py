@@ -91,8 +91,8 @@ def test_output_error_follows_class_scores_and_energy() -> None:
     assert output_error(vec, [[np.array([[1.0], [1.0]], np.float32)]]) == pytest.approx(1 / 5)
 
 
-def test_a_missed_target_returns_the_best_step_not_the_last(cnn) -> None:
-    """A later step that makes things worse (here: a rebuild that breaks the model) is not what is returned."""
+def test_a_step_that_makes_things_worse_is_undone(cnn) -> None:
+    """A step that makes the metric worse (here: a rebuild that breaks the model) is undone, not returned."""
     model, built, data = cnn
     calls = []
 
@@ -113,6 +113,23 @@ def test_a_missed_target_returns_the_best_step_not_the_last(cnn) -> None:
     values = [s.metric_value for s in result.steps]
     assert result.best_step == int(np.argmax(values)) and result.best_step <= 1
     assert values[2] < 0  # the sabotaged step
+    assert [s.kept for s in result.steps[2:]] == [False] * (len(result.steps) - 2)
     first_float = {d.name for d in result.plan.decisions if not d.quantize}
     assert first_float == set(result.steps[result.best_step].nodes)
     assert result.report is not None and result.report.outputs[0].cosine == pytest.approx(values[result.best_step])
+
+
+def test_screening_measures_only_the_groups_that_matter() -> None:
+    """Screening by groups finds the one bad layer with fewer runs than one per candidate."""
+    from onnxq import sensitivity
+
+    gains = {f"n{k}": (5.0 if k == 13 else 0.01) for k in range(100)}
+    measured: list[list[str]] = []
+
+    def gain(group: list[str]) -> float:
+        measured.append(list(group))
+        return sum(gains[n] for n in group)
+
+    kept = sensitivity._screened(list(gains), gain, progress=False)
+    assert len(measured) == 10  # groups of sqrt(100) = 10 neighbours, one run each
+    assert "n13" in kept and len(kept) == 30  # the 3 groups kept at least; n13's holds 5.09 of 5.90

@@ -192,6 +192,8 @@ class FallbackStep:
         nodes: every node this step kept in float (``node`` plus a folded Relu/Clip and the other
             nodes quantizing the same tensor).
         tensor: the tensor whose error this step removed (the analysis entry it acted on).
+        kept: ``False`` when the step made the metric worse and was undone (its nodes stay
+            quantized in the result).
     """
 
     step: int
@@ -201,6 +203,7 @@ class FallbackStep:
     goal_met: bool
     nodes: list[str] = field(default_factory=list)
     tensor: str | None = None
+    kept: bool = True
 
 
 @dataclass
@@ -416,7 +419,8 @@ class Report:
             lines.extend(f"  step {s.step}: " + (f"kept {', '.join(map(self.display_name, s.nodes or [s.node]))}"
                                                   " float -> "
                                                   if s.step else "first quantization -> ")
-                         + f"{format_number(s.metric_value, '.6g')}" for s in self.fallback)
+                         + f"{format_number(s.metric_value, '.6g')}" + ("" if s.kept else " (worse: undone)")
+                         for s in self.fallback)
         lines.extend(f"pass:     {p.get('name')}: {p.get('summary')} ({float(p.get('seconds') or 0):.1f} s)"
                      for p in self.passes)
         if self.timings:
@@ -605,6 +609,7 @@ def _step_from_dict(data: dict[str, Any]) -> FallbackStep:
         goal_met=bool(_require(data, "goal_met", "fallback step")),
         nodes=[str(n) for n in data.get("nodes") or []],
         tensor=_optional_str(data.get("tensor")),
+        kept=bool(data.get("kept", True)),
     )
 
 
