@@ -326,8 +326,7 @@ def _kill_a_busy_worker(client: Any, local: Any, prefix: str, timeout: float = 6
         for address, keys in processing.items():
             if any(str(key).startswith(prefix) for key in keys):
                 for nanny in local.workers.values():
-                    if nanny.worker_address == address and nanny.process is not None:
-                        time.sleep(0.2)  # well inside the shard
+                    if nanny.worker_address == address and nanny.process is not None:  # at once: mid-shard
                         os.kill(nanny.process.process.pid, signal.SIGKILL)
                         return str(address)
         time.sleep(0.01)
