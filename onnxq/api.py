@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,27 +193,25 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     elif config.optimize != "accuracy":
         notes.append(f"optimize={config.optimize}: needs static mode and a calibration batch to profile; not applied")
     float_ops: list[Any] = []
+    integer_notes: list[str] = []
     if config.mode is Mode.STATIC:
         quantized, float_ops, integer_notes = _integer_steps(quantized, built.ranges, config)
         notes += integer_notes
     tuning = None
     if config.target is not None:  # keep the most harmful nodes float until the target holds
-        from .strict import float_nodes
-        from .tune import tune
-
-        assert built.recipe is not None  # target needs static or dynamic mode (QuantConfig checks it)
-        started = time.perf_counter()
-        tuning = tune(float_model, built.recipe.model, plan, quantized, eval_data, config, ranges=built.ranges,
-                      progress=progress, metric=metric, rebuild=built.recipe.build, executor=executor,
-                      unbiased=built.recipe.unbiased)
-        plan, quantized = tuning.plan, tuning.model
-        timings["tune"] = time.perf_counter() - started
-        float_ops = float_nodes(quantized) if config.mode is Mode.STATIC else []
+        with timed(timings, "tune"):
+            tuning, io_notes = _fallback(float_model, built, plan, quantized, eval_data, config,
+                                         progress=progress, metric=metric, executor=executor)
+        if tuning.model is not quantized:
+            plan, quantized = tuning.plan, tuning.model
+            float_ops = _float_ops(quantized, config)
+            if config.io_type is not None:  # the boundary notes of the model returned, not the first one
+                notes = [n for n in notes if n not in integer_notes] + _sixteen_bit_note(config) + io_notes
     for note in notes:
         logger.info(note)
 
     view = _float_io_view(quantized, config)
-    known = tuning.report if tuning is not None and view is quantized else None  # validated by the fallback
+    known = tuning.report if tuning is not None else None  # the fallback validated this view already
     report = _report(float_model, view, eval_data, config, plan, notes,
                      progress=progress, latency=latency, threads=threads, known=known, executor=executor,
                      consumers=[collected.scatter_sample.update] if collected else ())
@@ -284,19 +281,67 @@ def _integer_steps(model: onnx.ModelProto, ranges: Ranges | None,
     Returns:
         The model, its float compute nodes, and notes for the report.
     """
-    from .rewrite.io_types import integer_io
-    from .strict import check_strict, float_nodes
+    from .strict import check_strict
 
-    notes: list[str] = []
-    if config.activation_type.bits == 16:
-        notes.append(f"16x8: {config.activation_type.value} activations, int8 weights, opset 21. ONNX "
-                     "Runtime's CPU kernels run 16-bit QDQ in float between Q/DQ: this buys accuracy, "
-                     "not speed.")
-    if config.io_type is not None:
-        assert ranges is not None
-        model, io_notes = integer_io(model, ranges, config.io_type, config.activation_type)
-        notes.extend(io_notes)
-    return model, (check_strict(model) if config.strict else float_nodes(model)), notes
+    model, io_notes = _integer_io(model, ranges, config)
+    return model, (check_strict(model) if config.strict else _float_ops(model, config)), \
+        _sixteen_bit_note(config) + io_notes
+
+
+def _sixteen_bit_note(config: QuantConfig) -> list[str]:
+    """The report's note on 16-bit activations (none for 8-bit ones)."""
+    if config.activation_type.bits != 16:
+        return []
+    return [f"16x8: {config.activation_type.value} activations, int8 weights, opset 21. ONNX Runtime's CPU "
+            "kernels run 16-bit QDQ in float between Q/DQ: this buys accuracy, not speed."]
+
+
+def _integer_io(model: onnx.ModelProto, ranges: Ranges | None,
+                config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with integer inputs and outputs when ``config.io_type`` asks for it, and its notes."""
+    if config.io_type is None:
+        return model, []
+    from .rewrite.io_types import integer_io
+
+    assert ranges is not None  # io_type is static-only (QuantConfig checks it)
+    return integer_io(model, ranges, config.io_type, config.activation_type)
+
+
+def _float_ops(model: onnx.ModelProto, config: QuantConfig) -> list[Any]:
+    """The compute nodes that run in float (static mode; other modes report none)."""
+    from .strict import float_nodes
+
+    return float_nodes(model) if config.mode is Mode.STATIC else []
+
+
+def _fallback(float_model: onnx.ModelProto, built: pipelines.Built, plan: QuantPlan, quantized: onnx.ModelProto,
+              eval_data: Dataset | None, config: QuantConfig, *, progress: bool,
+              metric: Callable[[dict[str, Any], Any], float] | None, executor: Any) -> tuple[Any, list[str]]:
+    """Run the accuracy fallback (:func:`onnxq.tune.tune`) on the pipeline's first model.
+
+    Every model a fallback step builds goes through the same integer-I/O step as ``quantized`` and is
+    validated through its float interface (what the final report validates), so a step is judged
+    on the model the user gets.
+
+    Returns:
+        The :class:`~onnxq.tune.TuneResult`, and the integer-I/O notes of its model (``[]`` without
+        ``io_type`` or when no step was kept).
+    """
+    from .tune import tune
+
+    recipe = built.recipe
+    assert recipe is not None  # target needs static or dynamic mode (QuantConfig checks it)
+    io_notes: dict[int, list[str]] = {}  # id(model) -> its boundary notes
+
+    def rebuild(candidate: QuantPlan) -> onnx.ModelProto:
+        model, notes = _integer_io(recipe.build(candidate), built.ranges, config)
+        io_notes[id(model)] = notes
+        return model
+
+    tuning = tune(float_model, recipe.model, plan, quantized, eval_data, config, ranges=built.ranges,
+                  progress=progress, metric=metric, rebuild=rebuild, executor=executor, unbiased=recipe.unbiased,
+                  view=lambda model: _float_io_view(model, config))
+    return tuning, io_notes.get(id(tuning.model), [])
 
 
 def _float_io_view(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:

@@ -109,7 +109,9 @@ class QuantConfig:
             ``"cosine>=0.999"``, ``"min_cosine>=0.99"``, ``"sqnr>=30"`` (dB), ``"top1>=0.99"``
             (agreement with the float model's top-1) or ``"accuracy_drop<=0.5"`` (points; needs
             labels). Worst output counts. ``None`` (default): no fallback. Static and dynamic
-            modes only; stored in canonical form.
+            modes only (with ``io_type`` and ``qat_quantize_rest`` too, never with ``strict``: strict
+            forbids float compute, and keeping nodes float is the fallback's only tool); stored in
+            canonical form.
         max_fallback_steps: at most this many fallback steps (nodes or node groups kept float).
         max_tune_seconds: stop the fallback after this many seconds (``None``: no time limit).
         keep_float: node names or globs always kept float (like ``exclude_nodes``, but reported as
@@ -246,9 +248,9 @@ class QuantConfig:
         object.__setattr__(self, "target", str(parse_target(self.target)))
         if self.mode not in (Mode.STATIC, Mode.DYNAMIC):
             raise ConfigError(f"target needs mode='static' or 'dynamic', not mode={self.mode.value!r}")
-        if self.strict or self.io_type is not None or self.qat_quantize_rest:
-            raise ConfigError("target cannot be combined with strict, io_type or qat_quantize_rest (the fallback "
-                              "keeps nodes float and re-quantizes plain QDQ)")
+        if self.strict:
+            raise ConfigError("target cannot be combined with strict: strict forbids any float compute node, "
+                              "and keeping nodes float is the fallback's only tool")
 
     def _check_float_modes(self) -> None:
         """float16 and weight-only fields (issue 6): valid values, and only in their own mode."""
