@@ -47,7 +47,12 @@ ONNXQ_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("onnxq-auto", {"method": "auto"}),
     ("onnxq-equalize", {"equalization": True}),
     ("onnxq-adaptive-rounding", {"weight_rounding": "adaptive", "rounding_seconds": 240.0}),
+    # the accuracy-driven fallback, validated on the calibration crops (no evaluation data given)
+    ("onnxq-target-top1-97", {"target": "top1>=0.97", "max_fallback_steps": 10}),
 ]
+#: Variants that need more than the mode's per-process cap (seconds, also in --quick): the rounding
+#: budget or the fallback plus the export-free quantization around it.
+VARIANT_TIMEOUT_S = {"onnxq-adaptive-rounding": 900.0, "onnxq-target-top1-97": 900.0}
 #: (name, activation type, ORT calibration method, reduce_range: None = as this CPU needs it)
 ORT_SETTINGS: list[tuple[str, str, str, bool | None]] = [
     (f"ort-{act.lower()}-{method}", act, method, None)
@@ -99,11 +104,24 @@ def task_quantize_onnxq(p: dict[str, Any]) -> dict[str, Any]:
     result = onnxq.quantize(p["model"], p["calib"], config=config, latency=False)
     elapsed = time.perf_counter() - start
     result.save(p["out"])
-    passes = [{"name": getattr(r, "name", None), "summary": getattr(r, "summary", None),
+    report = result.report
+    passes = [{"name": r.get("name"), "summary": r.get("summary"), "changed": r.get("changed"),
+               "seconds": r.get("seconds")} if isinstance(r, dict) else
+              {"name": getattr(r, "name", None), "summary": getattr(r, "summary", None),
                "changed": getattr(r, "changed", None), "seconds": getattr(r, "seconds", None)}
-              for r in (getattr(result.report, "passes", None) or [])]
-    return {"quantize_s": round(elapsed, 3), "reduce_range": config.reduce_range,
-            "nodes_quantized": len(getattr(result.plan, "nodes_to_quantize", []) or []), "passes": passes}
+              for r in (getattr(report, "passes", None) or [])]
+    out = {"quantize_s": round(elapsed, 3), "reduce_range": config.reduce_range,
+           "nodes_quantized": len(getattr(result.plan, "nodes_to_quantize", []) or []), "passes": passes,
+           "timings": dict(getattr(report, "timings", None) or {})}
+    if config.target is not None:  # the fallback: goal, steps, what it kept float, its own time
+        steps = list(getattr(report, "fallback", None) or [])
+        out["target"] = {"goal": report.target, "met": report.target_met, "steps": max(len(steps) - 1, 0),
+                         "undone": sum(not getattr(s, "kept", True) for s in steps),
+                         "values": [s.metric_value for s in steps],
+                         "float_nodes": len(report.float_nodes or []),
+                         "tune_s": (report.timings or {}).get("tune"),
+                         "ranking": next((n for n in report.notes if n.startswith("fallback ranking")), None)}
+    return out
 
 
 def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
@@ -209,8 +227,9 @@ def _quantize_all(mode: str, *, model: Path, calib: Path, workdir: Path,
             rows.append({**row, "status": "skipped: quick mode"})
             continue
         out = workdir / name / f"{name}.onnx"
+        capped = {**job, "timeout_s": max(job["timeout_s"], VARIANT_TIMEOUT_S.get(name, 0.0))}
         row.update(run_job(task, {**params, "model": str(model), "calib": str(calib), "out": str(out)},
-                           workdir=workdir / name, label=f"effnet-{name}", **job))
+                           workdir=workdir / name, label=f"effnet-{name}", **capped))
         if row.get("skipped"):
             row["status"] = f"skipped: {row.pop('skipped')}"
         elif row["status"] == "ok" and out.exists():

@@ -207,6 +207,7 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
     ranking = (f"fallback ranking: {'per-layer error (analyze)' if layers else 'revert-one sensitivity'} of "
                f"{len(candidates)} candidate(s) in {time.monotonic() - ranking_started:.1f} s")
     by_name = {n.name: n for n in prepared.graph.node}
+    undone: set[frozenset[str]] = set()
     for entry in candidates:
         if len(steps) > config.max_fallback_steps:
             break
@@ -224,6 +225,8 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         nodes = [d.name for d in candidate.decisions if d.name in chosen and not d.quantize]
         if _forced(nodes, by_name, config):  # a Conv/Gemm that a Relu/Clip of the entry is folded into
             continue
+        if frozenset(nodes) in undone:  # another entry naming the same nodes was measured and undone
+            continue
         model = rebuild(candidate) if rebuild is not None else _rewrite(prepared, candidate, ranges, config)
         value = measure(model)
         tie = _tie_break(reports)
@@ -236,6 +239,9 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
                     entry.why, target.metric, value, "" if kept else ": worse, undone")
         if kept:  # greedy: a step that does not help is undone, so it costs no latency
             best = _Best(value, tie, model, candidate, reports[0] if reports else None, len(steps) - 1)
+            undone.clear()  # on a new base the same nodes may help
+        else:
+            undone.add(frozenset(nodes))
         if met:
             break
     return TuneResult(best.model, best.plan, target, steps[best.step].goal_met, steps, layers, best.report,
