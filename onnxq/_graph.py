@@ -176,3 +176,14 @@ def unique_name(base: str, taken: set[str]) -> str:
         name, i = f"{base}_{i}", i + 1
     taken.add(name)
     return name
+
+
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph`` and, depth first, of the subgraphs in its attributes (If, Loop, Scan)."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from all_nodes(attribute.g)
+            for sub in attribute.graphs:
+                yield from all_nodes(sub)

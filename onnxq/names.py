@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import onnx
+
+from ._graph import all_nodes
 
 __all__ = ["FRAMEWORK_NAME_KEY", "display_name", "framework_name", "framework_names"]
 
@@ -50,7 +52,7 @@ def framework_names(model: onnx.ModelProto, only: Iterable[str] | None = None) -
     different from their ONNX name; subgraphs included."""
     wanted = None if only is None else set(only)
     names: dict[str, str] = {}
-    for node in _nodes(model.graph):
+    for node in all_nodes(model.graph):
         if not node.name or (wanted is not None and node.name not in wanted):
             continue
         found = framework_name(node)
@@ -95,13 +97,3 @@ def _from_pattern(name: str) -> str | None:
     if len(parts) >= 3 and all(parts):
         return parts[1]
     return None
-
-
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from _nodes(attribute.g)
-            for sub in attribute.graphs:
-                yield from _nodes(sub)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ._graph import LARGE_MODEL_BYTES, opset_version, proto_size, serialized_size
+from ._graph import LARGE_MODEL_BYTES, all_nodes, opset_version, proto_size, serialized_size
 from .errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     graph = _infer_shapes(model, LARGE_MODEL_BYTES).graph
     shapes = _collect_shapes(graph)
     initializer_names = {t.name for t in _graph_initializers(graph)}
-    nodes = list(_nodes(graph))
+    nodes = list(all_nodes(graph))
     producers = {out: node for node in nodes for out in node.output if out}
 
     op_counts = Counter(node.op_type for node in nodes)
@@ -204,16 +204,6 @@ def _infer_shapes(model: onnx.ModelProto, limit: int) -> onnx.ModelProto:
     except Exception as exc:  # inference is best effort here
         logger.debug("shape inference failed, MACs estimated from weights only: %s", exc)
         return model
-
-
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from _nodes(attribute.g)
-            for sub in attribute.graphs:
-                yield from _nodes(sub)
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

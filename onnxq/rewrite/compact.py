@@ -22,7 +22,6 @@ Names, value_info, scales and the graph's structure are left as ORT wrote them: 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +29,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from .._graph import serialized_size
+from .._graph import all_nodes, serialized_size
 
 __all__ = ["TRACE_KEYS", "CompactStats", "compact"]
 
@@ -62,7 +61,7 @@ def compact(model: onnx.ModelProto) -> CompactStats:
     before = serialized_size(model)
     graph = model.graph
     zero_points = _drop_zero_points(graph)
-    debug = sum(_slim_debug_info(node) for node in _all_nodes(graph))
+    debug = sum(_slim_debug_info(node) for node in all_nodes(graph))
     initializers = _drop_unused_initializers(graph)
     return CompactStats(zero_points=zero_points, initializers=initializers, debug_nodes=debug,
                         bytes_saved=before - serialized_size(model))
@@ -73,7 +72,7 @@ def _drop_zero_points(graph: onnx.GraphProto) -> int:
     whose zero point ORT does not need (int32 biases; weights read only by Conv)."""
     inits = {t.name: t for t in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in _all_nodes(graph):
+    for node in all_nodes(graph):
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
@@ -113,7 +112,7 @@ def _slim_debug_info(node: onnx.NodeProto) -> int:
 def _drop_unused_initializers(graph: onnx.GraphProto) -> int:
     """Remove initializers that no node (subgraphs included) reads and that are not graph outputs
     or graph inputs (an initializer listed as an input can be overridden: it stays)."""
-    used = {name for node in _all_nodes(graph) for name in node.input}
+    used = {name for node in all_nodes(graph) for name in node.input}
     used |= {o.name for o in graph.output} | {i.name for i in graph.input}
     keep = [t for t in graph.initializer if t.name in used]
     removed = len(graph.initializer) - len(keep)
@@ -121,13 +120,3 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return removed
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from _all_nodes(attribute.g)
-            for sub in attribute.graphs:
-                yield from _all_nodes(sub)
