@@ -132,7 +132,11 @@ def _opset(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (exposed for documentation and tests)."""
+    """The full argument parser (exposed for documentation and tests).
+
+    Each command's options are shown in argument groups (:data:`GROUPS`); ``--help``, ``--quiet``
+    and ``--debug`` stay under "options".
+    """
     parser = _Parser(
         prog="onnxq", description="Quantize ONNX models with ONNX Runtime and measure how close they stay to float.")
     parser.add_argument("--version", action="version", version=f"onnxq {__version__}")
@@ -141,159 +145,253 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
     common.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
-    latency = argparse.ArgumentParser(add_help=False)  # how latency is measured (onnxq.latency)
-    latency.add_argument("--latency-runs", type=_latency_runs, metavar="N|auto",
-                         help="timed runs per model; auto (default): until the median is stable")
-    latency.add_argument("--latency-batch", type=_int_in(1, MAX_BATCH_SIZE), metavar="B",
-                         help="samples per timed batch (default: the first evaluation batch)")
-    latency.add_argument("--latency-budget", type=_float_in(0.0, 3600.0, low_open=True), metavar="S",
-                         help="at most S seconds of timed runs when --latency-runs is auto (default 5)")
-    timing = argparse.ArgumentParser(add_help=False, parents=[latency])
-    timing.add_argument("--threads", type=_THREADS, metavar="T", help="ORT threads for the latency measurement")
-    timing.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    q = _add_quantize(sub, common)
+    _add_export(sub, common)
+    v = _add_validate(sub, common)
+    _add_compare(sub, common)
+    _add_inspect(sub, common)
+    _add_analyze(sub, common)
+    _add_presets(sub, common)
+    _add_distributed(sub, common, quantize=q.add_argument_group("distributed"),
+                     validate=v.add_argument_group("distributed"))
+    return parser
 
-    q = sub.add_parser("quantize", parents=[common, timing], help="quantize a float ONNX model",
+
+#: The argument groups of each command's ``--help``, in order (``batch`` is defined with the
+#: distributed code and keeps one list).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "quantize": ("output", "data", "quantization", "float16 & weight-only", "selection", "accuracy passes",
+                 "fallback", "validation & latency", "distributed"),
+    "export": ("output", "data"),
+    "validate": ("output", "data", "validation & latency", "distributed"),
+    "compare": ("check", "output", "data", "validation & latency"),
+    "inspect": ("output",),
+    "analyze": ("output", "data"),
+    "presets": ("output",),
+}
+
+
+def _groups(parser: argparse.ArgumentParser, command: str) -> dict[str, Any]:
+    """The argument groups of ``command`` (:data:`GROUPS`), by title."""
+    return {title: parser.add_argument_group(title) for title in GROUPS[command]
+            if title != "distributed"}  # added by _add_distributed, after every other group
+
+
+def _add_latency_flags(group: Any) -> None:
+    """How latency is measured (onnxq.latency): --latency-runs, --latency-batch, --latency-budget."""
+    group.add_argument("--latency-runs", type=_latency_runs, metavar="N|auto",
+                       help="timed runs per model; auto (default): until the median is stable")
+    group.add_argument("--latency-batch", type=_int_in(1, MAX_BATCH_SIZE), metavar="B",
+                       help="samples per timed batch (default: the first evaluation batch)")
+    group.add_argument("--latency-budget", type=_float_in(0.0, 3600.0, low_open=True), metavar="S",
+                       help="at most S seconds of timed runs when --latency-runs is auto (default 5)")
+
+
+def _add_timing_flags(group: Any) -> None:
+    """The latency flags plus --threads and --no-latency (quantize, validate)."""
+    _add_latency_flags(group)
+    group.add_argument("--threads", type=_THREADS, metavar="T", help="ORT threads for the latency measurement")
+    group.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+
+
+def _add_quantize(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``onnxq quantize``."""
+    q = sub.add_parser("quantize", parents=[common], help="quantize a float ONNX model",
                        description="Quantize a float ONNX model (static QDQ or dynamic) and validate it "
                                    "against the float model.")
     q.add_argument("model", metavar="IN", help="float ONNX model")
-    q.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the quantized model")
-    q.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.STATIC.value,
+    q.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickled framework model files (this runs code from the file)")
+    g = _groups(q, "quantize")
+    g["output"].add_argument("-o", "--output", required=True, metavar="OUT",
+                             help="where to write the quantized model")
+    g["output"].add_argument("--report", metavar="FILE.json|FILE.html",
+                             help="write the validation report: a self-contained HTML page with plots when the "
+                                  "name ends in .html/.htm (needs matplotlib), JSON otherwise")
+    _add_quantize_data(g["data"])
+    _add_quantize_method(g["quantization"])
+    _add_quantize_float_modes(g["float16 & weight-only"])
+    _add_quantize_selection(g["selection"])
+    _add_quantize_passes(g["accuracy passes"])
+    _add_quantize_fallback(g["fallback"])
+    _add_timing_flags(g["validation & latency"])
+    q.set_defaults(func=_cmd_quantize)
+    return q
+
+
+def _add_quantize_data(g: Any) -> None:
+    """quantize: calibration and evaluation data."""
+    g.add_argument("--calib", metavar="DATA", help="calibration data: .npz, folder of .npy/.npz, or an ONNX "
+                   "test_data_set folder (keys = input names, first axis = samples)")
+    g.add_argument("--eval", metavar="DATA", help="held-out evaluation data (default: the calibration data)")
+    g.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N calibration samples")
+    g.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
+    g.add_argument("--shuffle", action="store_true", help="shuffle calibration samples (seeded) before --samples")
+    g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=None, help="seed for --shuffle (default 0)")
+    g.add_argument("--cache-dir", metavar="DIR", help="reuse calibration ranges cached in DIR "
+                   "(keyed by model hash, data hash and settings)")
+
+
+def _add_quantize_method(g: Any) -> None:
+    """quantize: mode, hardware preset, types, range estimation, integer I/O."""
+    g.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.STATIC.value,
                    help="static: int8 activations calibrated on --calib data (default); "
                         "dynamic: int8 weights, activations quantized at run time (no data needed); "
                         "float16: weights and activations in float16 (no data needed); "
                         "weight-only: int4/int8 block-wise MatMul weights (MatMulNBits), float activations")
-    q.add_argument("--target-hw", choices=_preset_names(), metavar="NAME",
+    g.add_argument("--target-hw", choices=_preset_names(), metavar="NAME",
                    help="hardware preset setting --activation-type, --reduce-range and per-channel weights "
                         f"({', '.join(_preset_names())}; see `onnxq presets`); explicit flags override it")
-    q.add_argument("--bits", type=int, choices=[4, 8], help="weight-only: bits per weight (default 4)")
-    q.add_argument("--block-size", type=_int_in(None, MAX_BLOCK_SIZE), metavar="N",
-                   help="weight-only: weights per scale along K, a power of two >= 16 (default 128, ORT's default; "
-                        "smaller is more accurate and larger)")
-    q.add_argument("--algorithm", choices=["rtn", "gptq", "hqq"],
-                   help="weight-only: rtn (round to nearest, default), gptq (needs --calib, 4 bits) or "
-                        "hqq (no data, 4 bits, ORT's code needs torch)")
-    q.add_argument("--symmetric", action="store_true", default=None,
-                   help="weight-only: symmetric blocks without zero points (rtn, gptq)")
-    q.add_argument("--fp16-block-ops", nargs="+", metavar="OP",
-                   help="float16: op types kept in float32, in addition to the default block list")
-    q.add_argument("--keep-io-types", action=argparse.BooleanOptionalAction, default=None,
-                   help="float16: keep float32 model inputs/outputs (default) or make them float16 "
-                        "(--no-keep-io-types)")
-    q.add_argument("--calib", metavar="DATA", help="calibration data: .npz, folder of .npy/.npz, or an ONNX "
-                   "test_data_set folder (keys = input names, first axis = samples)")
-    q.add_argument("--method", choices=[m.value for m in CalibrationMethod], default=None,
+    g.add_argument("--method", choices=[m.value for m in CalibrationMethod], default=None,
                    help="range estimator: minmax (default), entropy (KL divergence), percentile, mse, or auto "
                         "(per tensor, the one of these that best preserves the tensor's consumers)")
-    q.add_argument("--percentile", type=_finite_float, default=None, metavar="P",
+    g.add_argument("--percentile", type=_finite_float, default=None, metavar="P",
                    help="percentile of values kept by --method percentile (default 99.999)")
-    q.add_argument("--bins", type=_int_in(None, MAX_BINS), default=None,
+    g.add_argument("--bins", type=_int_in(None, MAX_BINS), default=None,
                    help=f"histogram bins for entropy/percentile/mse (default 2048, at most {MAX_BINS})")
     # default None on the flags a --target-hw preset sets: only a flag given on the command line overrides it
-    q.add_argument("--per-tensor", action="store_false", dest="per_channel", default=None,
+    g.add_argument("--per-tensor", action="store_false", dest="per_channel", default=None,
                    help="one weight scale per tensor instead of per channel")
-    q.add_argument("--activation-type", choices=[t.value for t in QuantType], default=None,
+    g.add_argument("--activation-type", choices=[t.value for t in QuantType], default=None,
                    help="uint8 (default, U8S8: fused into integer kernels on x86), int8 (S8S8), or int16/uint16 "
                         "(16x8: 16-bit activations, int8 weights, opset 21; more accurate, but ONNX Runtime's "
                         "CPU kernels run 16-bit QDQ in float: accuracy, not speed)")
-    q.add_argument("--io-type", choices=["uint8", "int8"], metavar="uint8|int8",
+    g.add_argument("--io-type", choices=["uint8", "int8"], metavar="uint8|int8",
                    help="integer-only inputs and outputs: the model takes and returns uint8/int8 tensors; each "
                         "one's scale and zero point is stored in the model metadata (onnxq.io.<name>) and printed")
-    q.add_argument("--strict", action="store_true",
+    g.add_argument("--strict", action="store_true",
                    help="strict integer mode: fail (exit 2) listing every node that would run in float "
                         "(name, op type, reason) instead of leaving it float")
-    q.add_argument("--qat-quantize-rest", action="store_true",
+    g.add_argument("--qat-quantize-rest", action="store_true",
                    help="for a model that already holds Q/DQ (QAT export): also quantize the nodes it left in "
                         "float (needs --calib); existing Q/DQ stay untouched. Default: pass it through unchanged")
-    q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                    help="7-bit weights (AVX2 CPUs without VNNI); --no-reduce-range overrides a preset")
-    q.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None, dest="equalize",
-                   help="static: cross-layer equalization of Conv/Gemm pairs before calibration (float-equivalent; "
-                        "pairs through Relu6/Clip are skipped)")
-    q.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
-                   help="static: fold the quantized weights' expected output error, measured on --calib, into the "
-                        "biases")
-    q.add_argument("--optimize", choices=["accuracy", "balanced", "latency"], default=None,
+    g.add_argument("--quantize-conv", action="store_true",
+                   help="dynamic mode: also quantize Conv (ConvInteger, usually slower than float on CPU)")
+    g.add_argument("--optimize", choices=["accuracy", "balanced", "latency"], default=None,
                    help="static: accuracy (default) keeps the plan; balanced keeps float the nodes whose int8 "
                         "kernel takes over 1.1x the float time, latency those over 0.9x (profiled on a --calib "
                         "batch with --threads; used only when the whole model gets faster)")
-    q.add_argument("--rounding", choices=["nearest", "adaptive"], default=None,
-                   help="static: weight rounding: nearest (default) or adaptive (AdaRound, layer by layer on --calib; "
-                        "takes minutes on a large CNN, see --rounding-seconds)")
-    q.add_argument("--rounding-seconds", type=_SECONDS, default=None, metavar="S",
-                   help="time budget of --rounding adaptive; layers not reached keep nearest rounding")
-    q.add_argument("--op-types", nargs="+", metavar="OP", help="quantize only these op types")
-    q.add_argument("--exclude", nargs="+", default=[], metavar="NAME_OR_GLOB",
+
+
+def _add_quantize_float_modes(g: Any) -> None:
+    """quantize: the options of --mode float16 and --mode weight-only."""
+    g.add_argument("--bits", type=int, choices=[4, 8], help="weight-only: bits per weight (default 4)")
+    g.add_argument("--block-size", type=_int_in(None, MAX_BLOCK_SIZE), metavar="N",
+                   help="weight-only: weights per scale along K, a power of two >= 16 (default 128, ORT's default; "
+                        "smaller is more accurate and larger)")
+    g.add_argument("--algorithm", choices=["rtn", "gptq", "hqq"],
+                   help="weight-only: rtn (round to nearest, default), gptq (needs --calib, 4 bits) or "
+                        "hqq (no data, 4 bits, ORT's code needs torch)")
+    g.add_argument("--symmetric", action="store_true", default=None,
+                   help="weight-only: symmetric blocks without zero points (rtn, gptq)")
+    g.add_argument("--fp16-block-ops", nargs="+", metavar="OP",
+                   help="float16: op types kept in float32, in addition to the default block list")
+    g.add_argument("--keep-io-types", action=argparse.BooleanOptionalAction, default=None,
+                   help="float16: keep float32 model inputs/outputs (default) or make them float16 "
+                        "(--no-keep-io-types)")
+
+
+def _add_quantize_selection(g: Any) -> None:
+    """quantize: which nodes are quantized."""
+    g.add_argument("--op-types", nargs="+", metavar="OP", help="quantize only these op types")
+    g.add_argument("--exclude", nargs="+", default=[], metavar="NAME_OR_GLOB",
                    help="node names or glob patterns to keep in float")
-    q.add_argument("--exclude-op", nargs="+", default=[], metavar="OP", help="op types to keep in float")
-    q.add_argument("--include", nargs="+", default=[], metavar="NAME_OR_GLOB",
+    g.add_argument("--exclude-op", nargs="+", default=[], metavar="OP", help="op types to keep in float")
+    g.add_argument("--include", nargs="+", default=[], metavar="NAME_OR_GLOB",
                    help="quantize only nodes matching these names or globs")
-    q.add_argument("--no-transformer-policy", action="store_true",
+    g.add_argument("--keep-float", nargs="+", default=[], metavar="NAME_OR_GLOB",
+                   help="nodes always kept float (pinned; not fallback steps)")
+    g.add_argument("--no-transformer-policy", action="store_true",
                    help="on transformer graphs, quantize every supported op (ORT's default) instead of "
                         "only the linear layers")
-    q.add_argument("--smooth-alpha", type=_float_in(0.0, 1.0), default=None, metavar="A",
+
+
+def _add_quantize_passes(g: Any) -> None:
+    """quantize: float-equivalent and error-reducing passes (static mode)."""
+    g.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None, dest="equalize",
+                   help="static: cross-layer equalization of Conv/Gemm pairs before calibration (float-equivalent; "
+                        "pairs through Relu6/Clip are skipped)")
+    g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="static: fold the quantized weights' expected output error, measured on --calib, into the "
+                        "biases")
+    g.add_argument("--rounding", choices=["nearest", "adaptive"], default=None,
+                   help="static: weight rounding: nearest (default) or adaptive (AdaRound, layer by layer on --calib; "
+                        "takes minutes on a large CNN, see --rounding-seconds)")
+    g.add_argument("--rounding-seconds", type=_SECONDS, default=None, metavar="S",
+                   help="time budget of --rounding adaptive; layers not reached keep nearest rounding")
+    g.add_argument("--smooth-alpha", type=_float_in(0.0, 1.0), default=None, metavar="A",
                    help="SmoothQuant strength for transformer linear layers (default 0.75): moves activation "
                         "outliers into the weights before calibration, float-equivalent")
-    q.add_argument("--no-smooth", action="store_true", help="disable SmoothQuant on transformer graphs")
-    q.add_argument("--quantize-conv", action="store_true",
-                   help="dynamic mode: also quantize Conv (ConvInteger, usually slower than float on CPU)")
-    q.add_argument("--eval", metavar="DATA", help="held-out evaluation data (default: the calibration data)")
-    q.add_argument("--report", metavar="FILE.json|FILE.html",
-                   help="write the validation report: a self-contained HTML page with plots when the name ends "
-                        "in .html/.htm (needs matplotlib), JSON otherwise")
-    q.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N calibration samples")
-    q.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
-    q.add_argument("--shuffle", action="store_true", help="shuffle calibration samples (seeded) before --samples")
-    q.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=None, help="seed for --shuffle (default 0)")
-    q.add_argument("--cache-dir", metavar="DIR", help="reuse calibration ranges cached in DIR "
-                   "(keyed by model hash, data hash and settings)")
-    q.add_argument("--allow-pickle", action="store_true",
-                   help="allow loading pickled framework model files (this runs code from the file)")
-    q.add_argument("--target", metavar="GOAL",
+    g.add_argument("--no-smooth", action="store_true", help="disable SmoothQuant on transformer graphs")
+
+
+def _add_quantize_fallback(g: Any) -> None:
+    """quantize: the accuracy-driven fallback (--target)."""
+    g.add_argument("--target", metavar="GOAL",
                    help="accuracy goal, e.g. 'cosine>=0.999', 'sqnr>=30', 'top1>=0.99', 'accuracy_drop<=0.5' "
                         "(points, needs labels): keep the most harmful nodes float, one step at a time, until it "
                         "holds; exit 1 when it is still missed after the budget (model and report are written)")
-    q.add_argument("--metric-fn", metavar="MODULE:FUNC",
+    g.add_argument("--metric-fn", metavar="MODULE:FUNC",
                    help="your task metric for --target 'metric>=X' / 'metric_drop<=X': a function "
                         "fn(outputs: dict[name, array], labels: array | None) -> float, higher is better, "
                         "imported from MODULE (on sys.path or the current folder)")
-    q.add_argument("--max-steps", type=_int_in(0, MAX_STEPS), default=None, metavar="N",
+    g.add_argument("--max-steps", type=_int_in(0, MAX_STEPS), default=None, metavar="N",
                    help="at most N fallback steps (default 20)")
-    q.add_argument("--max-tune-seconds", type=_SECONDS, metavar="S", help="stop the fallback after S seconds")
-    q.add_argument("--keep-float", nargs="+", default=[], metavar="NAME_OR_GLOB",
-                   help="nodes always kept float (pinned; not fallback steps)")
-    q.add_argument("--force-quantize", nargs="+", default=[], metavar="NAME_OR_GLOB",
+    g.add_argument("--max-tune-seconds", type=_SECONDS, metavar="S", help="stop the fallback after S seconds")
+    g.add_argument("--force-quantize", nargs="+", default=[], metavar="NAME_OR_GLOB",
                    help="nodes the fallback never keeps float")
-    q.set_defaults(func=_cmd_quantize)
 
+
+def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``onnxq export``."""
     e = sub.add_parser("export", parents=[common], help="export a framework model file to ONNX",
                        description="Export a PyTorch (.pt2, TorchScript .pt) or Keras (.keras, .h5, SavedModel) "
                                    "model to ONNX through an installed adapter, checking ONNX Runtime against "
                                    "the framework's outputs.")
     e.add_argument("model", metavar="MODEL", help="framework model file or folder")
-    e.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
-    e.add_argument("--data", metavar="DATA", help="example inputs (.npz etc.) when the file does not carry them")
-    e.add_argument("--opset", type=_opset, help="ONNX opset to export with (default: the adapter's)")
     e.add_argument("--allow-pickle", action="store_true",
                    help="allow loading pickled model files (this runs code from the file)")
+    g = _groups(e, "export")
+    g["output"].add_argument("-o", "--output", required=True, metavar="OUT.onnx",
+                             help="where to write the ONNX model")
+    g["output"].add_argument("--opset", type=_opset, help="ONNX opset to export with (default: the adapter's)")
+    g["data"].add_argument("--data", metavar="DATA",
+                           help="example inputs (.npz etc.) when the file does not carry them")
     e.set_defaults(func=_cmd_export)
 
-    v = sub.add_parser("validate", parents=[common, timing], help="compare a quantized model with its float model",
+
+def _add_eval_data(g: Any, *, what: str) -> None:
+    """--data (required), --samples and --batch-size of the commands that run two models."""
+    g.add_argument("--data", required=True, metavar="DATA", help=what)
+    g.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N samples")
+    g.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
+
+
+def _add_validate(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``onnxq validate``."""
+    v = sub.add_parser("validate", parents=[common], help="compare a quantized model with its float model",
                        description="Run both models on the same data and report per-output closeness, "
                                    "size and latency.")
     v.add_argument("float_model", metavar="FLOAT", help="float ONNX model")
     v.add_argument("quant_model", metavar="QUANT", help="quantized ONNX model")
-    v.add_argument("--data", required=True, metavar="DATA", help="evaluation data (.npz, folder, test_data_set)")
-    v.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    v.add_argument("--html", metavar="FILE.html",
-                   help="also write a self-contained HTML report with plots (needs matplotlib)")
-    v.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N samples")
-    v.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
+    g = _groups(v, "validate")
+    g["output"].add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    g["output"].add_argument("--html", metavar="FILE.html",
+                             help="also write a self-contained HTML report with plots (needs matplotlib)")
+    _add_eval_data(g["data"], what="evaluation data (.npz, folder, test_data_set)")
+    _add_timing_flags(g["validation & latency"])
     v.set_defaults(func=_cmd_validate)
+    return v
 
+
+def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``onnxq compare``."""
     from .compare import METRICS
 
     c = sub.add_parser(
-        "compare", parents=[common, latency], help="CI gate: exit 1 when an output misses a threshold",
+        "compare", parents=[common], help="CI gate: exit 1 when an output misses a threshold",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run both models on the same data and check every output against a threshold on one metric. "
                     "Exit 0 when every output meets it, 1 when one does not, 2 on bad input.",
@@ -309,46 +407,57 @@ def build_parser() -> argparse.ArgumentParser:
                "The accuracy metrics need labels: a 'labels' array in the data .npz, or --labels.")
     c.add_argument("float_model", metavar="FLOAT", help="float ONNX model")
     c.add_argument("quant_model", metavar="QUANT", help="quantized ONNX model")
-    c.add_argument("--data", required=True, metavar="DATA", help="evaluation data (.npz, folder, test_data_set)")
-    c.add_argument("--metric", choices=list(METRICS), default="cosine", help="what to check (default cosine)")
-    c.add_argument("--threshold", type=float, required=True, metavar="X", help="the threshold (see below)")
-    c.add_argument("--labels", metavar="FILE.npy|FILE.npz", help="class labels, one per sample, for the accuracy "
-                   "metrics when the data file has none")
-    c.add_argument("--junit", metavar="OUT.xml", help="write JUnit XML (one test case per output), also on failure")
-    c.add_argument("--json", action="store_true", help="print the verdicts and the report as JSON")
-    c.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N samples")
-    c.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
-    c.add_argument("--threads", type=_THREADS, metavar="T", help="ONNX Runtime intra-op threads")
-    c.add_argument("--latency", action="store_true", help="also measure latency (reported, never gated)")
+    g = _groups(c, "compare")
+    g["check"].add_argument("--metric", choices=list(METRICS), default="cosine", help="what to check (default cosine)")
+    g["check"].add_argument("--threshold", type=float, required=True, metavar="X", help="the threshold (see below)")
+    g["output"].add_argument("--junit", metavar="OUT.xml",
+                             help="write JUnit XML (one test case per output), also on failure")
+    g["output"].add_argument("--json", action="store_true", help="print the verdicts and the report as JSON")
+    _add_eval_data(g["data"], what="evaluation data (.npz, folder, test_data_set)")
+    g["data"].add_argument("--labels", metavar="FILE.npy|FILE.npz", help="class labels, one per sample, for the "
+                           "accuracy metrics when the data file has none")
+    _add_latency_flags(g["validation & latency"])
+    g["validation & latency"].add_argument("--threads", type=_THREADS, metavar="T",
+                                           help="ONNX Runtime intra-op threads")
+    g["validation & latency"].add_argument("--latency", action="store_true",
+                                           help="also measure latency (reported, never gated)")
     c.set_defaults(func=_cmd_compare)
 
+
+def _add_inspect(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``onnxq inspect``."""
     i = sub.add_parser("inspect", parents=[common], help="describe a model: inputs, outputs, ops, quantized share",
                        description="Inputs/outputs with shapes, opset, op counts and the share of compute "
                                    "that is quantized.")
     i.add_argument("model", metavar="MODEL", help="ONNX model, or a framework model file (.keras, .h5, "
                    "SavedModel folder, .pt2): its inputs")
-    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _groups(i, "inspect")["output"].add_argument("--json", action="store_true", help="print JSON instead of text")
     i.set_defaults(func=_cmd_inspect)
 
+
+def _add_analyze(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``onnxq analyze``."""
     a = sub.add_parser("analyze", parents=[common], help="per-layer quantization error, most harmful first",
                        description="For every quantized activation and weight: the SQNR and cosine that its own "
                                    "quantization costs, and what the quantized model computes there, ranked "
                                    "lowest SQNR first, with the nodes to keep float to remove each error.")
     a.add_argument("float_model", metavar="FLOAT", help="float ONNX model")
     a.add_argument("quant_model", metavar="QUANT", help="quantized ONNX model")
-    a.add_argument("--data", required=True, metavar="DATA", help="inputs to run both models on")
-    a.add_argument("--top", type=_int_in(1, 2**31), metavar="K", help="show the K most harmful entries only")
-    a.add_argument("--json", action="store_true", help="print JSON (a list of layer metrics) instead of a table")
-    a.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N samples")
-    a.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
+    g = _groups(a, "analyze")
+    g["output"].add_argument("--top", type=_int_in(1, 2**31), metavar="K",
+                             help="show the K most harmful entries only")
+    g["output"].add_argument("--json", action="store_true",
+                             help="print JSON (a list of layer metrics) instead of a table")
+    _add_eval_data(g["data"], what="inputs to run both models on")
     a.set_defaults(func=_cmd_analyze)
 
+
+def _add_presets(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``onnxq presets``."""
     p = sub.add_parser("presets", parents=[common], help="list the hardware presets of --target-hw",
                        description="The --target-hw presets: the settings each one picks and why.")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _groups(p, "presets")["output"].add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_presets)
-    _add_distributed(sub, common, quantize=q, validate=v)
-    return parser
 
 
 def _preset_names() -> list[str]:
