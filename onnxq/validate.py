@@ -115,6 +115,32 @@ class OutputAccumulator:
         self._cos_min = float(np.min([self._cos_min, cos.min()]))
         self.samples += n
 
+    def merge(self, part: OutputAccumulator) -> None:
+        """Add ``part``, the accumulator of the batches that follow this one's, in place.
+
+        Folding single-batch accumulators in batch order performs the very additions of
+        :meth:`update`, so the result is bit-identical to one accumulator that saw every batch
+        (sharded validation relies on it).
+        """
+        if part.samples == 0:
+            return
+        if self._topk_enabled is None:
+            self._topk_enabled, self._num_classes = part._topk_enabled, part._num_classes
+        elif self._topk_enabled and (not part._topk_enabled or part._num_classes != self._num_classes):
+            logger.warning("output %r changed shape between batches; top-k agreement not computed", self.name)
+            self._topk_enabled = False
+        if self._topk_enabled:
+            self._top1 += part._top1
+            self._top5 += part._top5
+        self._max_abs = float(np.max([self._max_abs, part._max_abs]))
+        self._sum_abs += part._sum_abs
+        self._elements += part._elements
+        self._signal += part._signal
+        self._noise += part._noise
+        self._cos_sum += part._cos_sum
+        self._cos_min = float(np.min([self._cos_min, part._cos_min]))
+        self.samples += part.samples
+
     def _update_topk(self, ref: np.ndarray, cand: np.ndarray) -> None:
         scores = is_class_scores(ref)
         if self._topk_enabled is None:

@@ -203,8 +203,9 @@ def test_scheduler_without_workers_is_a_config_error() -> None:
     from onnxq.distributed.cluster import connect
 
     with distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None, silence_logs=40) as empty:
-        with pytest.raises(onnxq.ConfigError, match="has no worker after 1 s; start some with `dask worker"):
-            connect(empty.scheduler_address, timeout=1)
+        # 5 s: the same timeout bounds connecting, which took over 1 s on a loaded machine
+        with pytest.raises(onnxq.ConfigError, match="has no worker after 5 s; start some with `dask worker"):
+            connect(empty.scheduler_address, timeout=5)
 
 
 def test_a_shard_that_keeps_killing_workers_is_a_model_error() -> None:

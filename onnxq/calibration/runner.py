@@ -49,6 +49,15 @@ def collect_ranges(model: onnx.ModelProto, data: Dataset, tensors: Sequence[str]
                                             also=(lambda values: _fold(histograms, values)) if minmax else None)
         if not minmax:
             histograms.update(observers)  # type: ignore[arg-type]
+    return ranges_from_observers(observers, samples, config)
+
+
+def ranges_from_observers(observers: dict[str, Any], samples: int, config: QuantConfig) -> Ranges:
+    """The :class:`Ranges` of filled (or merged) observers: each tensor's range by ``config.method``.
+
+    Raises:
+        CalibrationError: no samples were seen.
+    """
     if samples == 0:
         raise CalibrationError("the calibration data yielded no samples")
     ranges = {}

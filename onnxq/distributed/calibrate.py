@@ -34,13 +34,10 @@ import onnx
 
 from ..calibration.observers import make_observer
 from ..calibration.ranges import Ranges
-from ..calibration.observers import compute_range
-from ..calibration.ranges import TensorRange
 from ..calibration.runner import collect_ranges as collect_in_process
-from ..calibration.runner import range_settings
+from ..calibration.runner import ranges_from_observers
 from ..config import CalibrationMethod, QuantConfig
 from ..engine import Observer, TappedModel, merge_observers
-from ..errors import CalibrationError
 from ..feeds import Dataset, InputSpec, input_specs
 from ._replay import Binner, Extremes, Plan, histogram, minmax, replay
 from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, workers_of
@@ -172,14 +169,4 @@ def _observe_shard(shard: Shard, shard_plans: dict[str, Plan] | None, payload: b
     tapped = worker_cached(f"{key}:{reduce}:{tensors}", lambda: TappedModel(model, tensors, reduce=reduce))
     observers, samples = tapped.observe((inputs for inputs, _ in shard.batches(specs)), make)
     return ShardObservers(shard.index, observers, samples, time.perf_counter() - start, worker_name())
-def ranges_from_observers(observers: dict[str, Observer], samples: int, config: QuantConfig) -> Ranges:
-    """The :class:`Ranges` of merged observers, finished as ``calibration.runner.collect_ranges`` finishes."""
-    if samples == 0:
-        raise CalibrationError("the calibration data yielded no samples")
-    ranges = {}
-    for name, observer in observers.items():
-        if observer.count:  # a tensor with no finite float value is left out, as in-process
-            low, high = compute_range(observer, config)  # type: ignore[arg-type]
-            ranges[name] = TensorRange(low=float(low), high=float(high))
-    return Ranges(tensors=ranges, method=config.method.value, samples=samples, settings=range_settings(config))
 

@@ -152,31 +152,9 @@ def _fold(report: Report, batches: list[BatchMetrics], names: list[str]) -> None
 
 
 def merge_outputs(total: OutputAccumulator, part: OutputAccumulator) -> None:
-    """Add ``part`` (the accumulator of the batches that follow) to ``total``, in place.
-
-    Folding single-batch accumulators in batch order performs the very additions of
-    :meth:`OutputAccumulator.update`, so the result is bit-identical to one accumulator that saw
-    every batch. (Reads the accumulator's private sums: a ``merge`` method in onnxq.validate
-    would be the proper home.)
-    """
-    if part.samples == 0:
-        return
-    if total._topk_enabled is None:
-        total._topk_enabled, total._num_classes = part._topk_enabled, part._num_classes
-    elif total._topk_enabled and (not part._topk_enabled or part._num_classes != total._num_classes):
-        logger.warning("output %r changed shape between batches; top-k agreement not computed", total.name)
-        total._topk_enabled = False
-    if total._topk_enabled:
-        total._top1 += part._top1
-        total._top5 += part._top5
-    total._max_abs = float(np.max([total._max_abs, part._max_abs]))
-    total._sum_abs += part._sum_abs
-    total._elements += part._elements
-    total._signal += part._signal
-    total._noise += part._noise
-    total._cos_sum += part._cos_sum
-    total._cos_min = float(np.min([total._cos_min, part._cos_min]))
-    total.samples += part.samples
+    """Add ``part`` (the accumulator of the batches that follow) to ``total``, in place
+    (:meth:`OutputAccumulator.merge`: bit-identical to one accumulator that saw every batch)."""
+    total.merge(part)
 
 
 def _validate_shard(shard: Shard, payload: tuple[bytes, bytes], key: str, specs: list[InputSpec],
