@@ -59,8 +59,10 @@ def test_target_keeps_exactly_the_bad_layer_float(tuned: onnxq.QuantResult, base
 def test_force_quantize_makes_the_target_unreachable() -> None:
     result = run(QuantConfig(target=GOAL, force_quantize=("fc1",), max_fallback_steps=2))
     report = result.report
-    # every candidate that helps involves fc1 (its weights, or the Relu folded into it): no step is taken
-    assert report.target_met is False and len(report.fallback) == 1
+    # every candidate that helps involves fc1 (its weights, or the Relu folded into it): the steps
+    # taken on the others do not help and are undone
+    assert report.target_met is False and len(report.fallback) == 3
+    assert [s.kept for s in report.fallback[1:]] == [False, False]
     assert all("fc1" not in s.nodes for s in report.fallback)
     assert "fc1" not in report.float_nodes and report.outputs[0].cosine < 0.99
 
