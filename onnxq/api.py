@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +164,9 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     evaluation = resolve_data(evaluation, input_names)
     # check every data source against the model's inputs before any long work starts
     # (preparing the model never changes its inputs)
-    needs_calibration = (config.mode is Mode.STATIC and (ranges is None or _passes_need_data(config))
-                         or _needs_data(config))
-    calib_data = _dataset(calibration, float_model, config) if needs_calibration else None
+    calib_data = _dataset(calibration, float_model, config) if _calibrates(config, ranges) else None
     eval_source = evaluation if evaluation is not None else calibration
-    eval_data = (load_data(eval_source, sample_specs(float_model), batch_size=config.batch_size)
-                 if eval_source is not None else None)
+    eval_data = _eval_dataset(eval_source, float_model, config)
     timings: dict[str, float] = {}  # seconds per stage, for the report's time line
     with timed(timings, "prepare"):
         prepared = prepare(float_model, config)
@@ -180,6 +177,40 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
                         executor=executor, histograms=collected.histograms if collected else None)
     built = pipelines.PIPELINES[config.mode](job)
     timings.update(built.timings)
+    final = _decide(float_model, prepared, built, calib_data, eval_data, config, timings=timings, threads=threads,
+                    progress=progress, metric=metric, executor=executor)
+    report = _final_report(float_model, prepared, built, final, eval_data, config, qat=qat, export_notes=export_notes,
+                           timings=timings, progress=progress, latency=latency, threads=threads, executor=executor,
+                           collected=collected, held_out=evaluation is not None or calibration is None)
+    return QuantResult(model=final.model, report=report, plan=final.plan, ranges=built.ranges, source=source,
+                       float_model=float_model, evidence=collected)
+
+
+@dataclass
+class _Decided:
+    """The model a run returns, after the latency plan, integer I/O and the fallback.
+
+    Attributes:
+        plan: its plan.
+        model: the quantized model (integer-I/O when ``io_type`` is set).
+        float_ops: its compute nodes that run in float (static mode).
+        notes: notes for the report.
+        tuning: what the fallback did (``None`` without a target).
+    """
+
+    plan: QuantPlan
+    model: onnx.ModelProto
+    float_ops: list[Any]
+    notes: list[str]
+    tuning: Any = None
+
+
+def _decide(float_model: onnx.ModelProto, prepared: onnx.ModelProto, built: pipelines.Built,
+            calib_data: Dataset | None, eval_data: Dataset | None, config: QuantConfig, *, timings: dict[str, float],
+            threads: int | None, progress: bool, metric: Callable[[dict[str, Any], Any], float] | None,
+            executor: Any) -> _Decided:
+    """The steps after a mode pipeline: latency plan (``optimize``), integer I/O and float-node analysis
+    (static mode), then the accuracy fallback (``target``)."""
     plan, quantized = built.plan, built.model
     notes = list(plan.notes)
     if config.optimize != "accuracy" and config.mode is Mode.STATIC and calib_data is not None and built.recipe:
@@ -200,7 +231,7 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
     tuning = None
     if config.target is not None:  # keep the most harmful nodes float until the target holds
         with timed(timings, "tune"):
-            tuning, io_notes = _fallback(float_model, built, plan, quantized, eval_data, config,
+            tuning, io_notes = _fallback(float_model, replace(built, plan=plan), quantized, eval_data, config,
                                          progress=progress, metric=metric, executor=executor)
         if tuning.model is not quantized:
             plan, quantized = tuning.plan, tuning.model
@@ -209,23 +240,30 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
                 notes = [n for n in notes if n not in integer_notes] + _sixteen_bit_note(config) + io_notes
     for note in notes:
         logger.info(note)
+    return _Decided(plan, quantized, float_ops, notes, tuning)
 
-    view = _float_io_view(quantized, config)
+
+def _final_report(float_model: onnx.ModelProto, prepared: onnx.ModelProto, built: pipelines.Built, final: _Decided,
+                  eval_data: Dataset | None, config: QuantConfig, *, qat: bool, export_notes: list[str],
+                  timings: dict[str, float], progress: bool, latency: bool | LatencyOptions, threads: int | None,
+                  executor: Any, collected: Collected | None, held_out: bool) -> Report:
+    """Validate the returned model (or reuse the fallback's validation of it) and complete its report."""
+    view = _float_io_view(final.model, config)
+    tuning = final.tuning
     known = tuning.report if tuning is not None else None  # the fallback validated this view already
-    report = _report(float_model, view, eval_data, config, plan, notes,
+    report = _report(float_model, view, eval_data, config, final.plan, final.notes,
                      progress=progress, latency=latency, threads=threads, known=known, executor=executor,
                      consumers=[collected.scatter_sample.update] if collected else ())
-    _add_integer_details(report, float_model if qat else None, quantized, float_ops, config)
+    _add_integer_details(report, float_model if qat else None, final.model, final.float_ops, config)
     report.passes = [record.to_dict() for record in built.passes]
     report.timings = {**timings, **report.timings}  # + validate, latency
     if tuning is not None:
         tuning.annotate(report)
     report.notes[:0] = export_notes
     report.framework_names = _named_nodes(prepared, report)
-    if evaluation is None and calibration is not None:
+    if not held_out:
         report.notes.append("Validated on the calibration data; pass evaluation data for a held-out check.")
-    return QuantResult(model=quantized, report=report, plan=plan, ranges=built.ranges, source=source,
-                       float_model=float_model, evidence=collected)
+    return report
 
 
 def _named_nodes(model: onnx.ModelProto, report: Report) -> dict[str, str]:
@@ -249,6 +287,11 @@ def _check_data_needs(config: QuantConfig, calibration: Any, ranges: Ranges | No
     if _passes_need_data(config) and calibration is None:
         raise ConfigError("bias_correction and weight_rounding='adaptive' need calibration data "
                           "(calibration=...)")
+
+
+def _calibrates(config: QuantConfig, ranges: Ranges | None) -> bool:
+    """Whether the run reads calibration data (ranges to calibrate, passes or GPTQ that read it)."""
+    return config.mode is Mode.STATIC and (ranges is None or _passes_need_data(config)) or _needs_data(config)
 
 
 def _passes_need_data(config: QuantConfig) -> bool:
@@ -314,10 +357,10 @@ def _float_ops(model: onnx.ModelProto, config: QuantConfig) -> list[Any]:
     return float_nodes(model) if config.mode is Mode.STATIC else []
 
 
-def _fallback(float_model: onnx.ModelProto, built: pipelines.Built, plan: QuantPlan, quantized: onnx.ModelProto,
+def _fallback(float_model: onnx.ModelProto, built: pipelines.Built, quantized: onnx.ModelProto,
               eval_data: Dataset | None, config: QuantConfig, *, progress: bool,
               metric: Callable[[dict[str, Any], Any], float] | None, executor: Any) -> tuple[Any, list[str]]:
-    """Run the accuracy fallback (:func:`onnxq.tune.tune`) on the pipeline's first model.
+    """Run the accuracy fallback (:func:`onnxq.tune.tune`) on ``quantized``, made of ``built.plan``.
 
     Every model a fallback step builds goes through the same integer-I/O step as ``quantized`` and is
     validated through its float interface (what the final report validates), so a step is judged
@@ -338,7 +381,7 @@ def _fallback(float_model: onnx.ModelProto, built: pipelines.Built, plan: QuantP
         io_notes[id(model)] = notes
         return model
 
-    tuning = tune(float_model, recipe.model, plan, quantized, eval_data, config, ranges=built.ranges,
+    tuning = tune(float_model, recipe.model, built.plan, quantized, eval_data, config, ranges=built.ranges,
                   progress=progress, metric=metric, rebuild=rebuild, executor=executor, unbiased=recipe.unbiased,
                   view=lambda model: _float_io_view(model, config))
     return tuning, io_notes.get(id(tuning.model), [])
@@ -441,6 +484,11 @@ def resolve_data(data: Any, input_names: list[str]) -> Any:
 def _dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Dataset:
     return load_data(source, model, batch_size=config.batch_size, limit=config.samples,
                      shuffle=config.shuffle, seed=config.seed)
+
+
+def _eval_dataset(source: Any, model: onnx.ModelProto, config: QuantConfig) -> Dataset | None:
+    """The evaluation batches (every sample, in order), or ``None`` without data."""
+    return None if source is None else load_data(source, sample_specs(model), batch_size=config.batch_size)
 
 
 def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Dataset | None, config: QuantConfig,

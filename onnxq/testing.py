@@ -26,7 +26,7 @@ import onnx
 
 from .engine import StreamBatch, pair_runners, stream
 from .errors import ConfigError
-from .metrics import METRICS, get_metric
+from .metrics import METRICS, Metric, get_metric
 from .model import load_model
 from .report.schema import format_number
 from .validate import OutputAccumulator, check_same_io, evaluation_data, is_class_scores
@@ -66,63 +66,19 @@ def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str]
             :func:`onnxq.compare.compare` with labels), or no output the metric applies to.
         DataError, ModelError: the data or the models do not fit.
     """
-    spec = get_metric(metric)
-    if spec.kind != "output":
-        raise ConfigError(f"assert_quantized_close compares outputs, not task accuracy; for {metric!r} "
-                          "use onnxq.compare.compare(..., labels=...)")
-    spec.check_threshold(threshold)
+    spec = _output_metric(metric, threshold)
     metric = spec.cli_name
     float_proto = load_model(float_model, check=False)
     quant_proto = load_model(quant_model, check=False)
     check_same_io(float_proto, quant_proto)
-    names = [o.name for o in float_proto.graph.output]
-    if outputs is not None:
-        unknown = [n for n in outputs if n not in names]
-        if unknown:
-            raise ConfigError(f"unknown output(s) {unknown}; the model has {names}")
-        names = list(dict.fromkeys(outputs))
+    names = _chosen_outputs(float_proto, outputs)
     dataset = evaluation_data(data, float_proto, batch_size=batch_size, limit=limit)
     runners = pair_runners(float_model, quant_model, float_proto, quant_proto, names)
     del float_proto, quant_proto
 
-    accumulators = {n: OutputAccumulator(n) for n in names}
-    worst = {n: _Worst(higher_is_better=spec.higher_is_better) for n in names}
-    usable = set(names)
-    offset = 0
-
-    def update(batch: StreamBatch) -> None:
-        nonlocal offset
-        float_out, quant_out = batch.outputs
-        n = 0
-        for name in names:
-            ref, cand = np.asarray(float_out[name]), np.asarray(quant_out[name])
-            n = max(n, ref.shape[0] if ref.ndim else 1)
-            if name not in usable:
-                continue
-            if ref.dtype.kind not in "biuf" or (spec.name in ("top1", "top5") and not is_class_scores(ref)):
-                usable.discard(name)
-                continue
-            accumulators[name].update(ref, cand)
-            worst[name].update(offset, *_per_sample(spec.name, ref, cand))
-        offset += n
-
-    stream(list(runners), dataset, update, desc="compare")
-
-    values: dict[str, float] = {}
-    misses: list[str] = []
-    for name in names:
-        if name not in usable:
-            continue
-        value = spec.output_value(accumulators[name].result())
-        if value is None:
-            continue
-        values[name] = value
-        if spec.passes(value, threshold):
-            continue
-        relation = "<" if spec.higher_is_better else ">"
-        misses.append(f"output {name!r}: {metric} {_fmt(value)}{spec.suffix} {relation} threshold "
-                      f"{_fmt(threshold)}{spec.suffix} over {accumulators[name].samples} samples; "
-                      f"worst sample #{worst[name].describe(metric, spec.suffix)}")
+    tracker = _Tracker(spec, names)
+    stream(list(runners), dataset, tracker.update, desc="compare")
+    values, misses = tracker.verdicts(threshold)
     if not values:
         raise ConfigError(f"no output to check with metric {metric!r}"
                           + (f" ({metric} needs class scores [N, C])" if spec.name in ("top1", "top5") else ""))
@@ -131,6 +87,80 @@ def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str]
                   f"({metric} {spec.operator} {_fmt(threshold)}{spec.suffix} required):")
         raise AssertionError("\n".join([header, *("  " + m for m in misses)]))
     return values
+
+
+def _output_metric(metric: str, threshold: float) -> Metric:
+    """The output metric named ``metric`` (:mod:`onnxq.metrics`), with ``threshold`` checked against it.
+
+    Raises:
+        ConfigError: unknown metric, a task-accuracy metric, or a threshold out of its range.
+    """
+    spec = get_metric(metric)
+    if spec.kind != "output":
+        raise ConfigError(f"assert_quantized_close compares outputs, not task accuracy; for {metric!r} "
+                          "use onnxq.compare.compare(..., labels=...)")
+    spec.check_threshold(threshold)
+    return spec
+
+
+def _chosen_outputs(model: onnx.ModelProto, outputs: Sequence[str] | None) -> list[str]:
+    """The output names to check: ``outputs`` (each once, in order) or every output of ``model``.
+
+    Raises:
+        ConfigError: a name the model does not have.
+    """
+    names = [o.name for o in model.graph.output]
+    if outputs is None:
+        return names
+    unknown = [n for n in outputs if n not in names]
+    if unknown:
+        raise ConfigError(f"unknown output(s) {unknown}; the model has {names}")
+    return list(dict.fromkeys(outputs))
+
+
+class _Tracker:
+    """Per output: the streamed aggregate (as :func:`onnxq.validate` computes it) and the worst sample."""
+
+    def __init__(self, spec: Metric, names: list[str]) -> None:
+        self.spec, self.names = spec, names
+        self.accumulators = {n: OutputAccumulator(n) for n in names}
+        self.worst = {n: _Worst(higher_is_better=spec.higher_is_better) for n in names}
+        self.usable = set(names)  # outputs the metric applies to (numeric; class scores for top-k)
+        self.offset = 0  # index in the data of the batch's first sample
+
+    def update(self, batch: StreamBatch) -> None:
+        """One batch of the float and quantized models' outputs."""
+        float_out, quant_out = batch.outputs
+        n = 0
+        for name in self.names:
+            ref, cand = np.asarray(float_out[name]), np.asarray(quant_out[name])
+            n = max(n, ref.shape[0] if ref.ndim else 1)
+            if name not in self.usable:
+                continue
+            if ref.dtype.kind not in "biuf" or (self.spec.name in ("top1", "top5") and not is_class_scores(ref)):
+                self.usable.discard(name)
+                continue
+            self.accumulators[name].update(ref, cand)
+            self.worst[name].update(self.offset, *_per_sample(self.spec.name, ref, cand))
+        self.offset += n
+
+    def verdicts(self, threshold: float) -> tuple[dict[str, float], list[str]]:
+        """``output -> aggregate value`` of the checked outputs, and one line per output that misses."""
+        spec, metric = self.spec, self.spec.cli_name
+        values: dict[str, float] = {}
+        misses: list[str] = []
+        for name in self.names:
+            value = spec.output_value(self.accumulators[name].result()) if name in self.usable else None
+            if value is None:
+                continue
+            values[name] = value
+            if spec.passes(value, threshold):
+                continue
+            relation = "<" if spec.higher_is_better else ">"
+            misses.append(f"output {name!r}: {metric} {_fmt(value)}{spec.suffix} {relation} threshold "
+                          f"{_fmt(threshold)}{spec.suffix} over {self.accumulators[name].samples} samples; "
+                          f"worst sample #{self.worst[name].describe(metric, spec.suffix)}")
+        return values, misses
 
 
 @dataclass

@@ -37,3 +37,43 @@ def test_only_the_rewrite_package_calls_ort_quantization(path):
     bad = [name for name in _imports(path) if name.startswith("onnxruntime.quantization")
            or name.startswith("onnxruntime.transformers")]
     assert not bad, f"{path.name} imports {bad}: only onnxq/rewrite/ may"
+
+
+#: Longest function, in lines from ``def`` to its last line (docstring included).
+MAX_FUNCTION_LINES = 80
+#: Functions allowed to be longer for now: "path::qualified name" -> why they are not split today.
+LONG_FUNCTIONS = {
+    "tune.py::tune": "being reworked (issue 10)",
+}
+
+
+def _functions(path: Path) -> list[tuple[str, int]]:
+    """``(qualified name, lines)`` of every function and method defined in ``path``."""
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    found.append((name, child.end_lineno - child.lineno + 1))
+                visit(child, name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), "")
+    return found
+
+
+def _long_functions() -> dict[str, int]:
+    return {f"{path.relative_to(PACKAGE).as_posix()}::{name}": lines for path in SOURCES
+            for name, lines in _functions(path) if lines > MAX_FUNCTION_LINES}
+
+
+def test_no_function_over_80_lines():
+    long = _long_functions()
+    new = {name: lines for name, lines in long.items() if name not in LONG_FUNCTIONS}
+    assert not new, (f"functions over {MAX_FUNCTION_LINES} lines (split them, or add them to LONG_FUNCTIONS "
+                     f"with the reason): " + ", ".join(f"{n} ({lines})" for n, lines in sorted(new.items())))
+    stale = sorted(set(LONG_FUNCTIONS) - set(long))
+    assert not stale, f"{stale} now fit in {MAX_FUNCTION_LINES} lines: remove them from LONG_FUNCTIONS"
