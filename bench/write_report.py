@@ -196,6 +196,10 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         targets.extend(_fallback_targets(cases["modes_and_fallback"]))
     if "effnet" in cases:
         targets.extend(_effnet_targets(cases["effnet"]))
+    if "speed_size" in cases:  # issue 13 (bench/speed_size.py renders and judges its own section)
+        from . import speed_size
+
+        targets.extend(speed_size.targets(cases["speed_size"]))
     return targets
 
 
@@ -383,6 +387,8 @@ def _minilm_targets(minilm: dict[str, Any]) -> list[dict[str, Any]]:
 def _measured(t: dict[str, Any]) -> str:
     if t["measured"] is None:
         return "n/a"
+    if t.get("measured_text"):
+        return t["measured_text"]
     if t.get("unit") == "cosine":
         return f"{t['measured']:+.4f}" if t["required"].startswith(">= +") else f"{t['measured']:.4f}"
     if t.get("unit") == "drop":
@@ -475,6 +481,10 @@ def render(results: dict[str, Any]) -> str:
     effnet = cases.get("effnet")
     if effnet:
         out.extend(_render_effnet(effnet))
+    if cases.get("speed_size"):
+        from . import speed_size
+
+        out.extend(speed_size.render(cases["speed_size"]))
     for name, error in (results.get("case_errors") or {}).items():
         out.append(f"**Case {name} failed:** `{error}`\n")
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,3 +138,74 @@ def test_only_merges_into_the_existing_results(tmp_path: Path) -> None:
     assert merged["case_runs"]["mnist"]["started_utc"] == "2026-01-01 00:00"
     assert merged["case_runs"]["modes_and_fallback"]["started_utc"] == "2026-01-02 00:00"
     assert merged["last_partial_run"]["cases"] == ["modes_and_fallback"]
+
+
+def _speed_case(*, ours_ms: dict[str, float], ort_ms: dict[str, float], float_ms: dict[str, float],
+                ours_bytes: int, float_bytes: int = 1_000_000) -> dict:
+    """One model of bench/speed_size.py's results, before :func:`bench.speed_size.summarise`."""
+    def row(name: str, tool: str, **extra: object) -> dict:
+        return {"name": name, "tool": tool, "status": "ok", "label": name, "mem_cap_gib": 12.0, "timeout_s": 300.0,
+                "quantize_s": 1.0, **extra}
+
+    variants = [row(f"onnxq-{s}", "onnxq", optimize=s, timings={"calibrate": 0.5, "rewrite": 0.25})
+                for s in ("accuracy", "balanced", "latency")] + [row("ort-u8s8-minmax", "ort")]
+    scores = {"float": {"bytes": float_bytes, "latency_ms": float_ms, "vs_float": {"top1_agreement": 1.0}}}
+    for name, agree in (("onnxq-accuracy", 0.98), ("onnxq-balanced", 0.99), ("onnxq-latency", 0.97)):
+        scores[name] = {"bytes": ours_bytes, "latency_ms": ours_ms, "vs_float": {"top1_agreement": agree},
+                        "vs_int8": {"top1_agreement": 0.99}}
+    scores["ort-u8s8-minmax"] = {"bytes": ours_bytes + 1000, "latency_ms": ort_ms,
+                                 "vs_float": {"top1_agreement": 0.98}, "vs_int8": {"top1_agreement": 0.99}}
+    sub = {"status": "ok", "label": "x", "variants": variants, "n_calib": 128, "eval_samples": 100}
+    from bench.speed_size import summarise
+
+    summarise(sub, scores)
+    return sub
+
+
+def test_speed_size_targets_come_from_the_measured_numbers() -> None:
+    """bench/speed_size.py (issue 13): ratios, MET / NOT MET and the report section, from synthetic numbers."""
+    from bench import speed_size, write_report
+
+    assert speed_size.compare_ranges({"a": (0.0, 1.0)}, {"a": (0.0, 1.0)})["same_ranges"]
+    diff = speed_size.compare_ranges({"a": (0.0, 1.0), "b": (1.0, 2.0)}, {"a": (0.0, 1.5)})
+    assert not diff["same_ranges"] and diff["max_abs_range_diff"] == pytest.approx(0.5) and diff["only_one_side"] == 1
+    scores = speed_size.agreement_scores("effnet", np.eye(3), np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0.5]]))
+    assert scores == {"top1_agreement": pytest.approx(2 / 3)}
+    cos = speed_size.agreement_scores("minilm", np.ones((2, 4)), np.ones((2, 4)))
+    assert cos["mean_cosine"] == pytest.approx(1.0)
+
+    effnet = _speed_case(ours_ms={"1": 9.0, "32": 300.0}, ort_ms={"1": 10.0, "32": 310.0},
+                         float_ms={"1": 12.0, "32": 1000.0}, ours_bytes=250_000)
+    mnist = _speed_case(ours_ms={"1": 0.2, "32": 5.0}, ort_ms={"1": 0.1, "32": 5.0},
+                        float_ms={"1": 0.2, "32": 10.0}, ours_bytes=270_000)
+    assert effnet["variants"][0]["size_fraction"] == pytest.approx(0.25)
+    assert effnet["variants"][0]["vs_ort"]["32"] == pytest.approx(300 / 310)
+    case = {"status": "ok", "default_optimize": "accuracy", "threads": 2, "reduce_range": True,
+            "models": {"effnet": effnet, "mnist": mnist},
+            "calibration": {"status": "ok", "ns": [128], "rows": [
+                {"tool": "onnxq", "method": "minmax", "n": 128, "status": "ok", "calib_s": 4.0, "full_taps_s": 6.0,
+                 "full_taps_path_used": True, "same_ranges": True, "ranges_compared": 10, "only_one_side": 0,
+                 "max_abs_range_diff": 0.0, "peak_rss_mb": 500.0},
+                {"tool": "ort", "method": "minmax", "n": 128, "status": "ok", "calib_s": 5.0,
+                 "quantize_static_s": 6.0, "pre_process_s": 1.0, "peak_rss_mb": 900.0}]}}
+    status = {t["target"]: t["status"] for t in speed_size.targets(case)}
+    assert status["EfficientNet-Lite1: onnxq default (onnxq-accuracy) latency <= ORT's int8 (batch 1 and 32)"] == "MET"
+    assert status["MNIST CNN: onnxq default (onnxq-accuracy) latency <= ORT's int8 (batch 1 and 32)"] == "NOT MET"
+    assert status["MiniLM: onnxq default (onnxq-accuracy) latency <= ORT's int8 (batch 1 and 32)"] == "NOT MEASURED"
+    assert status["EfficientNet-Lite1: onnxq default int8 / float latency, batch 32"] == "MET"  # 0.30
+    assert status["MNIST CNN: onnxq default int8 / float latency, batch 32"] == "NOT MET"  # 0.50
+    assert status["EfficientNet-Lite1: --optimize balanced agreement with float vs the all-int8 model"] == "MET"
+    assert status["EfficientNet-Lite1: --optimize latency agreement with float vs the all-int8 model"] == "NOT MET"
+    assert status["EfficientNet-Lite1 MinMax calibration N=128: onnxq.calibrate <= ORT's quantize_static "
+                  "calibrator"] == "MET"
+    assert status["EfficientNet-Lite1 MinMax N=128: same ranges with and without in-graph reductions"] == "MET"
+    assert status["EfficientNet-Lite1: file size quantized / float (onnxq default, compacted)"] == "MET"  # 0.25
+    assert status["MNIST CNN: file size quantized / float (onnxq default, compacted)"] == "NOT MET"  # 0.27
+    assert speed_size.errors(case) == []
+
+    results = {"mode": "quick", "caps": {"mem_gib": 12.0, "timeout_s": 300.0}, "cases": {"speed_size": case}}
+    assert any(t["target"].startswith("MNIST CNN: file size") for t in write_report.compute_targets(results))
+    report = write_report.render(results)
+    assert "## 9. Issue 13" in report and "0.2700" in report and "onnxq-accuracy (default)" in report
+    skipped = {"mode": "tiny", "cases": {"speed_size": {"status": "skipped: tiny mode"}}}
+    assert all(t["status"] == "NOT MEASURED" for t in speed_size.targets(skipped["cases"]["speed_size"]))
