@@ -169,67 +169,34 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
     Raises:
         ConfigError: no target, no evaluation data, or a metric the data cannot give.
     """
-    from .validate import validate
-
-    if config.target is None:
-        raise ConfigError("tune() needs config.target")
-    target = parse_target(config.target)
-    if data is None:
-        raise ConfigError(f"target {target} needs evaluation data (or calibration data to validate on)")
-    if target.spec.needs_labels and not getattr(data, "has_labels", False):
-        raise ConfigError(f"target {target} needs labels in the evaluation data")
-    uses_fn = target.metric in ("metric", "metric_drop")
-    if uses_fn and metric is None:
-        raise ConfigError(f"target {target} needs a metric function (metric=... / --metric-fn MODULE:FUNC)")
+    target = _checked_target(config, data, metric)
     start = time.monotonic()
-    reference = user_metric(float_model, data, metric) if target.metric == "metric_drop" else 0.0
-
-    reports: list[Report] = []  # the validation of the last model measured
-    shown = view or (lambda model: model)
-
-    def measure(model: onnx.ModelProto) -> float:
-        if uses_fn:
-            value = user_metric(shown(model), data, metric)
-            return reference - value if target.metric == "metric_drop" else value
-        check = executor.validate if executor is not None else validate
-        reports[:] = [check(float_model, shown(model), data, latency=False, progress=False)]
-        return metric_value(reports[0], target)
-
-    value = measure(quantized)
+    meter = _Meter(float_model, data, target, metric, executor, view or (lambda model: model))
+    value, tie, report = meter.measure(quantized)
     steps = [FallbackStep(step=0, node=None, op_type=None, metric_value=value, goal_met=target.holds(value))]
     logger.info("target %s: first quantization gives %.6g", target, value)
     if steps[0].goal_met:
-        return TuneResult(quantized, plan, target, True, steps, report=reports[0] if reports else None)
-    best = _Best(value, _tie_break(reports), quantized, plan, reports[0] if reports else None, 0)
+        return TuneResult(quantized, plan, target, True, steps, report=report)
+    best = _Best(value, tie, quantized, plan, report, 0)
     ranking_started = time.monotonic()
-    candidates, layers = _ranking(float_model, prepared, shown(quantized), data, config, unbiased=unbiased,
+    candidates, layers = _ranking(float_model, prepared, meter.view(quantized), data, config, unbiased=unbiased,
                                   progress=progress)
     ranking = (f"fallback ranking: {'per-layer error (analyze)' if layers else 'revert-one sensitivity'} of "
                f"{len(candidates)} candidate(s) in {time.monotonic() - ranking_started:.1f} s")
     by_name = {n.name: n for n in prepared.graph.node}
-    undone: set[frozenset[str]] = set()
+    undone: set[frozenset[str]] = set()  # node sets measured and undone on the current base
     for entry in candidates:
         if len(steps) > config.max_fallback_steps:
             break
         if config.max_tune_seconds is not None and time.monotonic() - start > config.max_tune_seconds:
             logger.info("fallback stopped: max_tune_seconds=%g reached", config.max_tune_seconds)
             break
-        chosen = set(best.plan.nodes_to_quantize)
-        nodes = [n for n in entry.nodes if n in chosen]
-        if not nodes or _forced(entry.nodes, by_name, config):
+        proposal = _propose(entry, best.plan, prepared, ranges, config, by_name)
+        if proposal is None or frozenset(proposal[1]) in undone:
             continue
-        candidate = keep_float(best.plan, prepared, nodes, ranges)
-        if candidate is None:
-            logger.info("cannot keep %s float without new calibration ranges; skipped", ", ".join(nodes))
-            continue
-        nodes = [d.name for d in candidate.decisions if d.name in chosen and not d.quantize]
-        if _forced(nodes, by_name, config):  # a Conv/Gemm that a Relu/Clip of the entry is folded into
-            continue
-        if frozenset(nodes) in undone:  # another entry naming the same nodes was measured and undone
-            continue
+        candidate, nodes = proposal
         model = rebuild(candidate) if rebuild is not None else _rewrite(prepared, candidate, ranges, config)
-        value = measure(model)
-        tie = _tie_break(reports)
+        value, tie, report = meter.measure(model)
         met = target.holds(value)
         kept = met or _better(target, value, best.value) or (value == best.value and tie > best.tie)
         primary = entry.node if entry.node in nodes else nodes[0]
@@ -238,7 +205,7 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         logger.info("fallback step %d: kept %s float (%s) -> %s = %.6g%s", len(steps) - 1, ", ".join(nodes),
                     entry.why, target.metric, value, "" if kept else ": worse, undone")
         if kept:  # greedy: a step that does not help is undone, so it costs no latency
-            best = _Best(value, tie, model, candidate, reports[0] if reports else None, len(steps) - 1)
+            best = _Best(value, tie, model, candidate, report, len(steps) - 1)
             undone.clear()  # on a new base the same nodes may help
         else:
             undone.add(frozenset(nodes))
@@ -248,12 +215,71 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
                       best_step=best.step, ranking=ranking)
 
 
-def _tie_break(reports: list[Report]) -> float:
-    """The worst output's cosine of the last validation (NaN without one): it separates two steps
-    that a coarse metric such as top-1 agreement on a few samples scores the same."""
-    if not reports or not reports[0].outputs:
-        return math.nan
-    return min(o.cosine for o in reports[0].outputs)
+def _checked_target(config: QuantConfig, data: Any, metric: MetricFn | None) -> Target:
+    """The parsed target, after checking that the data (and metric function) can measure it."""
+    if config.target is None:
+        raise ConfigError("tune() needs config.target")
+    target = parse_target(config.target)
+    if data is None:
+        raise ConfigError(f"target {target} needs evaluation data (or calibration data to validate on)")
+    if target.spec.needs_labels and not getattr(data, "has_labels", False):
+        raise ConfigError(f"target {target} needs labels in the evaluation data")
+    if target.metric in ("metric", "metric_drop") and metric is None:
+        raise ConfigError(f"target {target} needs a metric function (metric=... / --metric-fn MODULE:FUNC)")
+    return target
+
+
+@dataclass
+class _Meter:
+    """Measures the target's metric on a quantized model (validation, or the user's function)."""
+
+    float_model: onnx.ModelProto
+    data: Any
+    target: Target
+    metric: MetricFn | None
+    executor: Any
+    view: Callable[[onnx.ModelProto], onnx.ModelProto]
+    reference: float | None = None
+
+    def measure(self, model: onnx.ModelProto) -> tuple[float, float, Report | None]:
+        """``(metric value, tie-break, validation report or None)`` of ``model``."""
+        if self.target.metric in ("metric", "metric_drop"):
+            assert self.metric is not None  # _checked_target
+            value = user_metric(self.view(model), self.data, self.metric)
+            if self.target.metric == "metric":
+                return value, math.nan, None
+            if self.reference is None:
+                self.reference = user_metric(self.float_model, self.data, self.metric)
+            return self.reference - value, math.nan, None
+        from .validate import validate
+
+        check = self.executor.validate if self.executor is not None else validate
+        report = check(self.float_model, self.view(model), self.data, latency=False, progress=False)
+        return metric_value(report, self.target), _tie_break(report), report
+
+
+def _propose(entry: Candidate, plan: QuantPlan, prepared: onnx.ModelProto, ranges: Any, config: QuantConfig,
+             by_name: dict[str, onnx.NodeProto]) -> tuple[QuantPlan, list[str]] | None:
+    """``plan`` with ``entry``'s nodes kept float, and the nodes that become float; ``None`` when
+    nothing changes, a ``force_quantize`` node would fall back, or new ranges would be needed."""
+    chosen = set(plan.nodes_to_quantize)
+    nodes = [n for n in entry.nodes if n in chosen]
+    if not nodes or _forced(entry.nodes, by_name, config):
+        return None
+    candidate = keep_float(plan, prepared, nodes, ranges)
+    if candidate is None:
+        logger.info("cannot keep %s float without new calibration ranges; skipped", ", ".join(nodes))
+        return None
+    nodes = [d.name for d in candidate.decisions if d.name in chosen and not d.quantize]
+    if _forced(nodes, by_name, config):  # a Conv/Gemm that a Relu/Clip of the entry is folded into
+        return None
+    return candidate, nodes
+
+
+def _tie_break(report: Report) -> float:
+    """The worst output's cosine (NaN without outputs): it separates two steps that a coarse metric
+    such as top-1 agreement on a few samples scores the same."""
+    return min((o.cosine for o in report.outputs), default=math.nan)
 
 
 #: Evaluation samples the revert-one ranking runs on (one run of them per candidate): a model whose
