@@ -46,13 +46,14 @@ ONNXQ_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("onnxq-no-bias-correction", {"bias_correction": False}),  # what bias correction buys
     ("onnxq-auto", {"method": "auto"}),
     ("onnxq-equalize", {"equalization": True}),
-    ("onnxq-adaptive-rounding", {"weight_rounding": "adaptive", "rounding_seconds": 240.0}),
+    # 600 s: at 240 s on this 2-core machine under load, 24 of 65 layers kept nearest rounding (+1.2 points)
+    ("onnxq-adaptive-rounding", {"weight_rounding": "adaptive", "rounding_seconds": 600.0}),
     # the accuracy-driven fallback, validated on the calibration crops (no evaluation data given)
     ("onnxq-target-top1-97", {"target": "top1>=0.97", "max_fallback_steps": 10}),
 ]
 #: Variants that need more than the mode's per-process cap (seconds, also in --quick): the rounding
 #: budget or the fallback plus the export-free quantization around it.
-VARIANT_TIMEOUT_S = {"onnxq-adaptive-rounding": 900.0, "onnxq-target-top1-97": 900.0}
+VARIANT_TIMEOUT_S = {"onnxq-adaptive-rounding": 1200.0, "onnxq-target-top1-97": 900.0}
 #: (name, activation type, ORT calibration method, reduce_range: None = as this CPU needs it)
 ORT_SETTINGS: list[tuple[str, str, str, bool | None]] = [
     (f"ort-{act.lower()}-{method}", act, method, None)
