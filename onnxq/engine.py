@@ -24,6 +24,7 @@ the shards' results.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Observer", "Runner", "StreamBatch", "StreamStats", "TappedModel", "batch_samples", "fixed_batch_size",
     "merge_observers",
-    "Stopwatch", "first_batch", "observe", "pair_runners", "sample_specs", "stream", "tapped", "timed",
+    "ReplayRunner", "Stopwatch", "first_batch", "observe", "pair_runners", "sample_specs", "stream", "tapped", "timed",
 ]
 
 Feeds = dict[str, np.ndarray]
@@ -153,6 +154,34 @@ class Runner:
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run one batch (already of the right size); the tensors of :attr:`outputs` in order."""
         return run(self.session, dict(feeds), self.outputs)
+
+
+@dataclass
+class ReplayRunner(Runner):
+    """A :class:`Runner` that keeps its outputs per input batch and replays them for the same inputs.
+
+    For a model run again and again on the same data: the float reference while the fallback
+    validates one candidate per step. Holds every output it returned (the evaluation set's outputs,
+    not its activations); inputs are told apart by a BLAKE2 digest of their bytes.
+    """
+
+    seen: dict[bytes, list[np.ndarray]] = field(default_factory=dict)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs for ``feeds``: from memory when these inputs ran before."""
+        key = _digest(feeds)
+        if key not in self.seen:
+            self.seen[key] = super().run(feeds)
+        return self.seen[key]
+
+
+def _digest(feeds: Mapping[str, np.ndarray]) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(feeds):
+        array = np.ascontiguousarray(feeds[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.reshape(-1).view(np.uint8) if array.dtype != object else repr(array.tolist()).encode())
+    return digest.digest()
 
 
 # ------------------------------------------------------------------------------- the loop

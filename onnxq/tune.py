@@ -240,6 +240,7 @@ class _Meter:
     executor: Any
     view: Callable[[onnx.ModelProto], onnx.ModelProto]
     reference: float | None = None
+    float_runner: Any = None  # the float model's outputs, computed once for every step
 
     def measure(self, model: onnx.ModelProto) -> tuple[float, float, Report | None]:
         """``(metric value, tie-break, validation report or None)`` of ``model``."""
@@ -253,8 +254,16 @@ class _Meter:
             return self.reference - value, math.nan, None
         from .validate import validate
 
-        check = self.executor.validate if self.executor is not None else validate
-        report = check(self.float_model, self.view(model), self.data, latency=False, progress=False)
+        if self.executor is not None:
+            report = self.executor.validate(self.float_model, self.view(model), self.data, latency=False,
+                                            progress=False)
+        else:
+            if self.float_runner is None:
+                from .engine import ReplayRunner
+
+                self.float_runner = ReplayRunner.create(self.float_model)
+            report = validate(self.float_model, self.view(model), self.data, latency=False, progress=False,
+                              float_runner=self.float_runner)
         return metric_value(report, self.target), _tie_break(report), report
 
 

@@ -25,7 +25,7 @@ import onnx
 from .errors import ConfigError, DataError, ModelError
 from .latency import LatencyOptions, latency_options, measure_latency
 from .report.schema import LatencyMetrics, OutputMetrics, Report
-from .engine import StreamBatch, first_batch, pair_runners, sample_specs, stream, timed
+from .engine import Runner, StreamBatch, first_batch, pair_runners, sample_specs, stream, timed
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +334,8 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
              quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
              batch_size: int = 8, limit: int | None = None, latency: bool | LatencyOptions = True,
              latency_runs: int | None = None, threads: int | None = None, progress: bool = False,
-             consumers: Sequence[Callable[[StreamBatch], None]] = ()) -> Report:
+             consumers: Sequence[Callable[[StreamBatch], None]] = (),
+             float_runner: Runner | None = None) -> Report:
     """Run the float and the quantized model on the same data and compare them.
 
     Args:
@@ -354,6 +355,9 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
         progress: show a progress bar on stderr.
         consumers: more consumers of the same pass (each gets every :class:`~onnxq.engine.StreamBatch`
             of float and quantized outputs), e.g. the scatter sample of an HTML report.
+        float_runner: a runner of ``float_model`` (returning its graph outputs) to use instead of
+            a new session, e.g. a :class:`~onnxq.engine.ReplayRunner` shared by many validations
+            on the same data.
 
     Returns:
         A :class:`~onnxq.report.Report` with per-output metrics, sample count, sizes, latency and,
@@ -377,8 +381,12 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
     output_names = [o.name for o in float_proto.graph.output]
 
     dataset = evaluation_data(data, float_proto, batch_size=batch_size, limit=limit)
-    float_runner, quant_runner = pair_runners(float_model, quant_model, float_proto, quant_proto, output_names,
-                                              threads=threads)
+    if float_runner is None:
+        float_runner, quant_runner = pair_runners(float_model, quant_model, float_proto, quant_proto, output_names,
+                                                  threads=threads)
+    else:
+        quant_source = quant_model if isinstance(quant_model, (str, os.PathLike)) else quant_proto
+        quant_runner = Runner.create(quant_source, output_names, proto=quant_proto, threads=threads)
     del float_proto, quant_proto  # the sessions hold their own copies
     pair = PairMetrics(output_names)
     timings: dict[str, float] = {}

@@ -130,3 +130,40 @@ def test_static_transformer_streams_the_calibration_data_once(monkeypatch: pytes
     for name, r in two.tensors.items():
         assert ranges[name].low == pytest.approx(r.low, rel=1e-6)
         assert ranges[name].high == pytest.approx(r.high, rel=1e-6)
+
+
+def test_replay_runner_runs_each_batch_once_and_validation_is_unchanged(tmp_path) -> None:
+    """The fallback validates many candidates on the same data: the float model runs once per batch."""
+    from onnxq import quantize
+    from onnxq.engine import ReplayRunner
+    from onnxq.validate import validate
+
+    model = make_cnn_model()
+    images = make_images(20)
+    quantized = quantize(model, {CNN_INPUT: images}, config=QuantConfig(), latency=False).model
+    data = load_data({CNN_INPUT: images}, model, batch_size=8)
+    calls: list[int] = []
+    replay = ReplayRunner.create(model)
+    original = Runner.run
+
+    def counting(self, feeds):
+        calls.append(len(next(iter(feeds.values()))))
+        return original(self, feeds)
+
+    Runner.run = counting  # ReplayRunner.run calls Runner.run on a miss
+    try:
+        first = validate(model, quantized, data, latency=False, float_runner=replay)
+        misses = len(calls)
+        second = validate(model, quantized, data, latency=False, float_runner=replay)
+    finally:
+        Runner.run = original
+    assert len(replay.seen) == 3  # batches of 8, 8, 4
+    # first pass: 3 float + 3 quantized runs; second pass: only the 3 quantized ones
+    assert misses == 6 and len(calls) == 9
+    plain = validate(model, quantized, data, latency=False)
+    for report in (first, second):
+        assert report.outputs[0].cosine == plain.outputs[0].cosine
+        assert report.outputs[0].max_abs_error == plain.outputs[0].max_abs_error
+    other = {CNN_INPUT: make_images(4, seed=9)}
+    replay.run(other)
+    assert len(replay.seen) == 4  # different inputs are not replayed
