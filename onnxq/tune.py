@@ -178,11 +178,10 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
     if steps[0].goal_met:
         return TuneResult(quantized, plan, target, True, steps, report=report)
     best = _Best(value, tie, quantized, plan, report, 0)
-    ranking_started = time.monotonic()
     candidates, layers = _ranking(float_model, prepared, meter.view(quantized), data, config, unbiased=unbiased,
                                   progress=progress)
     ranking = (f"fallback ranking: {'per-layer error (analyze)' if layers else 'revert-one sensitivity'} of "
-               f"{len(candidates)} candidate(s) in {time.monotonic() - ranking_started:.1f} s")
+               f"{len(candidates)} candidate(s)")
     by_name = {n.name: n for n in prepared.graph.node}
     undone: set[frozenset[str]] = set()  # node sets measured and undone on the current base
     for entry in candidates:
