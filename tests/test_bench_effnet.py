@@ -73,7 +73,24 @@ def test_targets_and_rendering() -> None:
     effnet_accuracy._summarise(case, {})  # names the bests from the rows' own scores
     assert case["ort_best"] == "ort-u8s8-minmax" and case["onnxq_best"] == "onnxq-x"
     targets = write_report._effnet_targets(case)
-    assert [t["status"] for t in targets] == ["MET", "NOT MET"]
-    assert targets[0]["measured"] == pytest.approx(6.0)
+    # default vs ORT best (+5): -4 points; best onnxq variant vs ORT best: +6; no adaptive-rounding row;
+    # no fallback row
+    assert [t["status"] for t in targets] == ["NOT MET", "MET", "NOT MEASURED", "NOT MEASURED"]
+    assert targets[0]["measured"] == pytest.approx(-4.0) and targets[1]["measured"] == pytest.approx(6.0)
     text = "\n".join(write_report._render_effnet(case))
     assert "(ORT best)" in text and "skipped: not available" in text and "90.00%" in text
+
+
+def test_fallback_target_needs_goal_steps_time_and_latency() -> None:
+    default = _row("onnxq-default", "onnxq", 0.90, 200.0)
+    fallback = {**_row("onnxq-target-top1-97", "onnxq", 0.93, 230.0),
+                "target": {"met": True, "steps": 4, "undone": 1, "values": [0.9, 0.97], "float_nodes": 3,
+                           "tune_s": 50.0}}
+    met = write_report._effnet_fallback_target(fallback, default, "Lite1")
+    assert met["status"] == "MET" and met["measured"] == pytest.approx(1.15)
+    for change in ({"tune_s": 61.0}, {"steps": 11}, {"met": False}):
+        row = {**fallback, "target": {**fallback["target"], **change}}
+        assert write_report._effnet_fallback_target(row, default, "Lite1")["status"] == "NOT MET", change
+    slow = {**fallback, "latency_ms": {"32": 250.0}}  # 1.25x the all-int8 default
+    assert write_report._effnet_fallback_target(slow, default, "Lite1")["status"] == "NOT MET"
+    assert write_report._effnet_fallback_target(None, default, "Lite1")["status"] == "NOT MEASURED"
