@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .harness import interleaved_latency, ort_pre_process, run_job
+from .harness import interleaved_latency, ort_pre_process, ort_reader, run_job
 
 THREADS = 2
 CALIB_BATCH = 8  # onnxq's default QuantConfig.batch_size; ORT's reader uses the same
@@ -127,29 +127,12 @@ def task_quantize_onnxq(p: dict[str, Any]) -> dict[str, Any]:
 
 def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
     """ORT as a user runs it: ``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     with np.load(p["calib"]) as npz:
         images = np.ascontiguousarray(npz[p["input"]], dtype=np.float32)
 
-    class Reader(CalibrationDataReader):
-        """Batches of CALIB_BATCH crops; ``len`` and ``set_range`` count batches (ORT's strided calibration)."""
-
-        def __init__(self) -> None:
-            self.pos, self.end = 0, len(self)
-
-        def __len__(self) -> int:
-            return -(-len(images) // CALIB_BATCH)
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self.pos, self.end = start_index, min(end_index, len(self))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.pos >= self.end:
-                return None
-            self.pos += 1
-            return {p["input"]: images[(self.pos - 1) * CALIB_BATCH:self.pos * CALIB_BATCH]}
 
     start = time.perf_counter()
     model, note = ort_pre_process(p["model"], Path.cwd() / "pre.onnx")
@@ -157,7 +140,7 @@ def task_quantize_ort(p: dict[str, Any]) -> dict[str, Any]:
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[p["method"]]
     activation = {"U8S8": QuantType.QUInt8, "S8S8": QuantType.QInt8}[p["activation"]]
-    reader, stride = Reader(), p.get("stride")
+    reader, stride = ort_reader({p["input"]: images}, CALIB_BATCH), p.get("stride")
     if stride and len(reader) % stride:
         stride = None  # ORT refuses a stride that does not divide the batch count: one chunk
     quantize_static(model, p["out"], reader, quant_format=QuantFormat.QDQ, per_channel=True,

@@ -295,3 +295,29 @@ def ort_pre_process(model: str, out: Path) -> tuple[str, str]:
         second = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         return model, (f"quant_pre_process failed ({first}), also with skip_symbolic_shape=True ({second}); "
                        "quantized the original model")
+
+
+def ort_reader(inputs: dict[str, Any], batch: int) -> Any:
+    """An ORT ``CalibrationDataReader`` over in-memory ``inputs`` in batches of ``batch``; ``len`` and
+    ``set_range`` count batches (what ORT's strided calibration, ``CalibStridedMinMax``, needs)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    count = len(next(iter(inputs.values())))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.pos, self.end = 0, len(self)
+
+        def __len__(self) -> int:
+            return -(-count // batch)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.pos, self.end = start_index, min(end_index, len(self))
+
+        def get_next(self) -> dict[str, Any] | None:
+            if self.pos >= self.end:
+                return None
+            self.pos += 1
+            return {k: v[(self.pos - 1) * batch:self.pos * batch] for k, v in inputs.items()}
+
+    return Reader()

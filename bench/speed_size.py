@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .harness import interleaved_latency, ort_pre_process, ort_session, run_job
+from .harness import interleaved_latency, ort_pre_process, ort_reader, ort_session, run_job
 
 THREADS = 2
 CALIB_BATCH = 8
@@ -153,28 +153,12 @@ def task_ort_quantize(p: dict[str, Any]) -> dict[str, Any]:
     import importlib
 
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     names = [i.name for i in onnx.load(p["model"], load_external_data=False).graph.input]
     inputs = _npz_inputs(p["calib"], names)
     count = len(next(iter(inputs.values())))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.pos, self.end = 0, len(self)
-
-        def __len__(self) -> int:
-            return -(-count // CALIB_BATCH)
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self.pos, self.end = start_index, min(end_index, len(self))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.pos >= self.end:
-                return None
-            self.pos += 1
-            return {k: v[(self.pos - 1) * CALIB_BATCH:self.pos * CALIB_BATCH] for k, v in inputs.items()}
 
     # the module (``onnxruntime.quantization.quantize`` as an attribute is the function of that name)
     ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
@@ -199,7 +183,7 @@ def task_ort_quantize(p: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     model, note = ort_pre_process(p["model"], Path.cwd() / "pre.onnx")
     pre_s = time.perf_counter() - start
-    reader, stride = Reader(), ORT_CALIB_STRIDE
+    reader, stride = ort_reader(inputs, CALIB_BATCH), ORT_CALIB_STRIDE
     if len(reader) % stride:
         stride = None
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}[p["method"]]

@@ -15,6 +15,7 @@ from onnxq import ConfigError, QuantConfig, Report
 from onnxq.cli import ExitCode
 from onnxq.rewrite.io_types import io_params
 from test_analyze import mlp_data, outlier_mlp
+from test_tune import _quantize_cli, files  # noqa: F401 -- the same model files and CLI call
 
 GOAL = "cosine>=0.999"
 INTEGER = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
@@ -72,21 +73,6 @@ def test_strict_with_target_is_refused_with_the_reason() -> None:
     assert "strict forbids any float compute node" in message and "only tool" in message
     assert "\n" not in message
     QuantConfig(target=GOAL, io_type="int8", qat_quantize_rest=True)  # no longer refused
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    paths = {"model": tmp_path / "mlp.onnx", "calib": tmp_path / "calib.npz", "eval": tmp_path / "eval.npz",
-             "out": tmp_path / "q.onnx", "report": tmp_path / "report.json"}
-    onnx.save_model(outlier_mlp(), paths["model"])
-    np.savez(paths["calib"], **mlp_data(seed=1))
-    np.savez(paths["eval"], **mlp_data(seed=2))
-    return paths
-
-
-def _quantize_cli(run_cli, files: dict[str, Path], *extra: str) -> tuple[int, str, str]:
-    return run_cli("quantize", files["model"], "-o", files["out"], "--calib", files["calib"], "--eval",
-                   files["eval"], "--report", files["report"], "--no-latency", "-q", *extra)
 
 
 @pytest.mark.parametrize("io_type", ["int8", "uint8"])
