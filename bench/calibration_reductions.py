@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 
 from onnxq.calibration.observers import MinMaxObserver
+from onnxq.data import load_data
 from onnxq.engine import observe
-from onnxq.feeds import load_data
 
 from .calibration_scaling import INPUT_NAME, MODELS, build_model
 

@@ -64,7 +64,7 @@ def measure(folder: Path, config: str, repeats: int) -> dict[str, Any]:
     import onnxq
     from onnxq import rewrite
     from onnxq.calibration.runner import collect_ranges as in_process_ranges
-    from onnxq.feeds import load_data
+    from onnxq.data import load_data
     from onnxq.model import load_model
     from onnxq.plan import make_plan
     from onnxq.prepare import prepare as prepare_model

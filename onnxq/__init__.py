@@ -8,10 +8,10 @@ from .analyze import analyze
 from .api import QuantResult, calibrate, quantize
 from .calibration.ranges import Ranges, TensorRange
 from .config import CalibrationMethod, Mode, QuantConfig, QuantType
+from .data import Dataset, load_data
 from .errors import (AdapterError, CalibrationError, ConfigError, DataError, ModelError, OnnxqError,
                      QuantizationError)
 from .errors import StrictModeError
-from .feeds import Dataset, load_data
 from .plan import QuantPlan
 from .presets import Preset, list_presets, preset
 from .report import FallbackStep, LayerMetrics, Report

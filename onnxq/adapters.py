@@ -83,7 +83,7 @@ class Adapter(Protocol):
         """True for framework data objects (DataLoader, tf.data.Dataset, tensors, ...)."""
 
     def to_feeds(self, data: Any, input_names: list[str], *, transform: Any = None) -> Any:
-        """Framework data -> something :func:`onnxq.feeds.load_data` accepts (numpy dicts with
+        """Framework data -> something :func:`onnxq.data.load_data` accepts (numpy dicts with
         an optional ``labels`` key)."""
 
 

@@ -17,10 +17,10 @@ from ._paths import check_output_folder
 from .adapters import adapter_for_data, adapter_for_object, adapter_for_path, describe_inputs
 from .calibration.ranges import Ranges
 from .config import Mode, QuantConfig
+from .data import Dataset, InputSpec, check_data, load_data
 from .engine import sample_specs, timed
 from .errors import AdapterError, ConfigError
 from .evidence import Collected
-from .feeds import Dataset, InputSpec, check_data, load_data
 from .latency import LatencyOptions
 from .model import load_model, model_size, save_model
 from .names import framework_names
@@ -66,7 +66,7 @@ def calibrate(model: Any, calibration: Any, *, config: QuantConfig | None = None
 
     Args:
         model: ONNX path or ModelProto, or a framework model exported by an adapter.
-        calibration: anything :func:`onnxq.feeds.load_data` accepts (dict of arrays, .npz, folder, ...).
+        calibration: anything :func:`onnxq.data.load_data` accepts (dict of arrays, .npz, folder, ...).
         config: quantization config (method, bins, percentile, samples, batch size).
         progress: show a progress bar.
         cache_dir: reuse / store ranges keyed by model hash + data hash + settings.

@@ -14,7 +14,7 @@ exactly ``k`` samples: the stream is re-batched into full batches of ``k``, and 
 end of the data is padded with copies of its last sample; every returned tensor whose axis 0 is ``k``
 is cut back to the real samples, so every sample is evaluated exactly once (padding, not one by one:
 a fixed batch dimension takes no single sample). (Calibration data is still loaded with
-the remainder dropped, as :func:`onnxq.feeds.load_data` documents.)
+the remainder dropped, as :func:`onnxq.data.load_data` documents.)
 
 Distributed calibration: :func:`observe` is the function to run on one shard of feeds; it returns
 mergeable observers (``merge``, ``to_dict`` / ``from_dict``), and :func:`merge_observers` combines
@@ -38,8 +38,8 @@ import onnx
 
 from ._graph import unique_name
 from ._progress import progress as progress_bar
+from .data import InputSpec, input_specs
 from .errors import DataError
-from .feeds import InputSpec, input_specs
 from .runtime import create_session, run
 
 logger = logging.getLogger(__name__)

@@ -77,7 +77,7 @@ def html_report(float_model: onnx.ModelProto | str | os.PathLike[str],
         float_model: the float ONNX model (a path or a ModelProto; after :func:`onnxq.quantize`,
             ``QuantResult.float_model``, so that a framework model is not exported again).
         quant_model: the quantized model or a path to it.
-        data: evaluation data (anything :func:`onnxq.feeds.load_data` accepts), or ``None``.
+        data: evaluation data (anything :func:`onnxq.data.load_data` accepts), or ``None``.
         path: the ``.html`` file to write.
         report: the report to render; default: :func:`onnxq.validate` on ``data`` (no latency).
         ranges: the clipping ranges (a :class:`~onnxq.Ranges` or ``name -> (low, high)``); default:

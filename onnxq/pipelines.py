@@ -23,8 +23,8 @@ from . import rewrite
 from .calibration.ranges import RangeCache, Ranges, TensorRange
 from .calibration.runner import collect_ranges, range_settings
 from .config import CalibrationMethod, Mode, QuantConfig
+from .data import Dataset
 from .engine import Stopwatch, timed
-from .feeds import Dataset
 from .errors import CalibrationError
 from .model import model_hash
 from .passes import PassRecord

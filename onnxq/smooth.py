@@ -37,9 +37,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .data import Dataset
 from .engine import Runner, stream, tapped
 from .errors import CalibrationError, ConfigError
-from .feeds import Dataset
 from .plan import SENTINEL_MAGNITUDE, NodeDecision, QuantPlan, constant_names, set_calibration_targets
 from ._graph import unique_name
 

@@ -47,7 +47,7 @@ def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str]
     Args:
         float_model: the float model, or a path to it.
         quant_model: the quantized model, or a path to it.
-        data: evaluation data (anything :func:`onnxq.feeds.load_data` accepts).
+        data: evaluation data (anything :func:`onnxq.data.load_data` accepts).
         metric: ``cosine`` (mean per-sample cosine >= threshold), ``min-cosine``, ``sqnr`` (dB,
             >=), ``max-abs`` (<=), ``mean-abs`` (<=), ``top1`` (fraction of agreeing argmax, >=,
             class-score outputs only) or ``top5`` (float top-1 within the quantized top 5, >=);

@@ -321,7 +321,7 @@ def evaluation_data(data: Any, model: onnx.ModelProto, *, batch_size: int = 8, l
     """Evaluation batches for ``model``: a ``Dataset`` keeps its batching (``limit`` applied); any
     other object with ``batches()`` is used as is; anything else is loaded keeping every sample
     (a fixed batch size is honoured by the engine, which pads the remainder)."""
-    from .feeds import Dataset, load_data
+    from .data import Dataset, load_data
 
     if isinstance(data, Dataset):
         return data if limit is None else load_data(data, model, limit=limit)
@@ -341,12 +341,12 @@ def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
     Args:
         float_model: the float model, or a path to it.
         quant_model: the quantized model, or a path to it.
-        data: evaluation data: anything :func:`onnxq.feeds.load_data` accepts (labels under
+        data: evaluation data: anything :func:`onnxq.data.load_data` accepts (labels under
             its labels key), or a ``Dataset``, which keeps its own batch size. Any other object
             with a ``batches()`` method yielding ``(inputs, labels)`` is used as is.
         batch_size: samples per batch when ``data`` is not a Dataset yet.
         limit: compare at most this many samples (ignored for a Dataset-like object that is not
-            an ``onnxq.feeds.Dataset``).
+            an ``onnxq.data.Dataset``).
         latency: also time both models on the first evaluation batch (``True``: the defaults of
             :class:`~onnxq.latency.LatencyOptions`, or those options).
         latency_runs: timed runs per model; ``None``: until the median is stable (see

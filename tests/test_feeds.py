@@ -1,4 +1,4 @@
-"""Tests of onnxq.feeds: every data source, batching, fingerprints and every refusal."""
+"""Tests of onnxq.data: every data source, batching, fingerprints and every refusal."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxq.data import Dataset, InputSpec, input_specs, load_data
 from onnxq.errors import ConfigError, DataError, ModelError
-from onnxq.feeds import Dataset, InputSpec, input_specs, load_data
 
 # --------------------------------------------------------------------------- models
 
@@ -274,7 +274,7 @@ def test_shuffle_across_files(tmp_path: Path, image_model: onnx.ModelProto) -> N
 
 def test_fixed_batch_dim_forces_batch_size_one(caplog: pytest.LogCaptureFixture) -> None:
     model = _model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])])
-    with caplog.at_level(logging.INFO, logger="onnxq.feeds"):
+    with caplog.at_level(logging.INFO, logger="onnxq.data"):
         ds = load_data({"x": np.zeros((5, 3), np.float32)}, model, batch_size=8)
     assert ds.batch_size == 1 and ds.num_batches == 5
     assert all(b["x"].shape == (1, 3) for b in ds)
@@ -550,7 +550,7 @@ def test_dataset_checked_again_for_another_model(image_model: onnx.ModelProto) -
 
 
 def test_cast_is_logged(image_model: onnx.ModelProto, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="onnxq.feeds"):
+    with caplog.at_level(logging.INFO, logger="onnxq.data"):
         load_data({"x": np.zeros((2, 1, 8, 8))}, image_model)
     assert "casting float64 data to float32" in caplog.text
 
@@ -586,3 +586,13 @@ def test_truncated_stored_npz_is_a_data_error(tmp_path: Path, image_model: onnx.
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="d.npz"):
         list(load_data(path, image_model, batch_size=4))
+
+
+def test_onnxq_feeds_is_a_compatibility_shim() -> None:
+    """``onnxq.feeds`` keeps exporting the public names of ``onnxq.data``, as the same objects."""
+    import onnxq.data
+    import onnxq.feeds
+
+    assert onnxq.feeds.__all__ == onnxq.data.__all__
+    for name in onnxq.data.__all__:
+        assert getattr(onnxq.feeds, name) is getattr(onnxq.data, name), name

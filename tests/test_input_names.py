@@ -12,7 +12,7 @@ import pytest
 
 from builders import cnn_data, tiny_cnn
 from onnxq import DataError
-from onnxq.feeds import load_data
+from onnxq.data import load_data
 
 RNG = np.random.default_rng(0)
 
@@ -27,7 +27,7 @@ def _images(n: int = 10) -> np.ndarray:
 def test_npz_with_one_unnamed_array_feeds_the_only_input(tmp_path, caplog):
     path = tmp_path / "calib.npz"
     np.savez(path, _images())  # stored as arr_0
-    with caplog.at_level(logging.DEBUG, logger="onnxq.feeds"):
+    with caplog.at_level(logging.DEBUG, logger="onnxq.data"):
         data = load_data(path, tiny_cnn(), batch_size=4)
     batches = list(data)
     assert [list(b) for b in batches] == [["image"]] * 3

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
+from onnxq.data import InputSpec, load_data  # noqa: E402
 from onnxq.errors import OnnxqError  # noqa: E402
-from onnxq.feeds import InputSpec, load_data  # noqa: E402
 from onnxq.model import load_model  # noqa: E402
 
 #: 60 fixed examples per property in the suite; ONNXQ_HYPOTHESIS_EXAMPLES=N runs N random ones instead.

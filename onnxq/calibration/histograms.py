@@ -42,7 +42,7 @@ def tensor_histograms(model: onnx.ModelProto, data: Any, tensors: Sequence[str],
 
     Args:
         model: the model whose tensors are tapped (not modified).
-        data: an iterable of ``{input_name: array}`` batches, e.g. an :class:`onnxq.feeds.Dataset`.
+        data: an iterable of ``{input_name: array}`` batches, e.g. an :class:`onnxq.data.Dataset`.
         tensors: names of tensors of ``model``; names the graph does not compute are skipped
             (with a debug message).
         num_bins: bins per histogram.

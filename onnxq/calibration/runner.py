@@ -9,10 +9,10 @@ from typing import Any
 import onnx
 
 from ..config import CalibrationMethod, QuantConfig
+from ..data import Dataset
 from ..engine import TappedModel
 from ..engine import observe as observe_tensors
 from ..errors import CalibrationError
-from ..feeds import Dataset
 from .observers import HistogramObserver, compute_range, make_observer
 from .ranges import Ranges, TensorRange
 from .search import auto_settings, search_ranges

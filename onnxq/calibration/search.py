@@ -30,9 +30,9 @@ import onnx
 
 from .._progress import progress as progress_bar
 from ..config import CalibrationMethod, QuantConfig, QuantType
+from ..data import Dataset
 from ..engine import Runner, StreamBatch, stream
 from ..errors import CalibrationError, ModelError
-from ..feeds import Dataset
 from ..runtime import create_session, run
 from .observers import AUTO_CANDIDATES, Grid, HistogramObserver, activation_grid, compute_range, histogram_errors
 from .ranges import Ranges, TensorRange

@@ -43,8 +43,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper, numpy_helper
 
 from .._progress import progress as progress_bar
+from ..data import Dataset
 from ..errors import CalibrationError, ConfigError
-from ..feeds import Dataset
 from ..rewrite.weights import QuantizedWeight, read_quantized_weights, replace_quantized_weights
 from ..runtime import create_session, run
 from . import PassRecord

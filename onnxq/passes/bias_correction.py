@@ -43,9 +43,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..data import Dataset
 from ..engine import Runner, StreamBatch, stream
 from ..errors import CalibrationError, ConfigError
-from ..feeds import Dataset
 from ..rewrite.weights import QuantizedWeight, read_quantized_weights
 from . import PassRecord
 from .._graph import unique_name

@@ -50,9 +50,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..data import Dataset
 from ..engine import Runner, StreamBatch, stream
 from ..errors import ConfigError, DataError
-from ..feeds import Dataset
 from . import PassRecord
 from .._graph import unique_name
 

@@ -91,7 +91,7 @@ def quantize_weight_only(model: onnx.ModelProto, plan: QuantPlan, config: QuantC
         plan: from :func:`weight_only_plan`.
         config: bits, block size, symmetry and algorithm.
         calibration: GPTQ only: an iterable of ``{input_name: array}`` batches (an
-            :class:`onnxq.feeds.Dataset`); ignored by RTN and HQQ.
+            :class:`onnxq.data.Dataset`); ignored by RTN and HQQ.
 
     Raises:
         ConfigError: GPTQ without calibration data; HQQ without torch installed.

@@ -43,7 +43,7 @@ def owns(data: Any) -> bool:
 
 
 def to_feeds(data: Any, input_names: list[str], *, transform: Callable[[Any], Any] | None = None) -> Any:
-    """Framework data -> what ``onnxq.feeds.load_data`` accepts.
+    """Framework data -> what ``onnxq.data.load_data`` accepts.
 
     Tensors (and tuples/dicts of tensors) become one dict of arrays (random access); datasets
     become a re-iterable stream of dicts.

@@ -110,7 +110,7 @@ def _convert(batches: Iterator[Any], input_names: list[str],
 
 def to_feeds(data: Any, input_names: list[str], *, transform: Callable[[Any], Any] | None = None,
              batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
-    """Torch data -> something :func:`onnxq.feeds.load_data` accepts (see the module doc).
+    """Torch data -> something :func:`onnxq.data.load_data` accepts (see the module doc).
 
     Raises:
         DataError: a source or batch layout that does not fit the model's inputs.
