@@ -348,15 +348,22 @@ class TappedModel:
     graph (``ReduceMin`` / ``ReduceMax`` / ``ReduceSum`` / ``Size``), so that four scalars per tensor leave ONNX
     Runtime instead of the activation; for observers that need only each batch's extremes (MinMax).
 
+    ``threads`` sets the sessions' intra-op threads (``None``: ONNX Runtime's default, one per
+    core). A Dask worker passes its own task-thread count (:func:`onnxq.distributed._run.worker_threads`),
+    so the ``local:N`` cluster of single-threaded workers runs 1 intra-op thread per worker and N
+    workers do not oversubscribe the cores.
+
     Attributes:
         tensors: the observed tensors, in order, without duplicates.
         reduced: tensor -> names of its (min, max, sum, size) outputs, for the tensors reduced in the graph
             (the sum only proves that no value is NaN or infinite).
+        threads: the sessions' intra-op threads (``None``: ORT's default).
     """
 
     def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], *, reduce: bool = False,
-                 keep: Sequence[str] = ()) -> None:
+                 keep: Sequence[str] = (), threads: int | None = None) -> None:
         self.model = model
+        self.threads = threads
         self.tensors = list(dict.fromkeys(tensors))
         self.keep = [n for n in dict.fromkeys(keep)]
         self.reduced = {n: o for n, o in (_float_tensors(model, self.tensors) if reduce else {}).items()
@@ -364,7 +371,7 @@ class TappedModel:
         self._full = [n for n in dict.fromkeys(self.tensors + self.keep) if n not in self.reduced]
         outputs = self._full + [o for names in self.reduced.values() for o in names]
         graph = _reduced_model(model, self._full, self.reduced) if self.reduced else tapped(model, self._full)
-        self.runner = Runner.create(graph, outputs) if self._full or self.reduced else None
+        self.runner = Runner.create(graph, outputs, threads=threads) if self._full or self.reduced else None
         self._rerun: Runner | None = None
 
     def observe(self, data: Any, factory: Callable[[], Observer], *, desc: str = "calibrating",
@@ -410,7 +417,8 @@ class TappedModel:
 
     def _rerun_runner(self) -> Runner:
         if self._rerun is None:
-            self._rerun = Runner.create(tapped(self.model, list(self.reduced)), list(self.reduced))
+            self._rerun = Runner.create(tapped(self.model, list(self.reduced)), list(self.reduced),
+                                        threads=self.threads)
         return self._rerun
 
 

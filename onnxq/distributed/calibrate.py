@@ -2,7 +2,9 @@
 
 Each worker streams its shard (:mod:`onnxq.distributed.shards`) through its own ONNX Runtime
 session of the tapped model (:class:`onnxq.engine.TappedModel`, the single-process loop) -- the model
-is shipped once to every worker, not sent per task -- and returns its observers. The client
+is shipped once to every worker, not sent per task -- and returns its observers. The session runs
+as many intra-op threads as the worker has task threads (``dask worker --nthreads``): 1 on the
+``local:N`` cluster of single-threaded workers, so N workers use N cores, not N times all of them. The client
 merges them in shard order and finishes exactly as the single-process run
 (:func:`ranges_from_observers`).
 
@@ -40,7 +42,7 @@ from ..config import CalibrationMethod, QuantConfig
 from ..engine import Observer, TappedModel, merge_observers
 from ..feeds import Dataset, InputSpec, input_specs
 from ._replay import Binner, Extremes, Plan, histogram, minmax, replay
-from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, workers_of
+from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, worker_threads, workers_of
 from .shards import Shard, model_key, parse_model, plan_shards, serialise, worker_cached
 
 logger = logging.getLogger(__name__)
@@ -166,7 +168,9 @@ def _observe_shard(shard: Shard, shard_plans: dict[str, Plan] | None, payload: b
     made = iter([Binner(shard_plans[t]) for t in tensors]) if shard_plans is not None else None
     make = (lambda: next(made)) if made is not None else factory  # observe() makes them in tensor order
     model = worker_cached(key, lambda: parse_model(payload))
-    tapped = worker_cached(f"{key}:{reduce}:{tensors}", lambda: TappedModel(model, tensors, reduce=reduce))
+    threads = worker_threads()  # ORT intra-op threads = the worker's task threads (1 on local:N)
+    tapped = worker_cached(f"{key}:{reduce}:{tensors}:{threads}",
+                           lambda: TappedModel(model, tensors, reduce=reduce, threads=threads))
     observers, samples = tapped.observe((inputs for inputs, _ in shard.batches(specs)), make)
     return ShardObservers(shard.index, observers, samples, time.perf_counter() - start, worker_name())
 

@@ -2,7 +2,9 @@
 
 ``spec`` strings (the CLI's ``--dask``): ``tcp://host:port`` (or any address a Dask ``Client``
 accepts) connects to a running scheduler; ``local:N`` starts a ``LocalCluster`` of N
-single-threaded worker processes on loopback for the run. Dask is imported here only inside the
+single-threaded worker processes on loopback for the run. A worker's ONNX Runtime sessions run as
+many intra-op threads as the worker has task threads: 1 per worker on ``local:N`` (N workers, N
+cores); on a running cluster, what ``dask worker --nthreads`` gave each worker. Dask is imported here only inside the
 functions, so importing this module costs nothing when Dask is absent.
 """
 
