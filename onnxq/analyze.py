@@ -34,6 +34,11 @@ consumer, for a weight the node that reads it.
 
 Streaming: both models run batch by batch with the needed tensors tapped as extra outputs; the
 sums are float64 running totals and only one batch of activations is alive at a time.
+
+Sharded (``client=``, ``onnxq analyze --dask SPEC``): the batches are spread over the workers of a
+Dask cluster (:func:`onnxq.distributed.pairs.map_pair`); each worker returns every batch's
+accumulators alone, and the client folds them in the single-process batch order
+(``OutputAccumulator.merge``), so the metrics equal the in-process ones bit for bit.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import logging
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -86,7 +91,8 @@ class _Activation:
 
 def analyze(float_model: onnx.ModelProto | str | os.PathLike[str],
             quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any = None, *,
-            batch_size: int = 8, limit: int | None = None, progress: bool = False) -> list[LayerMetrics]:
+            batch_size: int = 8, limit: int | None = None, progress: bool = False,
+            client: Any = None) -> list[LayerMetrics]:
     """Measure the error quantization adds at every quantized activation and weight, worst first.
 
     Args:
@@ -99,6 +105,9 @@ def analyze(float_model: onnx.ModelProto | str | os.PathLike[str],
         batch_size: samples per batch when ``data`` is not a Dataset yet.
         limit: use at most this many samples.
         progress: show a progress bar on stderr.
+        client: measure on a Dask cluster (``pip install 'onnxq[dask]'``): a ``distributed.Client``,
+            or ``"tcp://HOST:PORT"`` / ``"local:N"`` for a cluster opened and closed for this call;
+            a data path is read by the workers themselves. The same metrics as in-process.
 
     Returns:
         One :class:`~onnxq.report.schema.LayerMetrics` per quantized activation and weight, ranked
@@ -118,7 +127,12 @@ def analyze(float_model: onnx.ModelProto | str | os.PathLike[str],
     activations = _activations(graphs)
     if data is not None and activations:
         dataset = evaluation_data(data, float_proto, batch_size=batch_size, limit=limit)  # keeps every sample
-        broken = _measure(float_proto, quant_proto, activations, dataset, progress=progress)
+        if client is None:
+            broken = _measure(float_proto, quant_proto, activations, dataset, progress=progress)
+        else:
+            source = data if isinstance(data, (str, os.PathLike)) else None
+            broken = _measure_on_cluster(client, float_proto, quant_proto, activations, dataset, source=source,
+                                         progress=progress)
         layers += [_activation_metrics(a) for a in activations if a.float_name not in broken]
     elif activations:
         logger.info("no data: %d activation tensor(s) not measured, weights only", len(activations))
@@ -337,6 +351,44 @@ def _measure(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, activat
     if batches == 0:
         raise DataError("the analysis data holds no batch")
     return broken
+
+
+def _measure_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
+                        activations: list[_Activation], data: Any, *, source: Any, progress: bool) -> set[str]:
+    """:func:`_measure` with the batches spread over a Dask cluster; the same accumulators, bit for bit."""
+    from .distributed.cluster import open_cluster
+    from .distributed.pairs import map_pair
+
+    float_names = [a.float_name for a in activations]
+    quant_names = list(dict.fromkeys(t for a in activations for t in a.quant_taps))
+    with open_cluster(client) as connected:
+        batches, _ = map_pair(connected, (float_model, quant_model), (float_names, quant_names), data,
+                              _batch_layers, activations, source=source, progress=progress, desc="analyze")
+    if not batches:
+        raise DataError("the analysis data holds no batch")
+    broken: set[str] = set()
+    for batch in batches:  # in the single-process order: the very additions of _measure
+        for a in activations:
+            if a.float_name in broken:
+                continue
+            pair = batch[a.float_name]
+            if pair is None:
+                broken.add(a.float_name)
+            else:
+                a.local.merge(pair[0])
+                a.model.merge(pair[1])
+    return broken
+
+
+def _batch_layers(batch: StreamBatch, activations: list[_Activation]
+                  ) -> dict[str, tuple[OutputAccumulator, OutputAccumulator] | None]:
+    """Worker side: each activation's (own, in-model) accumulators of this batch alone; ``None``: not comparable."""
+    reference, quantized = batch.outputs
+    out: dict[str, tuple[OutputAccumulator, OutputAccumulator] | None] = {}
+    for a in activations:
+        fresh = replace(a)  # new, empty accumulators
+        out[a.float_name] = (fresh.local, fresh.model) if _compare_activation(fresh, reference, quantized) else None
+    return out
 
 
 def _compare_activation(a: _Activation, reference: dict[str, np.ndarray], quantized: dict[str, np.ndarray]) -> bool:

@@ -148,12 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = _add_quantize(sub, common)
     _add_export(sub, common)
     v = _add_validate(sub, common)
-    _add_compare(sub, common)
+    c = _add_compare(sub, common)
     _add_inspect(sub, common)
-    _add_analyze(sub, common)
+    a = _add_analyze(sub, common)
     _add_presets(sub, common)
     _add_distributed(sub, common, quantize=q.add_argument_group("distributed"),
-                     validate=v.add_argument_group("distributed"))
+                     validate=v.add_argument_group("distributed"), compare=c.add_argument_group("distributed"),
+                     analyze=a.add_argument_group("distributed"))
     return parser
 
 
@@ -164,9 +165,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
                  "fallback", "validation & latency", "distributed"),
     "export": ("output", "data"),
     "validate": ("output", "data", "validation & latency", "distributed"),
-    "compare": ("check", "output", "data", "validation & latency"),
+    "compare": ("check", "output", "data", "validation & latency", "distributed"),
     "inspect": ("output",),
-    "analyze": ("output", "data"),
+    "analyze": ("output", "data", "distributed"),
     "presets": ("output",),
 }
 
@@ -386,7 +387,7 @@ def _add_validate(sub: Any, common: argparse.ArgumentParser) -> argparse.Argumen
     return v
 
 
-def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
+def _add_compare(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``onnxq compare``."""
     from .compare import METRICS
 
@@ -422,6 +423,7 @@ def _add_compare(sub: Any, common: argparse.ArgumentParser) -> None:
     g["validation & latency"].add_argument("--latency", action="store_true",
                                            help="also measure latency (reported, never gated)")
     c.set_defaults(func=_cmd_compare)
+    return c
 
 
 def _add_inspect(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -435,7 +437,7 @@ def _add_inspect(sub: Any, common: argparse.ArgumentParser) -> None:
     i.set_defaults(func=_cmd_inspect)
 
 
-def _add_analyze(sub: Any, common: argparse.ArgumentParser) -> None:
+def _add_analyze(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``onnxq analyze``."""
     a = sub.add_parser("analyze", parents=[common], help="per-layer quantization error, most harmful first",
                        description="For every quantized activation and weight: the SQNR and cosine that its own "
@@ -450,6 +452,7 @@ def _add_analyze(sub: Any, common: argparse.ArgumentParser) -> None:
                              help="print JSON (a list of layer metrics) instead of a table")
     _add_eval_data(g["data"], what="inputs to run both models on")
     a.set_defaults(func=_cmd_analyze)
+    return a
 
 
 def _add_presets(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -852,7 +855,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         result = compare(args.float_model, args.quant_model, args.data, metric=args.metric,
                          threshold=args.threshold, labels=args.labels, batch_size=args.batch_size,
                          limit=args.samples, threads=args.threads, latency=latency,
-                         progress=not args.quiet and not args.json)
+                         progress=not args.quiet and not args.json, client=args.dask)
     except Exception as exc:  # any outcome gets its JUnit file: an <error> test case, then the usual exit
         if args.junit:
             junit_error(exc, args.junit, metric=get_metric(args.metric).cli_name, threshold=args.threshold,
@@ -895,7 +898,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                       samples=args.samples, quantized=True)
     layers = analyze(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
-                     limit=args.samples, progress=not args.quiet and not args.json)
+                     limit=args.samples, progress=not args.quiet and not args.json, client=args.dask)
     if not layers:
         raise ModelError(f"no quantized layer of {args.quant_model} corresponds to a node of {args.float_model}: "
                          "give the float model and its own quantized version")
@@ -932,11 +935,13 @@ _DASK_HELP = ("run on Dask: tcp://HOST:PORT (a running `dask scheduler`) or loca
               "single-threaded workers, closed at the end); needs pip install 'onnxq[dask]'")
 
 
-def _add_distributed(sub: Any, common: argparse.ArgumentParser, *, quantize: argparse.ArgumentParser,
-                     validate: argparse.ArgumentParser) -> None:
-    """``--dask`` on quantize and validate, and the ``batch`` command."""
+def _add_distributed(sub: Any, common: argparse.ArgumentParser, *, quantize: Any, validate: Any, compare: Any,
+                     analyze: Any) -> None:
+    """``--dask`` on quantize, validate, compare and analyze, and the ``batch`` command."""
     quantize.add_argument("--dask", metavar="SPEC", help=_DASK_HELP + "; same ranges and report as in-process")
     validate.add_argument("--dask", metavar="SPEC", help=_DASK_HELP + "; same report as in-process")
+    compare.add_argument("--dask", metavar="SPEC", help=_DASK_HELP + "; same verdicts and report as in-process")
+    analyze.add_argument("--dask", metavar="SPEC", help=_DASK_HELP + "; same per-layer metrics as in-process")
     b = sub.add_parser("batch", parents=[common], help="quantize many models (a folder or a manifest) as independent tasks",
                        description="Quantize every model of a folder of .onnx files or of a YAML/JSON manifest; "
                                    "one model's failure never stops the others. Prints a summary table and "
@@ -984,11 +989,12 @@ def _validate_on_dask(args: argparse.Namespace) -> Any:
     """``onnxq validate --dask``: the evaluation batches sharded over the cluster's workers."""
     from .distributed.cluster import open_cluster
     from .distributed.validate import validate_on_cluster
-    from .feeds import load_data
     from .model import load_model
+    from .validate import evaluation_data
 
     float_model = load_model(args.float_model, check=False)
-    data = load_data(args.data, float_model, batch_size=args.batch_size, limit=args.samples)
+    # every sample, as in-process validate loads it (a fixed batch size is padded by the engine)
+    data = evaluation_data(args.data, float_model, batch_size=args.batch_size, limit=args.samples)
     with open_cluster(args.dask) as client:
         report, _ = validate_on_cluster(client, float_model, load_model(args.quant_model, check=False), data,
                                         source=args.data, latency=_latency(args), threads=args.threads,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -43,7 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import write_text_atomic
+from ._junit import finish_junit as _finish_junit
+from ._junit import junit_timestamp as _junit_timestamp
+from ._junit import xml_text as _xml_text
 from .errors import ConfigError, DataError
 from .engine import sample_specs
 from .feeds import load_data
@@ -230,7 +231,7 @@ def junit_error(error: BaseException, path: str | os.PathLike[str] | None = None
 
 def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cosine", threshold: float,
             labels: Any = None, batch_size: int = 8, limit: int | None = None, threads: int | None = None,
-            latency: bool | LatencyOptions = False, progress: bool = False) -> Comparison:
+            latency: bool | LatencyOptions = False, progress: bool = False, client: Any = None) -> Comparison:
     """Validate ``quant_model`` against ``float_model`` on ``data`` and check every output.
 
     Args:
@@ -250,6 +251,10 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
         latency: also measure latency into the report (never gated): ``True`` or
             :class:`~onnxq.latency.LatencyOptions`.
         progress: progress bar on stderr.
+        client: evaluate on a Dask cluster (``pip install 'onnxq[dask]'``): a ``distributed.Client``, or
+            ``"tcp://HOST:PORT"`` / ``"local:N"`` for a cluster opened and closed for this call. The batches
+            are sharded as in :func:`onnxq.distributed.validate.validate_on_cluster` (a data path is read by
+            the workers themselves); the same report and verdicts as in-process (latency aside).
 
     Returns:
         The verdicts and the report; :attr:`Comparison.passed` is the CI answer.
@@ -274,7 +279,12 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
         raise DataError(f"--metric {metric} needs labels: add a 'labels' array to the data file "
                         "or pass --labels FILE.npy")
     del float_proto
-    report = validate(float_model, quant_model, dataset, latency=latency, threads=threads, progress=progress)
+    if client is None:
+        report = validate(float_model, quant_model, dataset, latency=latency, threads=threads, progress=progress)
+    else:
+        source = data if isinstance(data, (str, os.PathLike)) and label_array is None else None
+        report = _validate_on_cluster(client, float_model, quant_model, dataset, source=source, latency=latency,
+                                      threads=threads, progress=progress)
     comparison = Comparison(metric=metric, threshold=float(threshold), checks=check_report(report, metric, threshold),
                             report=report, float_model=_path_or_none(float_model),
                             quant_model=_path_or_none(quant_model), seconds=time.perf_counter() - started)
@@ -342,6 +352,16 @@ def check_report(report: Report, metric: str, threshold: float) -> list[OutputCh
 # ------------------------------------------------------------------------- helpers
 
 
+def _validate_on_cluster(client: Any, float_model: Any, quant_model: Any, dataset: Any, **kwargs: Any) -> Report:
+    """The evaluation sharded over a Dask cluster (a spec string opens one for this call)."""
+    from .distributed.cluster import open_cluster
+    from .distributed.validate import validate_on_cluster
+
+    with open_cluster(client) as connected:
+        report, _ = validate_on_cluster(connected, float_model, quant_model, dataset, **kwargs)
+    return report
+
+
 class _Labelled:
     """A checked Dataset whose labels come from a separate array (streamed alongside)."""
 
@@ -353,6 +373,7 @@ class _Labelled:
             labels = labels[:total]
         self._dataset = dataset
         self._labels = labels
+        self.batch_size = dataset.batch_size
         self.num_batches = dataset.num_batches
         self.num_samples = total
         self.has_labels = True
@@ -454,34 +475,6 @@ def _junit_suite(*, metric: str, threshold: float, tests: int, failures: int, er
         if value is not None:
             ET.SubElement(props, "property", {"name": key, "value": _xml_text(str(value))})
     return root, suite
-
-
-def _finish_junit(root: ET.Element, path: str | os.PathLike[str] | None) -> str:
-    ET.indent(root)
-    text = ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
-    if path is not None:
-        write_text_atomic(path, text)
-    return text
-
-
-def _junit_timestamp(timestamp: str) -> str:
-    """ISO 8601 in UTC without the offset (``2026-01-31T12:00:00``); unparsable text is kept."""
-    try:
-        moment = datetime.fromisoformat(timestamp)
-    except ValueError:
-        return timestamp
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment.isoformat(timespec="seconds")
-
-
-#: Characters XML 1.0 cannot carry (control characters, lone surrogates, U+FFFE/U+FFFF).
-_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def _xml_text(text: str) -> str:
-    """``text`` with the characters XML 1.0 forbids replaced by ``?``."""
-    return _NOT_XML.sub("?", text)
 
 
 def _fmt(value: float) -> str:

@@ -166,6 +166,85 @@ def test_validation_report_equal_with_uneven_shards(client: Any, data: dict[str,
         assert [t.samples for t in timings] == [56, 56, 38]  # 22 batches of 7: 8 + 8 + 6
 
 
+# ------------------------------------------------------------------ analysis and compare
+
+
+def _layers_json(layers: list[Any]) -> str:
+    from onnxq.report.schema import _jsonable
+
+    return json.dumps(_jsonable(layers), allow_nan=False)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_analyze_on_cluster_equals_in_process(client: Any, data: dict[str, Path], mode: str) -> None:
+    """Per-layer metrics folded from the workers' per-batch accumulators: the in-process ranking, exactly.
+
+    static: a data path the workers read (3 shards); dynamic: batches shipped from the client."""
+    float_model = make_cnn_model()
+    config = QuantConfig(mode=mode)
+    quant = onnxq.quantize(float_model, {CNN_INPUT: make_images(64)} if mode == "static" else None, config=config,
+                           latency=False).model
+    source: Any = data["eval"] if mode == "static" else {CNN_INPUT: make_images(150, seed=3)}
+    local = onnxq.analyze(float_model, quant, source, batch_size=7)
+    sharded = onnxq.analyze(float_model, quant, source, batch_size=7, client=client)
+    assert any(m.kind == "activation" for m in local)
+    assert _layers_json(sharded) == _layers_json(local)
+
+
+def test_compare_on_cluster_equals_in_process(client: Any, data: dict[str, Path]) -> None:
+    """compare(client=): the same report and verdicts, with labels in the data file or given apart."""
+    from onnxq.compare import compare
+
+    quant = onnxq.quantize(make_cnn_model(), {CNN_INPUT: make_images(64)}, latency=False).model
+    unlabelled = {CNN_INPUT: make_images(150, seed=3)}
+    for source, labels in ((data["eval"], None), (unlabelled, make_labels(150, seed=4))):
+        local = compare(make_cnn_model(), quant, source, metric="accuracy-drop", threshold=5.0, labels=labels,
+                        batch_size=16)
+        sharded = compare(make_cnn_model(), quant, source, metric="accuracy-drop", threshold=5.0, labels=labels,
+                          batch_size=16, client=client)
+        assert _strip(sharded.report) == _strip(local.report) and sharded.report.quant_accuracy is not None
+        assert [vars(c) for c in sharded.checks] == [vars(c) for c in local.checks]
+
+
+def test_cli_analyze_and_compare_with_dask(cluster: Any, data: dict[str, Path], quantized_cnn_path: Path,
+                                          run_cli: Any) -> None:
+    """``onnxq analyze --dask`` / ``onnxq compare --dask`` on a running scheduler print what in-process prints."""
+    address = cluster[0].scheduler_address
+    args = ["analyze", data["model"], quantized_cnn_path, "--data", data["eval"], "--json", "--batch-size", "16"]
+    code, in_process, err = run_cli(*args)
+    assert code == 0, err
+    code, on_cluster, err = run_cli(*args, "--dask", address)
+    assert code == 0, err
+    assert json.loads(on_cluster) == json.loads(in_process)
+    args = ["compare", data["model"], quantized_cnn_path, "--data", data["eval"], "--json", "--metric", "cosine",
+            "--threshold", "0.9"]
+    results = []
+    for extra in ((), ("--dask", address)):
+        code, out, err = run_cli(*args, *extra)
+        assert code == 0, err
+        result = json.loads(out)
+        for key in ("seconds", "timestamp"):
+            result.pop(key)
+        result["report"].pop("timings", None)
+        results.append(result)
+    assert results[0] == results[1] and results[1]["report"]["samples"] == 150
+
+
+def test_calibration_workers_run_one_intra_op_thread(client: Any, data: dict[str, Path]) -> None:
+    """The tapped model's session on a single-threaded worker runs 1 intra-op thread, not one per core."""
+    onnxq.calibrate(data["model"], data["calib"], config=QuantConfig(method="minmax"), client=client)
+
+    def threads() -> list[tuple[Any, int]]:
+        from onnxq.distributed import shards
+        from onnxq.engine import TappedModel
+
+        return [(v.threads, v.runner.session.get_session_options().intra_op_num_threads)
+                for v in shards._CACHE.values() if isinstance(v, TappedModel) and v.runner is not None]
+
+    seen = [pair for pairs in client.run(threads).values() for pair in pairs]
+    assert seen and all(pair == (1, 1) for pair in seen)
+
+
 def test_cli_dask_local_2(data: dict[str, Path], tmp_path: Path, run_cli: Any) -> None:
     """``--dask local:2`` starts and closes its own cluster; the model is the in-process one."""
     args = ["quantize", data["model"], "--calib", data["calib"], "--method", "percentile", "--no-latency", "-q"]

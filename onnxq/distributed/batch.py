@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .._junit import finish_junit, junit_timestamp, xml_text
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -264,26 +265,24 @@ def to_junit(outcomes: list[BatchOutcome], path: str | os.PathLike[str] | None =
 
     Same layout and helpers as ``onnxq compare``'s JUnit (:meth:`onnxq.compare.Comparison.to_junit`).
     """
-    from ..compare import _finish_junit, _junit_timestamp, _xml_text
-
     failures = sum(o.status == FAILED for o in outcomes)
     errors = sum(o.status == ERROR for o in outcomes)
     total = sum(o.seconds for o in outcomes)
     counts = {"tests": str(len(outcomes)), "failures": str(failures), "errors": str(errors)}
     root = ET.Element("testsuites", {"name": "onnxq", **counts, "time": f"{total:.3f}"})
-    stamp = _junit_timestamp(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    stamp = junit_timestamp(datetime.now(timezone.utc).isoformat(timespec="seconds"))
     suite = ET.SubElement(root, "testsuite", {"name": "onnxq batch", **counts, "skipped": "0",
                                               "time": f"{total:.3f}", "timestamp": stamp})
     for outcome in outcomes:
-        case = ET.SubElement(suite, "testcase", {"classname": "onnxq.batch", "name": _xml_text(outcome.name),
+        case = ET.SubElement(suite, "testcase", {"classname": "onnxq.batch", "name": xml_text(outcome.name),
                                                  "time": f"{outcome.seconds:.3f}"})
-        message = _xml_text(outcome.message)
+        message = xml_text(outcome.message)
         if outcome.status == FAILED:
             ET.SubElement(case, "failure", {"message": message, "type": "TargetNotMet"}).text = message
         elif outcome.status == ERROR:
             ET.SubElement(case, "error", {"message": message, "type": outcome.error_type or "Error"}).text = message
         out = ET.SubElement(case, "system-out")
-        out.text = _xml_text(f"model: {outcome.model}\noutput: {outcome.output}\nworker: {outcome.worker}\n"
+        out.text = xml_text(f"model: {outcome.model}\noutput: {outcome.output}\nworker: {outcome.worker}\n"
                              f"mode: {outcome.mode}\nsize_ratio: {outcome.size_ratio}\ncosine: {outcome.cosine}\n"
                              f"sqnr_db: {outcome.sqnr_db}\ntop1_agreement: {outcome.top1_agreement}")
-    return _finish_junit(root, path)
+    return finish_junit(root, path)

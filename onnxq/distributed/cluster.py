@@ -111,8 +111,9 @@ def connect(spec: str, *, timeout: float = 30.0) -> Cluster:
 def _warm_up() -> None:
     """Import onnxq's worker side (numpy, onnx, ONNX Runtime) once per worker, before the clock of the
     first shard starts; a fresh worker process otherwise pays it inside the first task."""
-    import onnxq.distributed.calibrate  # noqa: F401
-    import onnxq.distributed.validate  # noqa: F401
+    import onnxq.calibration.runner  # noqa: F401
+    import onnxq.distributed.pairs  # noqa: F401  (the engine, ONNX Runtime)
+    import onnxq.validate  # noqa: F401
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 client folds the per-batch metrics in the single-process batch order.
 
 Each worker runs the float/quantized pair (shipped once to every worker) over its shard with
-the engine's loop (:func:`onnxq.engine.stream`) and returns, per batch, the metric accumulators of
+the engine's loop (:func:`onnxq.distributed.pairs.map_pair`) and returns, per batch, the metric accumulators of
 that batch alone (:class:`~onnxq.validate.OutputAccumulator`, :class:`~onnxq.validate.AccuracyAccumulator`).
 The client folds them batch by batch in global order, adding each batch's sums exactly as the
 single-process loop adds them, so the report -- sums, counts, minima, top-k agreement, accuracy --
@@ -13,22 +13,20 @@ client, on the first batch (:func:`onnxq.validate.validate` on that batch).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 
-from ..engine import Runner, StreamBatch, stream
+from ..engine import StreamBatch
 from ..errors import DataError, ModelError
-from ..feeds import Dataset, InputSpec, input_specs
+from ..feeds import Dataset
 from ..model import load_model
 from ..report.schema import Report
 from ..validate import AccuracyAccumulator, OutputAccumulator, check_same_io, is_class_scores, validate
-from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, worker_threads, workers_of
-from .shards import Shard, model_key, parse_model, plan_shards, serialise, worker_cached
+from ._run import ShardTiming
+from .pairs import Batches, map_pair
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +51,6 @@ class BatchMetrics:
     scores: list[str]
     accuracy: dict[str, tuple[AccuracyAccumulator, AccuracyAccumulator] | str] | None
     samples: int
-
-
-@dataclass
-class ShardMetrics:
-    """What one worker returns: each batch's metrics, in order."""
-
-    index: int
-    batches: list[BatchMetrics]
-    samples: int
-    seconds: float
-    worker: str
 
 
 def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Dataset, *,
@@ -91,30 +78,11 @@ def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: 
     first = next(iter(data.batches()), None)
     if first is None:
         raise DataError("the evaluation data holds no batch")
-    payload = (serialise(float_proto), serialise(quant_proto))
-    key = model_key(payload[0] + payload[1])
-    scattered = ship(client, payload)
-    workers = workers_of(client)
-    try:
-        items = ((shard,) for shard in plan_shards(data, shards or workers, source=source))
-        results = map_shards(client, _validate_shard, items, scattered, key, input_specs(float_proto), names,
-                             in_flight=2 * workers, progress=progress, desc="validate")
-    finally:
-        client.cancel(scattered)
-    log_timings("validation", results)
-    report = validate(float_proto, quant_proto, _Batches([first]), latency=latency, threads=threads)
-    _fold(report, [b for r in results for b in r.batches], names)
-    return report, timings(results)
-
-
-class _Batches:
-    """``(inputs, labels)`` batches behind the ``batches()`` method that validate and the engine read."""
-
-    def __init__(self, items: Iterable[tuple[dict[str, np.ndarray], np.ndarray | None]]) -> None:
-        self.items = items
-
-    def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
-        yield from self.items
+    batches, shard_timings = map_pair(client, (float_proto, quant_proto), (names, names), data, _batch_metrics,
+                                      names, source=source, shards=shards, progress=progress, desc="validation")
+    report = validate(float_proto, quant_proto, Batches([first]), latency=latency, threads=threads)
+    _fold(report, batches, names)
+    return report, shard_timings
 
 
 def _fold(report: Report, batches: list[BatchMetrics], names: list[str]) -> None:
@@ -157,19 +125,8 @@ def merge_outputs(total: OutputAccumulator, part: OutputAccumulator) -> None:
     total.merge(part)
 
 
-def _validate_shard(shard: Shard, payload: tuple[bytes, bytes], key: str, specs: list[InputSpec],
-                    names: list[str]) -> ShardMetrics:
-    """Worker side: run the pair over one shard; one :class:`BatchMetrics` per batch."""
-    start = time.perf_counter()
-    threads = worker_threads()  # ORT threads = the worker's task threads: no oversubscription
-    runners = worker_cached(f"{key}:pair", lambda: [Runner.create(parse_model(p), names, threads=threads)
-                                                    for p in payload])
-    batches: list[BatchMetrics] = []
-    stats = stream(runners, _Batches(shard.batches(specs)), lambda batch: batches.append(_batch_metrics(batch, names)))
-    return ShardMetrics(shard.index, batches, stats.samples, time.perf_counter() - start, worker_name())
-
-
 def _batch_metrics(batch: StreamBatch, names: list[str]) -> BatchMetrics:
+    """Worker side: the metrics of one batch alone."""
     float_out, quant_out = batch.outputs
     outputs: dict[str, OutputAccumulator | None] = {}
     for name in names:
