@@ -7,7 +7,9 @@ real MNIST), ``keras_mnist`` (Keras CNN trained on real MNIST, cached in ``bench
 ``effnet`` (EfficientNet-Lite1 with real ImageNet weights on random crops of real photos: onnxq variants
 against every ORT static setting, scored by agreement with the float model), ``speed_size`` (issue 13: batch-1/32
 latency of every ``--optimize`` setting vs ORT's int8 on EfficientNet-Lite1, the MNIST CNN and MiniLM, calibration
-wall time vs ORT, file size, whole ``onnxq quantize`` time per stage).
+wall time vs ORT, file size, whole ``onnxq quantize`` time per stage), ``dask_scaling`` (issue 14: entropy calibration
+and validation of the MNIST CNN in-process vs ``--dask local:1`` vs ``local:2``: overhead, per-worker throughput,
+per-shard times, equal results).
 
 Modes:
     full (default)  N = 32, 128, 512, 2048 for both tools, every variant, 10,000 MNIST test images,
@@ -45,8 +47,8 @@ from typing import Any
 
 import json
 
-from . import (calibration_scaling, digits_accuracy, effnet_accuracy, keras_mnist, minilm_accuracy, mnist_accuracy,
-               modes_and_fallback, speed_size, write_report)
+from . import (calibration_scaling, dask_scaling, digits_accuracy, effnet_accuracy, keras_mnist, minilm_accuracy,
+               mnist_accuracy, modes_and_fallback, speed_size, write_report)
 from .harness import REPO_ROOT
 from .machine import machine_info, source_fingerprint
 
@@ -89,9 +91,10 @@ CASES = {
     "modes_and_fallback": ("every onnxq mode + automatic fallback (MNIST CNN, MiniLM)", ("modes_and_fallback",)),
     "effnet": ("EfficientNet-Lite1 (real ImageNet weights) on random crops of real photos", ("effnet",)),
     "speed_size": ("issue 13: latency / calibration time / size / whole-run time vs ORT's int8", ("speed_size",)),
+    "dask_scaling": ("issue 14: Dask scale-out, in-process vs --dask local:1 vs local:2", ("dask_scaling",)),
 }
 #: cases skipped in --tiny (recorded as "skipped: tiny mode")
-TINY_SKIPPED = ("minilm", "mnist", "keras_mnist", "modes_and_fallback", "effnet", "speed_size")
+TINY_SKIPPED = ("minilm", "mnist", "keras_mnist", "modes_and_fallback", "effnet", "speed_size", "dask_scaling")
 
 
 def _run_case(name: str, mode: str, workdir: Path, caps: dict[str, float], log: Any) -> dict[str, Any]:
@@ -100,7 +103,7 @@ def _run_case(name: str, mode: str, workdir: Path, caps: dict[str, float], log: 
         return calibration_scaling.run(mode, workdir, caps=caps, log=log)
     module = {"digits_accuracy": digits_accuracy, "minilm": minilm_accuracy, "mnist": mnist_accuracy,
               "keras_mnist": keras_mnist, "modes_and_fallback": modes_and_fallback, "effnet": effnet_accuracy,
-              "speed_size": speed_size}[name]
+              "speed_size": speed_size, "dask_scaling": dask_scaling}[name]
     folder = workdir / ("digits" if name == "digits_accuracy" else name)
     return {name: module.run(mode, folder, caps=caps, log=log)}
 
@@ -255,6 +258,7 @@ def _errors(results: dict[str, Any]) -> list[str]:
     errors.extend(modes_and_fallback.errors(cases.get("modes_and_fallback") or {}))
     errors.extend(effnet_accuracy.errors(cases.get("effnet") or {}))
     errors.extend(speed_size.errors(cases.get("speed_size") or {}))
+    errors.extend(dask_scaling.errors(cases.get("dask_scaling") or {}))
     return errors
 
 

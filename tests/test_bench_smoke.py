@@ -47,6 +47,10 @@ def test_bench_tiny_runs_and_writes_results(tmp_path: Path) -> None:
     assert results["cases"]["speed_size"] == {"status": "skipped: tiny mode"}
     speed_targets = [t for t in results["targets"] if t["target"].startswith("issue 13, ")]
     assert speed_targets and all(t["status"] == "NOT MEASURED" for t in speed_targets)
+    # issue 14's Dask scale-out case: skipped too, its targets listed as not measured
+    assert results["cases"]["dask_scaling"] == {"status": "skipped: tiny mode"}
+    dask_targets = [t for t in results["targets"] if t["target"].startswith("issue 14, ")]
+    assert len(dask_targets) == 5 and all(t["status"] == "NOT MEASURED" for t in dask_targets)
     fallback_targets = [t for t in results["targets"] if " fallback reaches " in t["target"]]
     assert len(fallback_targets) == 4 and all(t["status"] == "NOT MEASURED" for t in fallback_targets)
 
@@ -214,3 +218,49 @@ def test_speed_size_targets_come_from_the_measured_numbers() -> None:
     assert "## 9. Issue 13" in report and "0.2700" in report and "onnxq-accuracy (default)" in report
     skipped = {"mode": "tiny", "cases": {"speed_size": {"status": "skipped: tiny mode"}}}
     assert all(t["status"] == "NOT MEASURED" for t in speed_size.targets(skipped["cases"]["speed_size"]))
+
+
+def _dask_row(config: str, calibrate_s: float, validate_s: float, shards: list[tuple[str, int, float]]) -> dict:
+    """One configuration of bench/dask_scaling.py's measure(), before summarise()."""
+    listed = [{"shard": i, "samples": n, "seconds": t, "worker": w} for i, (w, n, t) in enumerate(shards)]
+    return {"config": config, "calibrate_s": calibrate_s, "validate_s": validate_s, "client_peak_rss_mb": 300.0,
+            "calibration_shards": listed, "validation_shards": listed, "ranges": {"a": [0, 1]}, "report": {"x": 1}}
+
+
+def test_dask_scaling_targets_come_from_the_measured_numbers() -> None:
+    """bench/dask_scaling.py (issue 14): overhead, per-worker throughput, MET / NOT MET and the section, no cluster."""
+    from bench import dask_scaling, write_report
+
+    assert dask_scaling.per_worker([{"worker": "a", "samples": 100, "seconds": 1.0},
+                                    {"worker": "a", "samples": 100, "seconds": 1.0},
+                                    {"worker": "b", "samples": 50, "seconds": 1.0}]) == pytest.approx(75.0)
+    assert dask_scaling.per_worker([]) is None
+    rows = dask_scaling.summarise([
+        _dask_row("in-process", 10.0, 4.0, []),
+        _dask_row("local:1", 12.0, 5.0, [("w1", 1000, 10.0)]),
+        _dask_row("local:2", 11.0, 4.4, [("w1", 500, 5.0), ("w2", 500, 6.25)]),  # 100 and 80 samples/s
+    ])
+    assert rows[2]["calibrate_overhead_pct"] == pytest.approx(10.0) and rows[2]["ranges_equal"]
+    assert rows[2]["calibration_per_worker_sps"] == pytest.approx(90.0)
+    case = {"status": "ok", "mode": "quick", "batch": 32, "rows": rows,
+            "setting": {"n_calib": 512, "n_eval": 2000, "repeats": 3}}
+    status = {t["target"].removeprefix("issue 14, "): t for t in dask_scaling.targets(case)}
+    assert status["--dask local:2 entropy calibration overhead over in-process"]["status"] == "MET"  # +10%
+    assert status["--dask local:2 validation overhead over in-process"]["measured"] == pytest.approx(10.0)
+    flat = status["calibration throughput per worker flat from 1 to 2 workers (local:2 / local:1)"]
+    assert flat["status"] == "MET" and flat["measured"] == pytest.approx(0.9)
+    assert status["ranges and report on local:1 and local:2 equal the in-process ones"]["status"] == "MET"
+    slow = dask_scaling.summarise([_dask_row("in-process", 10.0, 4.0, []),
+                                   _dask_row("local:1", 12.0, 5.0, [("w1", 1000, 10.0)]),
+                                   dict(_dask_row("local:2", 12.0, 5.0, [("w1", 500, 10.0)]), report={"x": 2})])
+    status = {t["target"].removeprefix("issue 14, "): t["status"] for t in dask_scaling.targets({"rows": slow})}
+    assert status["--dask local:2 entropy calibration overhead over in-process"] == "NOT MET"  # +20%
+    assert status["calibration throughput per worker flat from 1 to 2 workers (local:2 / local:1)"] == "NOT MET"
+    assert status["ranges and report on local:1 and local:2 equal the in-process ones"] == "NOT MET"
+    assert dask_scaling.errors(case) == []
+
+    results = {"mode": "quick", "caps": {"mem_gib": 12.0, "timeout_s": 300.0}, "cases": {"dask_scaling": case}}
+    assert sum(t["target"].startswith("issue 14, ") for t in write_report.compute_targets(results)) == 5
+    report = write_report.render(results)
+    assert "## 10. Issue 14" in report and "+10.0%" in report and "#1 500 in 6.25 s" in report
+    assert all(t["status"] == "NOT MEASURED" for t in dask_scaling.targets({"status": "skipped: tiny mode"}))
