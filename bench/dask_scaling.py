@@ -197,11 +197,9 @@ def run(mode: str, workdir: Path, *, caps: dict[str, float], log: Any) -> dict[s
 
 def _target(name: str, required: str, measured: float | None, met: bool | None, detail: str,
             text: str | None = None) -> dict[str, Any]:
-    row = {"target": f"issue 14, {name}", "required": required, "measured": measured, "detail": detail,
-           "status": "NOT MEASURED" if met is None else ("MET" if met else "NOT MET")}
-    if text is not None:
-        row["measured_text"] = text
-    return row
+    from .write_report import target_row
+
+    return target_row(f"issue 14, {name}", required, measured, met, detail, text)
 
 
 def targets(case: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -503,11 +503,9 @@ def errors(case: dict[str, Any]) -> list[str]:
 
 def _target(target: str, required: str, measured: float | None, met: bool | None, detail: str,
             text: str | None = None) -> dict[str, Any]:
-    row = {"target": f"issue 13, {target}", "required": required, "measured": measured, "detail": detail,
-           "status": "NOT MEASURED" if met is None else ("MET" if met else "NOT MET")}
-    if text is not None:
-        row["measured_text"] = text
-    return row
+    from .write_report import target_row
+
+    return target_row(f"issue 13, {target}", required, measured, met, detail, text)
 
 
 def _rows(sub: dict[str, Any]) -> dict[str, dict[str, Any]]:

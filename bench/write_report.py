@@ -125,6 +125,17 @@ def time_ratio(ort: dict[str, Any] | None, ours: dict[str, Any] | None, key: str
     return None, False
 
 
+def target_row(target: str, required: str, measured: float | None, met: bool | None, detail: str,
+               text: str | None = None) -> dict[str, Any]:
+    """One row of the targets table: MET / NOT MET, or NOT MEASURED when ``met`` is ``None``; ``text`` is the
+    measured value as shown (``measured_text``)."""
+    row = {"target": target, "required": required, "measured": measured, "detail": detail,
+           "status": "NOT MEASURED" if met is None else ("MET" if met else "NOT MET")}
+    if text is not None:
+        row["measured_text"] = text
+    return row
+
+
 def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target with its measured value and MET / NOT MET (or NOT MEASURED)."""
     targets: list[dict[str, Any]] = []
