@@ -100,7 +100,7 @@ def analyze(float_model: onnx.ModelProto | str | os.PathLike[str],
             (``onnxq.quantize`` quantizes a prepared copy: BatchNorm folded, nodes named), or the
             original file when the preparation did not rename anything.
         quant_model: the QDQ (static) or integer-op (dynamic) quantized model, or its path.
-        data: inputs to run both models on (anything :func:`onnxq.feeds.load_data` accepts, or a
+        data: inputs to run both models on (anything :func:`onnxq.data.load_data` accepts, or a
             ``Dataset``); ``None`` measures the weights only.
         batch_size: samples per batch when ``data`` is not a Dataset yet.
         limit: use at most this many samples.

@@ -627,7 +627,7 @@ def _check_data_paths(model: str, *sources: str | None, batch_size: int | None =
     model is an ONNX file, fits its inputs (names, dtypes, shapes; read from the headers only).
     ``samples`` limits the first source only (the calibration data)."""
     from .adapters import adapter_for_path
-    from .feeds import check_data
+    from .data import check_data
     from .model import load_model_header
 
     given = [source for source in sources if source]

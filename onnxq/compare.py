@@ -47,7 +47,7 @@ from ._junit import junit_timestamp as _junit_timestamp
 from ._junit import xml_text as _xml_text
 from .errors import ConfigError, DataError
 from .engine import sample_specs
-from .feeds import load_data
+from .data import load_data
 from .latency import LatencyOptions
 from .metrics import Metric, get_metric
 from .model import load_model, load_model_header
@@ -237,7 +237,7 @@ def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cos
     Args:
         float_model: the float model, or a path to it.
         quant_model: the quantized model, or a path to it.
-        data: evaluation data (anything :func:`onnxq.feeds.load_data` accepts; a ``labels`` key
+        data: evaluation data (anything :func:`onnxq.data.load_data` accepts; a ``labels`` key
             of an ``.npz`` supplies labels).
         metric: a key of :data:`METRICS` or its ``_`` spelling (see the module docstring for the
             pass rules).

@@ -69,7 +69,7 @@ class Dataset:
     has_labels: bool
 
     def __init__(self) -> None:
-        raise TypeError("create a Dataset with onnxq.feeds.load_data")
+        raise TypeError("create a Dataset with onnxq.data.load_data")
 
     @property
     def input_names(self) -> list[str]:

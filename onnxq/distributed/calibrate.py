@@ -40,7 +40,7 @@ from ..calibration.runner import collect_ranges as collect_in_process
 from ..calibration.runner import ranges_from_observers
 from ..config import CalibrationMethod, QuantConfig
 from ..engine import Observer, TappedModel, merge_observers
-from ..feeds import Dataset, InputSpec, input_specs
+from ..data import Dataset, InputSpec, input_specs
 from ._replay import Binner, Extremes, Plan, histogram, minmax, replay
 from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, worker_threads, workers_of
 from .shards import Shard, model_key, parse_model, plan_shards, serialise, worker_cached

@@ -17,7 +17,7 @@ import onnx
 
 from ..calibration.ranges import Ranges
 from ..config import QuantConfig
-from ..feeds import Dataset
+from ..data import Dataset
 from ..report.schema import Report
 from ._run import ShardTiming
 from .calibrate import collect_ranges

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from ..engine import Runner, StreamBatch, sample_specs, stream, tapped
-from ..feeds import InputSpec
+from ..data import InputSpec
 from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, worker_threads, workers_of
 from .shards import Shard, model_key, parse_model, plan_shards, serialise, worker_cached
 

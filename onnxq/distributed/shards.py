@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import ConfigError
-from ..feeds import Dataset, InputSpec, load_data
+from ..data import Dataset, InputSpec, load_data
 
 __all__ = ["BatchShard", "PathShard", "Shard", "model_key", "parse_model", "plan_shards", "serialise",
            "worker_cached"]

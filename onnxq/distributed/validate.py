@@ -21,7 +21,7 @@ import onnx
 
 from ..engine import StreamBatch
 from ..errors import DataError, ModelError
-from ..feeds import Dataset
+from ..data import Dataset
 from ..model import load_model
 from ..report.schema import Report
 from ..validate import AccuracyAccumulator, OutputAccumulator, check_same_io, is_class_scores, validate
