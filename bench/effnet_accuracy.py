@@ -121,7 +121,8 @@ def task_quantize_onnxq(p: dict[str, Any]) -> dict[str, Any]:
                          "values": [s.metric_value for s in steps],
                          "float_nodes": len(report.float_nodes or []),
                          "tune_s": (report.timings or {}).get("tune"),
-                         "ranking": next((n for n in report.notes if n.startswith("fallback ranking")), None)}
+                         "ranking": next((n for n in report.notes if n.startswith("fallback ranking")), None),
+                         "where": next((n for n in report.notes if n.startswith("where the error is")), None)}
     return out
 
 

@@ -1121,6 +1121,8 @@ def _effnet_fallback_target(row: dict[str, Any] | None, default: dict[str, Any] 
               f"({info.get('undone')} undone), {info.get('float_nodes')} nodes float, fallback {tune_s or 0:.0f} s; "
               f"{row.get('top1_agreement', float('nan')) * 100:.2f}% on the evaluation crops; latency "
               f"{ratio if ratio else float('nan'):.2f}x the default")
+    if not met and info.get("where"):  # why, as the fallback measured it
+        detail += f"; {info['where']}"
     return {"target": target, "required": "met, in budget", "measured": ratio, "detail": detail,
             "status": "MET" if met else "NOT MET"}
 

@@ -39,7 +39,8 @@ from .validate import is_class_scores
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TENSOR_GATE", "Sensitivity", "emulation_model", "node_sensitivities", "output_error"]
+__all__ = ["TENSOR_GATE", "ErrorSplit", "GatedRuns", "Sensitivity", "emulation_model", "error_split",
+           "node_sensitivities", "output_error"]
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _GATE = "onnxq_gate::"
@@ -351,9 +352,39 @@ def sample_batches(data: Any, samples: int) -> list[dict[str, np.ndarray]]:
     return batches
 
 
+class GatedRuns:
+    """The emulation graph on the first ``samples`` rows of the data, against the float model's outputs.
+
+    One session of each model, the samples held in memory; :meth:`error` runs the emulation with
+    some gates off and returns :func:`output_error` against the float outputs.
+    """
+
+    def __init__(self, reference_model: onnx.ModelProto, emulation: onnx.ModelProto, gates: dict[str, str],
+                 data: Any, samples: int) -> None:
+        self.batches = sample_batches(data, samples)
+        self.samples = sum(len(next(iter(feeds.values()))) for feeds in self.batches if feeds)
+        reference_session = create_session(reference_model)
+        self.reference = [run(reference_session, feeds) for feeds in self.batches]
+        self.session = create_session(emulation)
+        self.gates = gates
+        self.ops = {n.name: n.op_type for n in reference_model.graph.node}
+        self.position: dict[str, int] = {}  # where each gate is first read (graph order groups neighbours)
+        for index, node in enumerate(emulation.graph.node):
+            for name in node.input:
+                self.position.setdefault(name, index)
+
+    def error(self, off: Iterable[str] = ()) -> float:
+        """The output error with the gates of ``off`` (keys of ``gates``) off and every other on."""
+        switch = {g: np.array(True) for g in self.gates.values()}
+        for key in off:
+            switch[self.gates[key]] = np.array(False)
+        outputs = [run(self.session, {**feeds, **switch})[:len(self.reference[0])] for feeds in self.batches]
+        return output_error(self.reference, outputs)
+
+
 def node_sensitivities(reference_model: onnx.ModelProto, emulation: onnx.ModelProto, gates: dict[str, str],
                        data: Any, nodes: Iterable[str], *, samples: int = 32, screen: bool = False,
-                       progress: bool = False) -> tuple[float, list[Sensitivity]]:
+                       progress: bool = False, runs: GatedRuns | None = None) -> tuple[float, list[Sensitivity]]:
     """The all-int8 output error and each node's revert-one result, largest gain first.
 
     Args:
@@ -366,35 +397,63 @@ def node_sensitivities(reference_model: onnx.ModelProto, emulation: onnx.ModelPr
             :data:`SCREEN_SHARE` of the groups' summed gain (at least :data:`SCREEN_MIN_GROUPS`
             groups); the others are left out. About 2 sqrt(n) + a few groups' worth of runs
             instead of n (EfficientNet-Lite1: 144 candidates, ~60 runs).
+        runs: the sessions and samples to use (built from the other arguments when ``None``).
     """
-    batches = sample_batches(data, samples)
-    reference_session = create_session(reference_model)
-    reference = [run(reference_session, feeds) for feeds in batches]
-    session = create_session(emulation)
-    ops = {n.name: n.op_type for n in reference_model.graph.node}
-    ones = {g: np.array(True) for g in gates.values()}
-
-    def error(off: Iterable[str]) -> float:
-        switch = dict(ones)
-        for key in off:
-            switch[gates[key]] = np.array(False)
-        outputs = [run(session, {**feeds, **switch})[:len(reference[0])] for feeds in batches]
-        return output_error(reference, outputs)
-
-    base = error(())
-    position: dict[str, int] = {}  # where each gate is first read (graph order groups neighbours)
-    for index, node in enumerate(emulation.graph.node):
-        for name in node.input:
-            position.setdefault(name, index)
-    candidates = sorted((n for n in nodes if gates.get(n) in position), key=lambda n: position[gates[n]])
+    runs = runs or GatedRuns(reference_model, emulation, gates, data, samples)
+    base = runs.error(())
+    candidates = sorted((n for n in nodes if gates.get(n) in runs.position), key=lambda n: runs.position[gates[n]])
     if screen and len(candidates) > 4 * SCREEN_MIN_GROUPS:
-        candidates = _screened(candidates, lambda group: base - error(group), progress)
+        candidates = _screened(candidates, lambda group: base - runs.error(group), progress)
     results = []
     for node in progress_bar(candidates, desc="sensitivity", enabled=progress, unit="node"):
-        value = error((node,))
-        results.append(Sensitivity(node, ops.get(node, "activation"), value, base - value))
+        value = runs.error((node,))
+        results.append(Sensitivity(node, runs.ops.get(node, "activation"), value, base - value))
     results.sort(key=lambda s: s.gain, reverse=True)
     return base, results
+
+
+@dataclass(frozen=True)
+class ErrorSplit:
+    """Where the output error of the int8 model lives, from switching gates off all at once.
+
+    Attributes:
+        base: the all-int8 output error on the samples.
+        weights: the error with every node gate off (each node's weights, bias, and the activations
+            only it quantizes in float; shared activations stay quantized).
+        activations: the error with every shared activation's gate off (weights stay int8).
+        samples: how many samples the errors were measured on.
+    """
+
+    base: float
+    weights: float
+    activations: float
+    samples: int
+
+    def share(self, error: float) -> float:
+        """The share of ``base`` that switching to ``error`` removes (0 without error, or when it
+        removes nothing: errors of opposite sign can cancel, so switching more gates off can add some)."""
+        return max(0.0, (self.base - error) / self.base) if self.base > 0 else 0.0
+
+    def describe(self) -> str:
+        """One line for the report: how much of the error each part removes, and what that means."""
+        weights, activations = self.share(self.weights), self.share(self.activations)
+        line = (f"where the error is (revert-all on {self.samples} sample(s)): every weight float would remove "
+                f"{weights:.0%} of the output error, every shared activation float {activations:.0%}")
+        if max(weights, activations) < SPREAD_SHARE:
+            line += ("; it is spread over the weights and activations of many layers, which a few float nodes "
+                     "cannot remove (try --rounding adaptive, --method auto, or a looser target)")
+        return line
+
+
+#: Below this share for both weights and activations, the error counts as spread (:class:`ErrorSplit`).
+SPREAD_SHARE = 0.8
+
+
+def error_split(runs: GatedRuns) -> ErrorSplit:
+    """Two runs of ``runs``: every node gate off, then every activation gate off."""
+    tensors = [key for key in runs.gates if key.startswith(TENSOR_GATE)]
+    nodes = [key for key in runs.gates if not key.startswith(TENSOR_GATE)]
+    return ErrorSplit(runs.error(()), runs.error(nodes), runs.error(tensors), runs.samples)
 
 
 #: Screening keeps the groups holding this share of the summed positive group gain ...

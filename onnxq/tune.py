@@ -50,7 +50,8 @@ from .config import Mode, QuantConfig
 from .engine import Runner, StreamBatch, stream
 from .errors import ConfigError
 from .metrics import MetricFn, Target, parse_target, worst_value
-from .sensitivity import TENSOR_GATE
+from .sensitivity import (TENSOR_GATE, ErrorSplit, GatedRuns, emulation_model, error_split,
+                          node_sensitivities)
 from .plan import NodeDecision, QuantPlan, node_matches, set_calibration_targets
 from .report.schema import FallbackStep, LayerMetrics, Report
 
@@ -110,6 +111,8 @@ class TuneResult:
             function), which the final report reuses instead of validating the same model again.
         best_step: the last step that was kept (whose model is returned).
         ranking: how the candidates were ranked (one line for the report; empty when no step ran).
+        diagnosis: where the all-int8 model's output error lives (:class:`~onnxq.sensitivity.ErrorSplit`;
+            empty without the revert-one ranking); reported when the goal is missed.
     """
 
     model: onnx.ModelProto
@@ -121,6 +124,7 @@ class TuneResult:
     report: Report | None = None
     best_step: int | None = None
     ranking: str = ""
+    diagnosis: str = ""
 
     def annotate(self, report: Report) -> None:
         """Record target, steps and layers in ``report`` (plus one note)."""
@@ -139,6 +143,8 @@ class TuneResult:
                             + (f"; kept float: {', '.join(kept)}" if kept else ""))
         if self.ranking:
             report.notes.append(self.ranking)
+        if self.diagnosis and not self.target_met:
+            report.notes.append(self.diagnosis)
 
 
 def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPlan, quantized: onnx.ModelProto,
@@ -178,8 +184,8 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
     if steps[0].goal_met:
         return TuneResult(quantized, plan, target, True, steps, report=report)
     best = _Best(value, tie, quantized, plan, report, 0)
-    candidates, layers = _ranking(float_model, prepared, meter.view(quantized), data, config, unbiased=unbiased,
-                                  progress=progress)
+    candidates, layers, split = _ranking(float_model, prepared, meter.view(quantized), data, config,
+                                         unbiased=unbiased, progress=progress)
     ranking = (f"fallback ranking: {'per-layer error (analyze)' if layers else 'revert-one sensitivity'} of "
                f"{len(candidates)} candidate(s)")
     by_name = {n.name: n for n in prepared.graph.node}
@@ -211,7 +217,7 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         if met:
             break
     return TuneResult(best.model, best.plan, target, steps[best.step].goal_met, steps, layers, best.report,
-                      best_step=best.step, ranking=ranking)
+                      best_step=best.step, ranking=ranking, diagnosis=split.describe() if split else "")
 
 
 def _checked_target(config: QuantConfig, data: Any, metric: MetricFn | None) -> Target:
@@ -339,16 +345,18 @@ def _better(target: Target, value: float, than: float) -> bool:
 
 def _ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto, quantized: onnx.ModelProto, data: Any,
              config: QuantConfig, *, unbiased: onnx.ModelProto | None,
-             progress: bool) -> tuple[list[Candidate], list[LayerMetrics]]:
-    """The fallback's candidates, best first (see the module docstring), and the analysis if it ran."""
+             progress: bool) -> tuple[list[Candidate], list[LayerMetrics], ErrorSplit | None]:
+    """The fallback's candidates, best first (see the module docstring), the analysis if it ran, and
+    where the error lives (revert-one ranking only)."""
     from .analyze import analyze
 
     emulated = (config.mode is Mode.STATIC and config.io_type is None
                 and not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in prepared.graph.node))
     if emulated:
         try:
-            return sensitivity_ranking(float_model, prepared, quantized, data, unbiased=unbiased,
-                                       progress=progress), []
+            candidates, split = sensitivity_ranking(float_model, prepared, quantized, data, unbiased=unbiased,
+                                                    progress=progress)
+            return candidates, [], split
         except Exception as exc:  # noqa: BLE001 -- the analysis below still gives an order
             logger.warning("revert-one ranking failed (%s: %s); ranking by per-layer error instead",
                            type(exc).__name__, exc)
@@ -356,15 +364,15 @@ def _ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto, quantized:
     candidates = [Candidate(e.node, list(e.fallback_nodes), e.tensor,
                             f"{e.kind} {e.tensor}, SQNR {e.sqnr_db:.1f} dB")
                   for e in layers if e.sqnr_db != math.inf]
-    return candidates, layers
+    return candidates, layers, None
 
 
 def sensitivity_ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto, quantized: onnx.ModelProto,
                         data: Any, *, unbiased: onnx.ModelProto | None = None, samples: int | None = None,
-                        progress: bool = False) -> list[Candidate]:
+                        progress: bool = False) -> tuple[list[Candidate], ErrorSplit]:
     """Revert-one candidates of a static QDQ model: those that help at the outputs, largest gain
-    first, then those that seemed to hurt on the few samples (least first)."""
-    from .sensitivity import emulation_model, node_sensitivities
+    first, then those that seemed to hurt on the few samples (least first); and where the error
+    lives (every weight / every shared activation float, measured on the same samples)."""
 
     started = time.monotonic()
     if samples is None:
@@ -378,8 +386,9 @@ def sensitivity_ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto,
     for node in prepared.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.name)
-    base, ranked = node_sensitivities(float_model, emulation, gates, data, list(gates), samples=samples, screen=True,
-                                      progress=progress)
+    runs = GatedRuns(float_model, emulation, gates, data, samples)
+    base, ranked = node_sensitivities(float_model, emulation, gates, data, list(gates), screen=True, progress=progress,
+                                      runs=runs)
     candidates = []
     # what helps first; then what the few samples could not tell apart from noise (a step that does
     # not help on the evaluation data is undone); never what switches nothing
@@ -393,9 +402,10 @@ def sensitivity_ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto,
         else:
             weight = next((i for i in by_name[entry.node].input if i in constants), None) if entry.node in by_name else None
             candidates.append(Candidate(entry.node, [entry.node], weight, f"node {entry.node}: {share}"))
-    logger.info("fallback ranking: revert-one sensitivity of %d entries on %d samples in %.1f s",
-                len(ranked), samples, time.monotonic() - started)
-    return candidates
+    split = error_split(runs)
+    logger.info("fallback ranking: revert-one sensitivity of %d entries on %d samples in %.1f s; %s",
+                len(ranked), samples, time.monotonic() - started, split.describe())
+    return candidates, split
 
 
 def keep_float(plan: QuantPlan, model: onnx.ModelProto, nodes: list[str], ranges: Any = None) -> QuantPlan | None:

@@ -94,3 +94,9 @@ def test_fallback_target_needs_goal_steps_time_and_latency() -> None:
     slow = {**fallback, "latency_ms": {"32": 250.0}}  # 1.25x the all-int8 default
     assert write_report._effnet_fallback_target(slow, default, "Lite1")["status"] == "NOT MET"
     assert write_report._effnet_fallback_target(None, default, "Lite1")["status"] == "NOT MEASURED"
+    # a miss says why, in the fallback's own words; a met target does not
+    where = "where the error is (revert-all on 8 sample(s)): every weight float would remove 57% ..."
+    missed = {**fallback, "target": {**fallback["target"], "met": False, "where": where}}
+    assert write_report._effnet_fallback_target(missed, default, "Lite1")["detail"].endswith(where)
+    met_where = {**fallback, "target": {**fallback["target"], "where": where}}
+    assert where not in write_report._effnet_fallback_target(met_where, default, "Lite1")["detail"]

@@ -12,7 +12,7 @@ from onnxq import QuantConfig
 from onnxq.feeds import load_data
 from onnxq.prepare import prepare
 from onnxq.runtime import create_session, run
-from onnxq.sensitivity import TENSOR_GATE, emulation_model, node_sensitivities, output_error
+from onnxq.sensitivity import TENSOR_GATE, ErrorSplit, emulation_model, node_sensitivities, output_error
 from onnxq.tune import keep_float, sensitivity_ranking, tune
 from test_analyze import mlp_data, outlier_mlp
 
@@ -76,9 +76,25 @@ def test_ranks_the_layer_with_the_outlier_weights_first() -> None:
     assert ranked[0].node == "fc1" and ranked[0].op_type == "MatMul"
     assert ranked[0].gain > 0.5 * base > 0  # most of the output error
     assert all(r.gain <= ranked[0].gain for r in ranked)
-    candidates = sensitivity_ranking(model, built.recipe.model, built.model, data, unbiased=built.recipe.unbiased)
+    candidates, split = sensitivity_ranking(model, built.recipe.model, built.model, data,
+                                            unbiased=built.recipe.unbiased)
     assert candidates[0].nodes == ["fc1"] and candidates[0].tensor == "w1"
     assert all(c.nodes for c in candidates)
+    # every weight float removes what fc1's weights cost (and more); every activation float much less
+    assert split.base == pytest.approx(base, rel=1e-6) and split.samples == 32
+    assert split.share(split.weights) >= ranked[0].gain / base > 0.5
+    assert split.share(split.activations) < split.share(split.weights)
+
+
+def test_error_split_says_when_the_error_is_spread() -> None:
+    concentrated = ErrorSplit(base=1.0, weights=0.1, activations=0.8, samples=8)
+    assert concentrated.describe() == ("where the error is (revert-all on 8 sample(s)): every weight float would "
+                                       "remove 90% of the output error, every shared activation float 20%")
+    spread = ErrorSplit(base=1.0, weights=0.45, activations=0.7, samples=8)
+    assert "55%" in spread.describe() and "30%" in spread.describe()
+    assert "spread over the weights and activations of many layers" in spread.describe()
+    assert ErrorSplit(base=0.0, weights=0.0, activations=0.0, samples=8).share(0.0) == 0.0
+    assert spread.share(1.2) == 0.0  # more error than all-int8 (cancelling errors) removes nothing
 
 
 def test_output_error_follows_class_scores_and_energy() -> None:

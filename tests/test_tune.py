@@ -51,6 +51,7 @@ def test_target_keeps_exactly_the_bad_layer_float(tuned: onnxq.QuantResult, base
     assert report.layers == []  # ranked by revert-one sensitivity, not by the per-layer analysis
     assert any(n.startswith("fallback ranking: revert-one sensitivity") for n in report.notes)
     assert any("target cosine>=0.999 met" in n for n in report.notes)
+    assert not any(n.startswith("where the error is") for n in report.notes)  # said only when missed
     decisions = {d.name: d for d in tuned.plan.decisions}
     assert not decisions["fc1"].quantize and "fallback" in decisions["fc1"].reason
     assert decisions["fc0"].quantize and decisions["fc2"].quantize
@@ -65,6 +66,11 @@ def test_force_quantize_makes_the_target_unreachable() -> None:
     assert [s.kept for s in report.fallback[1:]] == [False, False]
     assert all("fc1" not in s.nodes for s in report.fallback)
     assert "fc1" not in report.float_nodes and report.outputs[0].cosine < 0.99
+    # a missed goal says where the error lives: here in one layer's weights, not spread out
+    where = [n for n in report.notes if n.startswith("where the error is")]
+    assert len(where) == 1 and "every weight float would remove" in where[0] and "spread" not in where[0]
+    share = int(where[0].split("would remove ")[1].split("%")[0])
+    assert share >= 80  # fc1's outlier weights hold most of the output error
 
 
 def test_keep_float_pins_nodes(baseline: onnxq.QuantResult) -> None:
