@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type name when the message is empty),
+    for wrapping a third-party error into a one-line :class:`OnnxqError`."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class OnnxqError(Exception):
     """Base class of every error onnxq raises on purpose (bad input, impossible request)."""
 

@@ -153,8 +153,3 @@ def ort_detail(exc: BaseException) -> str:
     line ("index: 0 Got: 3 Expected: 4") is kept."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return " ".join(lines) if lines else type(exc).__name__
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

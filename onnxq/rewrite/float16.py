@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from ..config import QuantConfig
 from .._graph import serialized_size
-from ..errors import QuantizationError
+from ..errors import QuantizationError, first_line
 from ..plan import NodeDecision, QuantPlan, user_choice
 
 logger = logging.getLogger(__name__)
@@ -98,14 +98,14 @@ def quantize_float16(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfi
             op_block_list=sorted({d.op_type for d in blocked if "op type" in d.reason}),
             node_block_list=[d.name for d in blocked])
     except Exception as exc:
-        raise QuantizationError(f"ONNX Runtime float16 converter failed: {_first_line(exc)}") from exc
+        raise QuantizationError(f"ONNX Runtime float16 converter failed: {first_line(exc)}") from exc
     _topological_sort(converted.graph)  # the converter appends its Casts at the end
     if serialized_size(converted) > _TWO_GB:  # the in-memory checker refuses > 2 GB; ORT checks it when run
         return converted
     try:
         onnx.checker.check_model(converted, full_check=False)
     except Exception as exc:
-        raise QuantizationError(f"float16 model is not valid ONNX: {_first_line(exc)}") from exc
+        raise QuantizationError(f"float16 model is not valid ONNX: {first_line(exc)}") from exc
     return converted
 
 
@@ -189,8 +189,3 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
                     stack.append((source, False))
     del graph.node[:]
     graph.node.extend(ordered)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

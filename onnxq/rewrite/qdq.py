@@ -23,7 +23,7 @@ from ..calibration.ranges import Ranges
 from ..config import QuantConfig
 from ..config import QuantType as OnnxqQuantType
 from .._graph import serialized_size
-from ..errors import QuantizationError
+from ..errors import QuantizationError, first_line
 from ..plan import QuantPlan
 from .compact import compact
 from .keep_float import keep_float_at_runtime
@@ -74,7 +74,7 @@ def preprocess(model: onnx.ModelProto, *, symbolic: bool = True) -> onnx.ModelPr
                               all_tensors_to_one_file=True,
                               external_data_location="preprocessed.onnx.data" if large else None)
         except Exception as exc:  # symbolic shape inference raises many kinds of errors
-            raise QuantizationError(f"ONNX Runtime pre-processing failed: {_first_line(exc)}") from exc
+            raise QuantizationError(f"ONNX Runtime pre-processing failed: {first_line(exc)}") from exc
         return load_model(out, check=False)
 
 
@@ -175,11 +175,6 @@ def _run(quantizer: ONNXQuantizer | QDQQuantizer, mode: str) -> onnx.ModelProto:
     try:
         quantizer.quantize_model()
     except Exception as exc:
-        raise QuantizationError(f"ONNX Runtime {mode} quantizer failed: {_first_line(exc)}") from exc
+        raise QuantizationError(f"ONNX Runtime {mode} quantizer failed: {first_line(exc)}") from exc
     quantizer.model.topological_sort()  # ORT sorts only when it saves to a file itself
     return quantizer.model.model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -28,7 +28,7 @@ from typing import Any
 import onnx
 
 from ..config import QuantConfig
-from ..errors import ConfigError, QuantizationError
+from ..errors import ConfigError, QuantizationError, first_line
 from ..plan import NodeDecision, QuantPlan, constant_names, user_choice
 
 logger = logging.getLogger(__name__)
@@ -114,10 +114,10 @@ def quantize_weight_only(model: onnx.ModelProto, plan: QuantPlan, config: QuantC
             raise
         except ImportError as exc:
             raise ConfigError(f"weight_only_algorithm={algorithm!r} needs a package ORT imports: "
-                              f"{_first_line(exc)} (hqq: pip install torch)") from exc
+                              f"{first_line(exc)} (hqq: pip install torch)") from exc
         except Exception as exc:
             raise QuantizationError(f"ONNX Runtime weight-only quantizer ({algorithm}) failed: "
-                                    f"{_first_line(exc)}") from exc
+                                    f"{first_line(exc)}") from exc
     leftover = [d for d in plan.decisions if d.quantize]
     missing = {n.name for n in result.graph.node if n.op_type == "MatMul"} & {d.name for d in leftover}
     if missing:
@@ -212,8 +212,3 @@ def _quiet_ort() -> Iterator[None]:
     finally:
         for lg, lvl in zip(loggers, levels):
             lg.setLevel(lvl)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
