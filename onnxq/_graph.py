@@ -16,12 +16,18 @@ from onnx.external_data_helper import uses_external_data
 
 from .errors import ModelError
 
-__all__ = ["LARGE_MODEL_BYTES", "all_tensors", "debug_info_size", "graph_tensors", "initializer_tensors",
-           "opset_version", "proto_size", "serialized_size"]
+__all__ = ["LARGE_MODEL_BYTES", "LARGE_MODEL_MARGIN_BYTES", "all_tensors", "debug_info_size", "graph_tensors",
+           "initializer_tensors", "opset_version", "proto_size", "serialized_size"]
 
 #: Serialized size (bytes) above which a model cannot be one protobuf message: such models are
 #: checked by path and saved with their tensors in an external-data side file.
 LARGE_MODEL_BYTES: int = 2**31 - 1
+
+#: Headroom under :data:`LARGE_MODEL_BYTES` where a model is handed to ONNX Runtime's own tools
+#: (``quant_pre_process``, the float16 converter): they add bytes of their own (metadata, Cast nodes,
+#: inferred shapes) and serialize the model again, so a model this close to the limit is already
+#: treated as one that does not fit in a single protobuf message.
+LARGE_MODEL_MARGIN_BYTES: int = 1024
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 

@@ -16,10 +16,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ._graph import _is_repeated, serialized_size
+from ._graph import LARGE_MODEL_BYTES, _is_repeated, serialized_size
 from .errors import ModelError
-
-_TWO_GB = 2**31 - 1
 
 
 def create_session(model: onnx.ModelProto | str | os.PathLike[str], *, threads: int | None = None,
@@ -42,7 +40,7 @@ def create_session(model: onnx.ModelProto | str | os.PathLike[str], *, threads: 
     providers = ["CPUExecutionProvider"]
     try:
         if isinstance(model, onnx.ModelProto):
-            if serialized_size(model) < _TWO_GB:
+            if serialized_size(model) < LARGE_MODEL_BYTES:
                 return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
             return _large_session(model, options, providers)
         return ort.InferenceSession(os.fspath(model), options, providers=providers)
@@ -58,7 +56,7 @@ def session_inputs(model: onnx.ModelProto) -> tuple[bytes, list[str], list[ort.O
         initializers, to hand over with ``SessionOptions.add_external_initializers`` (the bytes
         then hold stubs for them). Keep the values alive as long as the session.
     """
-    if serialized_size(model) < _TWO_GB:
+    if serialized_size(model) < LARGE_MODEL_BYTES:
         return model.SerializeToString(), [], []
     slim, names, values = _slim_copy(model)
     return slim.SerializeToString(), names, values

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..config import QuantConfig
-from .._graph import serialized_size
+from .._graph import LARGE_MODEL_BYTES, LARGE_MODEL_MARGIN_BYTES, serialized_size
 from ..errors import QuantizationError, first_line
 from ..plan import NodeDecision, QuantPlan, user_choice
 
@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 #: overflow float16's largest value (65504) long before float32's (decomposed LayerNorm variance,
 #: L2 norms, log-sum-exp).
 NUMERICALLY_FRAGILE_OPS = ("Pow", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp")
-
-_TWO_GB = 2**31 - 1024
 
 
 def default_block_list() -> tuple[str, ...]:
@@ -94,13 +92,14 @@ def quantize_float16(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfi
     try:
         converted = convert_float_to_float16(
             work, keep_io_types=config.float16_keep_io_types,
-            disable_shape_infer=serialized_size(work) > _TWO_GB,
+            disable_shape_infer=serialized_size(work) > LARGE_MODEL_BYTES - LARGE_MODEL_MARGIN_BYTES,
             op_block_list=sorted({d.op_type for d in blocked if "op type" in d.reason}),
             node_block_list=[d.name for d in blocked])
     except Exception as exc:
         raise QuantizationError(f"ONNX Runtime float16 converter failed: {first_line(exc)}") from exc
     _topological_sort(converted.graph)  # the converter appends its Casts at the end
-    if serialized_size(converted) > _TWO_GB:  # the in-memory checker refuses > 2 GB; ORT checks it when run
+    # the in-memory checker refuses > 2 GB; ORT checks it when run
+    if serialized_size(converted) > LARGE_MODEL_BYTES - LARGE_MODEL_MARGIN_BYTES:
         return converted
     try:
         onnx.checker.check_model(converted, full_check=False)

@@ -22,7 +22,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from ..calibration.ranges import Ranges
 from ..config import QuantConfig
 from ..config import QuantType as OnnxqQuantType
-from .._graph import serialized_size
+from .._graph import LARGE_MODEL_BYTES, LARGE_MODEL_MARGIN_BYTES, serialized_size
 from ..errors import QuantizationError, first_line
 from ..plan import QuantPlan
 from .compact import compact
@@ -68,7 +68,7 @@ def preprocess(model: onnx.ModelProto, *, symbolic: bool = True) -> onnx.ModelPr
         # in place and, without symbolic inference, fails on some exported models.
         source, out = Path(tmp) / "float.onnx", Path(tmp) / "preprocessed.onnx"
         save_model(model, source)
-        large = serialized_size(model) > 2**31 - 1024
+        large = serialized_size(model) > LARGE_MODEL_BYTES - LARGE_MODEL_MARGIN_BYTES
         try:
             quant_pre_process(str(source), str(out), skip_symbolic_shape=not symbolic, save_as_external_data=large,
                               all_tensors_to_one_file=True,
@@ -166,7 +166,7 @@ def quantize_dynamic(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfi
 def _skip_ort_reload(model: onnx.ModelProto) -> onnx.ModelProto:
     """Over 2 GB, ORT's quantizers would deep-copy, save and reload the model only to infer shapes
     that ``prepare`` already inferred: mark it as inferred (ORT's own marker) to skip that."""
-    if serialized_size(model) > 2**31 - 1:
+    if serialized_size(model) > LARGE_MODEL_BYTES:
         add_infer_metadata(model)
     return model
 
