@@ -16,8 +16,8 @@ from onnx.external_data_helper import uses_external_data
 
 from .errors import ModelError
 
-__all__ = ["LARGE_MODEL_BYTES", "LARGE_MODEL_MARGIN_BYTES", "all_tensors", "debug_info_size", "graph_tensors",
-           "initializer_tensors", "opset_version", "proto_size", "serialized_size"]
+__all__ = ["LARGE_MODEL_BYTES", "LARGE_MODEL_MARGIN_BYTES", "all_tensors", "debug_info_size", "elem_types",
+           "graph_tensors", "initializer_tensors", "opset_version", "proto_size", "serialized_size"]
 
 #: Serialized size (bytes) above which a model cannot be one protobuf message: such models are
 #: checked by path and saved with their tensors in an external-data side file.
@@ -173,6 +173,28 @@ def _is_repeated(field: object) -> bool:
     if repeated is None:
         return field.label == field.LABEL_REPEATED  # type: ignore[attr-defined]
     return bool(repeated)
+
+
+def elem_types(model: onnx.ModelProto, *, infer: bool = False) -> dict[str, int]:
+    """Element type (``TensorProto`` data type) of every main-graph tensor whose type is known: the
+    declared value_info, inputs and outputs (``UNDEFINED`` left out: unknown), and the initializers.
+
+    Args:
+        infer: run ONNX type inference first; a model onnx cannot infer (contrib ops, > 2 GiB)
+            keeps what it declares.
+    """
+    inferred = model
+    if infer:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+        except Exception:  # noqa: BLE001 - contrib ops or > 2 GiB: only what the model declares
+            inferred = model
+    graph = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(graph.value_info) + list(graph.input) + list(graph.output)
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
 
 
 def unique_name(base: str, taken: set[str]) -> str:

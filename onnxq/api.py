@@ -26,6 +26,7 @@ from .model import load_model, model_size, save_model
 from .names import framework_names
 from .plan import QuantPlan, make_plan
 from .prepare import prepare
+from .qat import is_prequantized
 from .report import Report
 from .summary import FrameworkSummary
 
@@ -297,11 +298,6 @@ def _calibrates(config: QuantConfig, ranges: Ranges | None) -> bool:
 def _passes_need_data(config: QuantConfig) -> bool:
     """Bias correction and adaptive rounding read the calibration data even when ranges are given."""
     return config.mode is Mode.STATIC and (config.bias_correction is True or config.weight_rounding == "adaptive")
-
-
-def is_prequantized(model: onnx.ModelProto) -> bool:
-    """True for a model that already carries QuantizeLinear/DequantizeLinear pairs (QAT export)."""
-    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
 
 
 def _pass_through(model: onnx.ModelProto, export_notes: list[str], config: QuantConfig,

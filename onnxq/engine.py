@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
-from ._graph import unique_name
+from ._graph import elem_types, unique_name
 from ._progress import progress as progress_bar
 from .data import InputSpec, input_specs
 from .errors import DataError
@@ -450,25 +450,11 @@ def merge_observers(shards: Iterable[Mapping[str, Observer]]) -> dict[str, Obser
 
 def _float_tensors(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[str, ...]]:
     """Tensors among ``names`` known to be float32/64 (type inference): name -> (min, max, sum, size) outputs."""
-    types = _elem_types(model)
+    types = elem_types(model, infer=True)
     taken = {n for node in model.graph.node for n in node.output} | {i.name for i in model.graph.input}
     taken |= {t.name for t in model.graph.initializer}
     return {name: tuple(unique_name(f"onnxq_{what}_{index}", taken) for what in ("min", "max", "sum", "size"))
             for index, name in enumerate(names) if types.get(name) in _REDUCIBLE}  # type: ignore[misc]
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every main-graph tensor that ONNX type inference can tell."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
-    except Exception:  # a model onnx cannot infer (contrib ops, > 2 GiB): only what it declares
-        inferred = model
-    graph = inferred.graph
-    types = {vi.name: vi.type.tensor_type.elem_type
-             for vi in list(graph.value_info) + list(graph.input) + list(graph.output)
-             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
-    types.update({t.name: t.data_type for t in graph.initializer})
-    return types
 
 
 def _reduced_model(model: onnx.ModelProto, full: list[str], reduced: dict[str, tuple[str, ...]]) -> onnx.ModelProto:

@@ -13,6 +13,7 @@ from typing import Any
 
 import onnx
 
+from ._graph import elem_types
 from .config import Mode, QuantConfig, QuantType
 from .names import framework_name
 
@@ -279,7 +280,7 @@ def _folded_activation_inputs(model: onnx.ModelProto, plan: QuantPlan) -> dict[s
 
 def activation_tensors(model: onnx.ModelProto, plan: QuantPlan, constants: set[str]) -> list[str]:
     """Float activation inputs/outputs of the nodes to quantize (what static QDQ needs ranges for)."""
-    types = _elem_types(model)
+    types = elem_types(model)
     chosen = set(plan.nodes_to_quantize)
     no_out = set(plan.no_output_quantization_op_types)
     tensors: dict[str, None] = {}
@@ -291,12 +292,6 @@ def activation_tensors(model: onnx.ModelProto, plan: QuantPlan, constants: set[s
             if name and name not in constants and types.get(name, onnx.TensorProto.FLOAT) in _FLOAT_TYPES:
                 tensors[name] = None
     return list(tensors)
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    graph = model.graph
-    infos = list(graph.value_info) + list(graph.input) + list(graph.output)
-    return {vi.name: vi.type.tensor_type.elem_type for vi in infos if vi.type.HasField("tensor_type")}
 
 
 def refine_plan(plan: QuantPlan, model: onnx.ModelProto, ranges: Any) -> QuantPlan:

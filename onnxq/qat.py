@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ._graph import elem_types
 from .plan import NodeDecision, QuantPlan, set_calibration_targets
 
 _FLOAT = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
@@ -86,7 +87,7 @@ def qat_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of the compute nodes already quantized: every float input (weights too) from DequantizeLinear."""
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
-    types = _elem_types(model)
+    types = elem_types(model)
     done = set()
     for node in graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -169,14 +170,6 @@ def _constant_outputs(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | No
             attr = next((a for a in node.attribute if a.name == "value"), None)
             values[node.output[0]] = attr.t if attr is not None else None
     return values
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    graph = model.graph
-    infos = list(graph.value_info) + list(graph.input) + list(graph.output)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in infos if vi.type.HasField("tensor_type")}
-    types.update({i.name: i.data_type for i in graph.initializer})
-    return types
 
 
 def keep_qat_boundaries(quantized: onnx.ModelProto, qat_model: onnx.ModelProto) -> onnx.ModelProto:

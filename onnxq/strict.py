@@ -30,6 +30,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from ._graph import elem_types
 from .errors import StrictModeError
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def float_nodes(model: onnx.ModelProto) -> list[FloatNode]:
         One :class:`FloatNode` per float compute node, in graph order.
     """
     graph = model.graph
-    types = _elem_types(model)
+    types = _qdq_elem_types(model)
     inits = {i.name: i for i in graph.initializer}
     constants = _constants(graph)
     producer = {out: node for node in graph.node for out in node.output}
@@ -175,16 +176,11 @@ def _constants(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - contrib ops or > 2 GB: use what the model declares
-        inferred = model
-    graph = inferred.graph
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(graph.value_info) + list(graph.input)
-             + list(graph.output) if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
-    types.update({i.name: i.data_type for i in graph.initializer})
-    for node in graph.node:
+def _qdq_elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """:func:`onnxq._graph.elem_types` (inferred) plus what a QDQ graph implies: a QuantizeLinear
+    output has its zero point's type, a Constant output its value's."""
+    types = elem_types(model, infer=True)
+    for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in types:
             types.setdefault(node.output[0], types[node.input[2]])
         if node.op_type == "Constant":
