@@ -51,12 +51,71 @@ class NodeDecision:
     candidate: bool = True  #: the backend could quantize this op type in this mode
 
 
-@dataclass
-class QuantPlan:
-    """What the rewrite must do; produced by :func:`make_plan`, refined by :func:`refine_plan`.
+@dataclass(frozen=True)
+class TensorSpec:
+    """How the rewrite stores one tensor of the float model: the frozen per-tensor spec of a plan.
 
     Attributes:
-        mode: "static" or "dynamic".
+        name: the tensor, as named in the model the plan refers to.
+        role: ``"activation"``; ``"weight"`` (what a Conv/Gemm/MatMul multiplies by, a norm's scale);
+            ``"bias"`` (int32, its scale the product of the input's and the weight's); or
+            ``"constant"`` (another constant input, quantized like an activation).
+        dtype: ``"uint8"``, ``"int8"``, ``"int16"``, ``"uint16"``, ``"int32"``, ``"int4"`` or ``"float16"``.
+        symmetric: zero point in the middle of the type (0 for signed types); ``None`` for float16.
+        axis: the axis with one scale per channel (or per block row); ``None`` for one scale per tensor.
+        bits: the levels used: 7 for ``reduce_range`` weights, else the type's width.
+        block_size: values per scale along ``axis`` (weight-only blocks); ``None`` otherwise.
+        dynamic: the range is measured at run time (dynamic mode's activations), not calibrated.
+    """
+
+    name: str
+    role: str
+    dtype: str
+    symmetric: bool | None
+    axis: int | None = None
+    bits: int = 8
+    block_size: int | None = None
+    dynamic: bool = False
+
+
+@dataclass(frozen=True)
+class IntegerScheme:
+    """The integer types of a static or dynamic plan: what the rewrite hands ONNX Runtime's quantizer
+    and what every :class:`TensorSpec` of the plan is derived from (so the two cannot disagree).
+
+    Attributes:
+        activation_type: ``"uint8"``, ``"int8"``, ``"int16"`` or ``"uint16"`` (dynamic: ``"uint8"``).
+        activation_symmetric: int8 activations are symmetric (S8S8); the others asymmetric.
+        weight_type: ``"int8"`` (``"uint8"`` in dynamic mode only).
+        weight_symmetric: static: always; dynamic: ORT's default, signed types only.
+        per_channel: one weight scale per output channel.
+        reduce_range: 7-bit weights and constants, except ``QuantPlan.full_range_weights``.
+    """
+
+    activation_type: str
+    activation_symmetric: bool
+    weight_type: str
+    weight_symmetric: bool
+    per_channel: bool
+    reduce_range: bool
+
+    @classmethod
+    def from_config(cls, config: QuantConfig) -> IntegerScheme:
+        """The scheme of ``config`` (static or dynamic mode)."""
+        if config.mode is Mode.DYNAMIC:  # ORT's dynamic activations are always uint8 (DynamicQuantizeLinear)
+            return cls("uint8", False, config.weight_type.value, config.weight_type is QuantType.INT8,
+                       config.per_channel, bool(config.reduce_range))
+        return cls(config.activation_type.value, config.activation_type is QuantType.INT8,
+                   config.weight_type.value, True, config.per_channel, bool(config.reduce_range))
+
+
+@dataclass
+class QuantPlan:
+    """What the rewrite must do; produced by :func:`make_plan` (static, dynamic) or the planners of
+    :mod:`onnxq.plan_modes` (float16, weight-only), refined by :func:`refine_plan`.
+
+    Attributes:
+        mode: "static", "dynamic", "float16", "weight-only" or "qat".
         op_types: op types handed to the quantizer.
         decisions: one entry per node of the graph.
         tensors_to_calibrate: activation tensors whose ranges static mode needs.
@@ -68,6 +127,8 @@ class QuantPlan:
         full_range_weights: weights that keep all 8 bits although ``reduce_range`` is on: the
             depthwise Conv kernels of ONNX Runtime do not saturate (only the u8 x s8 pair sums of
             regular Conv/Gemm/MatMul kernels on AVX2 without VNNI do).
+        scheme: the integer types the rewrite uses (static and dynamic plans; ``None`` otherwise).
+        tensors: one :class:`TensorSpec` per tensor the rewrite converts, in graph order.
     """
 
     mode: str
@@ -79,6 +140,8 @@ class QuantPlan:
     fold_activations: bool = False
     range_aliases: dict[str, str] = field(default_factory=dict)
     full_range_weights: list[str] = field(default_factory=list)
+    scheme: IntegerScheme | None = None
+    tensors: list[TensorSpec] = field(default_factory=list)
 
     @property
     def nodes_to_quantize(self) -> list[str]:
@@ -99,6 +162,9 @@ class QuantPlan:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
         data["decisions"] = [NodeDecision(**d) for d in data.get("decisions", [])]
+        data["tensors"] = [TensorSpec(**t) for t in data.get("tensors") or []]
+        if data.get("scheme") is not None:
+            data["scheme"] = IntegerScheme(**data["scheme"])
         return cls(**data)
 
 
@@ -179,7 +245,7 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig, *, supported_op_types
     plan = QuantPlan(mode=config.mode.value, op_types=sorted(op_types), decisions=decisions,
                      no_output_quantization_op_types=no_output_quant, notes=notes,
                      fold_activations=config.activation_type is not QuantType.INT8,  # asymmetric
-                     full_range_weights=full_range)
+                     full_range_weights=full_range, scheme=IntegerScheme.from_config(config))
     return set_calibration_targets(plan, model)
 
 
@@ -240,18 +306,23 @@ def _decide(node: onnx.NodeProto, config: QuantConfig, op_types: set[str], suppo
 
 
 def set_calibration_targets(plan: QuantPlan, model: onnx.ModelProto) -> QuantPlan:
-    """Fill ``plan.tensors_to_calibrate`` and ``plan.range_aliases`` from its decisions (static mode).
+    """Fill ``plan.tensors_to_calibrate`` and ``plan.range_aliases`` (static mode) and ``plan.tensors``
+    (static and dynamic mode) from its decisions.
 
     A Relu/Clip that ORT folds into its producer (asymmetric activations) makes the
     pre-activation tensor's range unused: it borrows the activation's range instead of being
     tapped, which saves the largest tensors of a CNN from calibration.
     """
+    if plan.mode == Mode.DYNAMIC.value and plan.scheme is not None:
+        plan.tensors = dynamic_specs(plan, model)
     if plan.mode != Mode.STATIC.value:
         return plan
     tensors = activation_tensors(model, plan, constant_names(model))
     aliases = _folded_activation_inputs(model, plan) if plan.fold_activations else {}
     plan.tensors_to_calibrate = [t for t in tensors if t not in aliases]
     plan.range_aliases = aliases
+    if plan.scheme is not None:
+        plan.tensors = static_specs(plan, model)
     return plan
 
 
@@ -313,3 +384,120 @@ def refine_plan(plan: QuantPlan, model: onnx.ModelProto, ranges: Any) -> QuantPl
     new = replace(plan, decisions=decisions,
                   notes=plan.notes + [f"{len(huge)} tensor(s) hold sentinel values (|x| > 1e30) and stay float."])
     return set_calibration_targets(new, model)
+
+
+# ------------------------------------------------------------------------------- per-tensor specs
+
+_WIDTH = {"uint8": 8, "int8": 8, "uint16": 16, "int16": 16, "int32": 32, "int4": 4, "float16": 16}
+#: ORT's QDQ ops that quantize their output (with their input's parameters) only when an earlier
+#: node already quantized their input (``QDQDirect8BitOp`` and its kin); Relu/Clip likewise.
+_FOLLOWERS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "AveragePool", "Slice",
+                        "TopK", "MaxPool", "Resize", "Relu", "Clip"})
+#: ops whose input 1 ORT quantizes as a weight and input 2 as an int32 bias
+_WEIGHT_AND_BIAS = frozenset({"Conv", "ConvTranspose", "Gemm", "InstanceNormalization", "LayerNormalization",
+                              "BatchNormalization"})
+#: per-channel axis of a weight, by op type (ORT's defaults; Gemm: 0 when B is transposed)
+_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+def static_specs(plan: QuantPlan, model: onnx.ModelProto) -> list[TensorSpec]:
+    """What ORT's QDQ quantizer does to each tensor of a static plan: its own walk over the nodes
+    (a Reshape/MaxPool/Relu only follows an input that an earlier node quantized; folded
+    pre-activations disappear), with ``plan.scheme``'s types."""
+    scheme = plan.scheme
+    assert scheme is not None
+    inits = {t.name: t for t in model.graph.initializer if t.data_type in _FLOAT_TYPES}
+    constants, types = constant_names(model), elem_types(model)
+    chosen, no_out = set(plan.nodes_to_quantize), set(plan.no_output_quantization_op_types)
+    marked: dict[str, TensorSpec] = {}
+
+    def mark(name: str, spec: TensorSpec | None = None) -> None:
+        if not name or name in marked:
+            return
+        if spec is None and name in inits:
+            spec = TensorSpec(name, "constant", scheme.activation_type, scheme.activation_symmetric,
+                              bits=_bits(scheme.activation_type, scheme.reduce_range))
+        elif spec is None and name not in constants and types.get(name, onnx.TensorProto.FLOAT) in _FLOAT_TYPES:
+            spec = TensorSpec(name, "activation", scheme.activation_type, scheme.activation_symmetric,
+                              bits=_WIDTH[scheme.activation_type])
+        if spec is not None:
+            marked[name] = spec
+
+    for node in model.graph.node:
+        if node.name not in chosen:
+            continue
+        outputs = [] if node.op_type in no_out else list(node.output)
+        if node.op_type in _FOLLOWERS or (node.op_type == "Gather" and node.input[0] not in inits):
+            follows = node.input[0] in marked
+        elif node.op_type == "Where":
+            follows = node.input[1] in marked and node.input[2] in marked
+        else:
+            follows = True
+            for index, name in enumerate(node.input):
+                mark(name, _initializer_spec(node, index, inits.get(name), plan, marked))
+        for name in outputs if follows else []:
+            mark(name)
+    return [spec for name, spec in marked.items() if name not in plan.range_aliases]
+
+
+def _initializer_spec(node: onnx.NodeProto, index: int, tensor: onnx.TensorProto | None, plan: QuantPlan,
+                      marked: dict[str, TensorSpec]) -> TensorSpec | None:
+    """The weight or bias spec of input ``index`` of ``node``; ``None`` for any other input."""
+    scheme = plan.scheme
+    assert scheme is not None
+    weight = (node.op_type in _WEIGHT_AND_BIAS and index == 1) or node.op_type == "MatMul"
+    if tensor is None or not (weight or (node.op_type in _WEIGHT_AND_BIAS and index == 2)):
+        return None
+    if not weight:  # int32, scale = input scale x weight scale: per channel when the weight is
+        weight_spec = marked.get(node.input[1])
+        per_channel = weight_spec is not None and weight_spec.axis is not None
+        return TensorSpec(tensor.name, "bias", "int32", True, 0 if per_channel else None, bits=32)
+    axis = _channel_axis(node, tensor) if scheme.per_channel else None
+    # 8 bits for full_range_weights: the rewrite's per-tensor override, given only with per_channel
+    full = scheme.per_channel and tensor.name in plan.full_range_weights
+    return TensorSpec(tensor.name, "weight", scheme.weight_type, scheme.weight_symmetric or axis is not None,
+                      axis, bits=_bits(scheme.weight_type, scheme.reduce_range and not full))
+
+
+def _channel_axis(node: onnx.NodeProto, tensor: onnx.TensorProto) -> int | None:
+    """ORT's per-channel axis of a weight (normalised), or ``None`` where the rank has no such axis."""
+    axis = _CHANNEL_AXIS.get(node.op_type, 1)
+    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+        axis = 0
+    rank = len(tensor.dims)
+    return axis % rank if -rank <= axis < rank else None
+
+
+def dynamic_specs(plan: QuantPlan, model: onnx.ModelProto) -> list[TensorSpec]:
+    """What ORT's dynamic quantizer does to each tensor of a dynamic plan: uint8 activations whose
+    range is measured at run time, weights per ``plan.scheme`` (per channel for MatMul/Attention;
+    ConvInteger per tensor; LSTM int8 per channel along axis 0)."""
+    scheme = plan.scheme
+    assert scheme is not None
+    inits = {t.name: t for t in model.graph.initializer if t.data_type in _FLOAT_TYPES}
+    types, chosen = elem_types(model), set(plan.nodes_to_quantize)
+    specs: dict[str, TensorSpec] = {}
+    for node in model.graph.node:
+        if node.name not in chosen:
+            continue
+        if node.op_type == "LSTM":
+            for name in node.input[1:3]:
+                if name in inits:
+                    specs.setdefault(name, TensorSpec(name, "weight", "int8", True, 0,
+                                                      bits=_bits("int8", scheme.reduce_range)))
+            continue
+        source = node.input[0]
+        if source not in inits and types.get(source, onnx.TensorProto.FLOAT) in _FLOAT_TYPES:
+            specs.setdefault(source, TensorSpec(source, "activation", "uint8", False, bits=8, dynamic=True))
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is not None:
+            per_channel = scheme.per_channel and node.op_type in ("MatMul", "Attention")
+            axis = len(weight.dims) - 1 if per_channel and weight.dims else None
+            specs.setdefault(weight.name, TensorSpec(weight.name, "weight", scheme.weight_type, scheme.weight_symmetric,
+                                                     axis, bits=_bits(scheme.weight_type, scheme.reduce_range)))
+    return list(specs.values())
+
+
+def _bits(dtype: str, reduced: bool) -> int:
+    """Levels used by a tensor of ``dtype``: one bit fewer under ``reduce_range``."""
+    return _WIDTH[dtype] - 1 if reduced else _WIDTH[dtype]

@@ -21,17 +21,17 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..calibration.ranges import Ranges
 from ..config import QuantConfig
-from ..config import QuantType as OnnxqQuantType
 from .._graph import LARGE_MODEL_BYTES, LARGE_MODEL_MARGIN_BYTES, serialized_size
 from ..errors import QuantizationError, first_line
-from ..plan import QuantPlan
+from ..plan import IntegerScheme, QuantPlan
 from .compact import compact
 from .keep_float import keep_float_at_runtime
 
 logger = logging.getLogger(__name__)
 
-_QUANT_TYPES = {OnnxqQuantType.UINT8: QuantType.QUInt8, OnnxqQuantType.INT8: QuantType.QInt8,
-                OnnxqQuantType.INT16: QuantType.QInt16, OnnxqQuantType.UINT16: QuantType.QUInt16}
+#: ORT's quantization type of each ``IntegerScheme`` / ``TensorSpec`` dtype
+_QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "int16": QuantType.QInt16,
+                "uint16": QuantType.QUInt16}
 #: 16-bit Q/DQ are standard ONNX only from opset 21 (``prepare`` upgrades the model to it).
 OPSET_16BIT = 21
 
@@ -104,32 +104,37 @@ def tensors_data(ranges: Ranges, aliases: dict[str, str] | None = None) -> Tenso
 
 def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
                     config: QuantConfig) -> onnx.ModelProto:
-    """QDQ-quantize ``plan.nodes_to_quantize`` with our calibrated ``ranges``."""
+    """QDQ-quantize ``plan.nodes_to_quantize`` with our calibrated ``ranges``.
+
+    The types, symmetry, per-channel and reduce-range settings come from ``plan.scheme``, the values
+    ``plan.tensors`` was derived from (``config`` only for a plan without one, e.g. read from JSON).
+    """
     missing = [t for t in plan.tensors_to_calibrate if t not in ranges]
     if missing:
         raise QuantizationError(f"no calibration range for {len(missing)} tensor(s), e.g. {missing[0]!r}")
-    if config.activation_type.bits == 16:  # ORT would otherwise fall back to com.microsoft Q/DQ
+    scheme = plan.scheme or IntegerScheme.from_config(config)
+    if scheme.activation_type in ("int16", "uint16"):  # ORT would otherwise fall back to com.microsoft Q/DQ
         from ..model import ensure_opset
 
         model = ensure_opset(model, OPSET_16BIT)
     extra_options = {
         # int8 activations are symmetric (S8S8); uint8 and 16-bit ones asymmetric (16x8 keeps an
         # int16 zero point, so a post-Relu tensor uses all 65536 levels)
-        "ActivationSymmetric": config.activation_type is OnnxqQuantType.INT8,
-        "WeightSymmetric": True,
+        "ActivationSymmetric": scheme.activation_symmetric,
+        "WeightSymmetric": scheme.weight_symmetric,
         "OpTypesToExcludeOutputQuantization": list(plan.no_output_quantization_op_types),
         "ForceQuantizeNoInputCheck": False,
     }
-    if config.reduce_range and config.per_channel and plan.full_range_weights:
+    if scheme.reduce_range and scheme.per_channel and plan.full_range_weights:
         # 8-bit weights where ORT's kernel does not saturate (depthwise Conv), 7-bit elsewhere
         extra_options["TensorQuantOverrides"] = {name: [{"axis": 0, "reduce_range": False}]
                                                  for name in plan.full_range_weights}
     quantizer = QDQQuantizer(
         _skip_ort_reload(model),
-        config.per_channel,
-        config.reduce_range,
-        _QUANT_TYPES[config.weight_type],
-        _QUANT_TYPES[config.activation_type],
+        scheme.per_channel,
+        scheme.reduce_range,
+        _QUANT_TYPES[scheme.weight_type],
+        _QUANT_TYPES[scheme.activation_type],
         tensors_data(ranges, plan.range_aliases),
         list(plan.nodes_to_quantize),
         list(plan.float_nodes),
@@ -143,15 +148,20 @@ def quantize_static(model: onnx.ModelProto, plan: QuantPlan, ranges: Ranges,
 
 
 def quantize_dynamic(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfig) -> onnx.ModelProto:
-    """Dynamic quantization: int8 weights, uint8 activations quantized at run time by ORT."""
+    """Dynamic quantization: int8 weights, uint8 activations quantized at run time by ORT.
+
+    Settings from ``plan.scheme`` (``config`` only for a plan without one). Weight symmetry is ORT's
+    default by type, which the scheme records (passing it would also change LSTM's int8 weights).
+    """
+    scheme = plan.scheme or IntegerScheme.from_config(config)
     quantizer = ONNXQuantizer(
         _skip_ort_reload(model),
-        config.per_channel,
-        config.reduce_range,
+        scheme.per_channel,
+        scheme.reduce_range,
         QuantizationMode.IntegerOps,
         False,
-        _QUANT_TYPES[config.weight_type],
-        QuantType.QUInt8,  # ORT's dynamic activations are always uint8
+        _QUANT_TYPES[scheme.weight_type],
+        _QUANT_TYPES[scheme.activation_type],  # uint8: ORT's dynamic activations always are
         None,
         list(plan.nodes_to_quantize),
         list(plan.float_nodes),
