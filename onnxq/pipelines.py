@@ -29,6 +29,7 @@ from .errors import CalibrationError
 from .model import model_hash
 from .passes import PassRecord
 from .plan import QuantPlan, is_transformer, make_plan, refine_plan
+from .plan_modes import plan_float16, plan_weight_only
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def dynamic(job: Job) -> Built:
 
 def float16(job: Job) -> Built:
     """float16 weights and activations through ORT's converter (no fallback: nothing is calibrated)."""
-    plan = rewrite.float16_plan(job.prepared, job.config)
+    plan = plan_float16(job.prepared, job.config, block_list=rewrite.default_block_list())
     timings: dict[str, float] = {}
     with timed(timings, "rewrite"):
         quantized = rewrite.quantize_float16(job.prepared, plan, job.config)
@@ -184,7 +185,7 @@ def float16(job: Job) -> Built:
 
 def weight_only(job: Job) -> Built:
     """Block-wise int4/int8 MatMul weights (MatMulNBits); GPTQ reads the calibration data."""
-    plan = rewrite.weight_only_plan(job.prepared, job.config)
+    plan = plan_weight_only(job.prepared, job.config)
     timings: dict[str, float] = {}
     with timed(timings, "rewrite"):  # GPTQ's pass over the calibration data included
         quantized = rewrite.quantize_weight_only(job.prepared, plan, job.config, calibration=job.calibration)

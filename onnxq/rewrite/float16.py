@@ -2,7 +2,8 @@
 
 Weights and activations become float16; the model's float32 inputs and outputs are kept by default
 (a Cast after each input and before each output), and the ops of a block list stay float32 with
-Casts around them. The plan records, per node, whether it runs in float16 or stays float32.
+Casts around them. The plan (:func:`onnxq.plan_modes.plan_float16`) says, per node, whether it runs
+in float16 or stays float32; this module only carries it out.
 
 On x86 CPUs ONNX Runtime has few float16 kernels: it inserts Casts itself and runs most of the
 graph in float32, so float16 halves the file and the memory of the weights but is not faster on
@@ -19,7 +20,7 @@ from onnx import TensorProto, helper
 from ..config import QuantConfig
 from .._graph import LARGE_MODEL_BYTES, LARGE_MODEL_MARGIN_BYTES, serialized_size
 from ..errors import QuantizationError, first_line
-from ..plan import NodeDecision, QuantPlan, user_choice
+from ..plan import QuantPlan
 
 logger = logging.getLogger(__name__)
 
@@ -38,44 +39,12 @@ def default_block_list() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*DEFAULT_OP_BLOCK_LIST, *NUMERICALLY_FRAGILE_OPS]))
 
 
-def float16_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
-    """Per node: float16, or float32 because its op type is blocked or the user excluded it.
-
-    Blocked: :func:`default_block_list`, ``config.float16_op_block_list`` and
-    ``config.exclude_op_types``; excluded: ``config.exclude_nodes`` (names or globs) and, when
-    ``config.include_nodes`` is not empty, every node outside it.
-    """
-    defaults = set(default_block_list())
-    user_ops = set(config.float16_op_block_list) | set(config.exclude_op_types)
-    decisions = []
-    for node in model.graph.node:
-        def decision(convert: bool, reason: str, node: onnx.NodeProto = node) -> NodeDecision:
-            return NodeDecision(node.name, node.op_type, convert, reason)
-
-        chosen = user_choice(node, config)
-        if node.op_type in user_ops:
-            decisions.append(decision(False, "op type in the user's float16 block list: stays float32"))
-        elif node.op_type in defaults:
-            decisions.append(decision(False, "op type in the default float16 block list (no float16 kernel "
-                                             "or overflows float16): stays float32"))
-        elif chosen is not None:
-            decisions.append(decision(False, f"{chosen}: stays float32"))
-        else:
-            decisions.append(decision(True, "float16"))
-    blocked = [d for d in decisions if not d.quantize]
-    io = "float32 inputs/outputs kept" if config.float16_keep_io_types else "float16 inputs/outputs"
-    notes = [f"float16: weights and activations in float16, {io}; {len(blocked)} node(s) stay float32."]
-    notes.append("ONNX Runtime's CPU provider has few float16 kernels: it runs most of a float16 graph in "
-                 "float32 with Casts, so expect half the size, not more speed, on x86 CPUs.")
-    return QuantPlan(mode=config.mode.value, op_types=[], decisions=decisions, notes=notes)
-
-
 def quantize_float16(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfig) -> onnx.ModelProto:
     """Convert ``model`` to float16, keeping float32 the nodes ``plan`` does not convert.
 
     Args:
         model: the prepared float model (not modified).
-        plan: from :func:`float16_plan`.
+        plan: from :func:`onnxq.plan_modes.plan_float16` (its decisions name the float32 nodes).
         config: ``float16_keep_io_types`` decides the inputs'/outputs' type.
 
     Returns:

@@ -29,58 +29,9 @@ import onnx
 
 from ..config import QuantConfig
 from ..errors import ConfigError, QuantizationError, first_line
-from ..plan import NodeDecision, QuantPlan, constant_names, user_choice
+from ..plan import QuantPlan
 
 logger = logging.getLogger(__name__)
-
-#: Op types the weight-only rewrite handles (Gemm is decomposed into MatMul + Add by ``prepare``).
-WEIGHT_ONLY_OP_TYPES = ("MatMul",)
-
-
-def weight_only_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
-    """Per MatMul: weight-only quantized, or float with the reason (no constant 2-D weight, excluded).
-
-    Args:
-        model: the prepared float model (Gemm with constant weights already decomposed).
-        config: ``exclude_nodes`` / ``include_nodes`` / ``exclude_op_types`` are honoured.
-    """
-    initializers = {t.name: t for t in model.graph.initializer}
-    constants = constant_names(model)
-    gptq_odd = config.weight_only_algorithm == "gptq" and not config.weight_only_symmetric
-    decisions = []
-    for node in model.graph.node:
-        candidate = node.op_type in WEIGHT_ONLY_OP_TYPES
-
-        def decision(quantize: bool, reason: str, node: onnx.NodeProto = node,
-                     candidate: bool = candidate) -> NodeDecision:
-            return NodeDecision(node.name, node.op_type, quantize, reason, candidate)
-
-        chosen = user_choice(node, config) if candidate else None
-        if not candidate:
-            decisions.append(decision(False, "op type not quantizable in weight-only mode"))
-        elif chosen is not None:
-            decisions.append(decision(False, chosen))
-        elif node.input[1] not in initializers:
-            reason = ("weight is computed in the graph, not an initializer" if node.input[1] in constants
-                      else "activation x activation product (no constant weight)")
-            decisions.append(decision(False, reason + ": stays float"))
-        elif not _is_matrix(initializers[node.input[1]]):
-            decisions.append(decision(False, "weight is not a 2-D matrix: stays float"))
-        elif gptq_odd and -(-initializers[node.input[1]].dims[-2] // config.block_size) % 2:
-            # ORT's GPTQ packs asymmetric 4-bit zero points across rows: wrong for an odd block count
-            decisions.append(decision(False, "asymmetric GPTQ needs an even number of blocks along K "
-                                             "(ONNX Runtime limitation): stays float; use "
-                                             "weight_only_symmetric or another block_size"))
-        else:
-            decisions.append(decision(True, f"int{config.weight_bits} weight-only"))
-    chosen = sum(d.quantize for d in decisions)
-    sym = "symmetric" if config.weight_only_symmetric else "asymmetric"
-    notes = [f"weight-only: {chosen} MatMul weight(s) to int{config.weight_bits} MatMulNBits "
-             f"({config.weight_only_algorithm.upper()}, {sym}, blocks of {config.block_size} along K); "
-             "activations stay float."]
-    return QuantPlan(mode=config.mode.value, op_types=list(WEIGHT_ONLY_OP_TYPES), decisions=decisions,
-                     notes=notes)
-
 
 def quantize_weight_only(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfig,
                          calibration: Any = None) -> onnx.ModelProto:
@@ -88,7 +39,7 @@ def quantize_weight_only(model: onnx.ModelProto, plan: QuantPlan, config: QuantC
 
     Args:
         model: the prepared float model (not modified).
-        plan: from :func:`weight_only_plan`.
+        plan: from :func:`onnxq.plan_modes.plan_weight_only`.
         config: bits, block size, symmetry and algorithm.
         calibration: GPTQ only: an iterable of ``{input_name: array}`` batches (an
             :class:`onnxq.data.Dataset`); ignored by RTN and HQQ.
@@ -129,14 +80,15 @@ def quantize_weight_only(model: onnx.ModelProto, plan: QuantPlan, config: QuantC
 def _nbits(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfig) -> onnx.ModelProto:
     """RTN (ORT's default block quantizer) or HQQ through ``MatMulNBitsQuantizer``."""
     nbits = _import_nbits()
+    op_types = tuple(plan.op_types)  # MatMul
     excluded = [d.name for d in plan.decisions if d.candidate and not d.quantize]
     if config.weight_only_algorithm == "hqq":
         algo_config = nbits.HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=config.weight_bits,
-                                                     op_types_to_quantize=WEIGHT_ONLY_OP_TYPES)
+                                                     op_types_to_quantize=op_types)
     else:
         algo_config = nbits.DefaultWeightOnlyQuantConfig(
             block_size=config.block_size, is_symmetric=config.weight_only_symmetric, bits=config.weight_bits,
-            op_types_to_quantize=WEIGHT_ONLY_OP_TYPES)
+            op_types_to_quantize=op_types)
     quantizer = nbits.MatMulNBitsQuantizer(model, bits=config.weight_bits, block_size=config.block_size,
                                            is_symmetric=config.weight_only_symmetric, nodes_to_exclude=excluded,
                                            algo_config=algo_config)
@@ -170,12 +122,6 @@ def _gptq_batches(calibration: Any) -> Iterator[tuple[dict[str, Any], None]]:
     """Our batches as the ``(inputs, label)`` pairs ORT's GPTQ data loader yields."""
     for inputs in calibration:
         yield dict(inputs), None
-
-
-def _is_matrix(tensor: onnx.TensorProto) -> bool:
-    dims = list(tensor.dims)
-    return len(dims) >= 2 and all(d == 1 for d in dims[:-2]) and tensor.data_type in (
-        onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
 def _import_nbits() -> Any:
