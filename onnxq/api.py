@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +305,9 @@ def _pass_through(model: onnx.ModelProto, export_notes: list[str], config: Quant
     """A QAT model is already quantized: return it unchanged instead of quantizing it twice."""
     plan = QuantPlan(mode="qat", op_types=[], decisions=[], notes=[
         "The model already has QuantizeLinear/DequantizeLinear nodes (quantization-aware training): "
-        "passed through unchanged, no calibration and no second quantization."])
+        "passed through unchanged, no calibration and no second quantization.",
+        "No per-tensor specs in the plan: the model's own quantized tensors are listed in the report's "
+        "qat_tensors."])
     size = model_size(model)
     report = Report(outputs=[], samples=0, float_size_bytes=size, quant_size_bytes=size, size_ratio=1.0,
                     mode="qat", config=config.to_dict(), notes=export_notes + plan.notes)
@@ -509,4 +511,5 @@ def _report(float_model: onnx.ModelProto, quantized: onnx.ModelProto, data: Data
     report.config = config.to_dict()
     report.notes = list(notes) + report.notes
     report.float_nodes = plan.float_nodes
+    report.tensors = [asdict(spec) for spec in plan.tensors]
     return report

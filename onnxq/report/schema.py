@@ -18,7 +18,8 @@ as an optional list; files without it load with it empty. ``latency`` gained the
 percentile spread, ``warmup``, ``stop`` and ``seconds`` (issue 12); older files load with them ``None``.
 ``framework_names`` (ONNX node name -> the user's layer name) and ``LayerMetrics.framework_name``
 are optional (issue 12); older files load with them empty / ``None``. ``timings`` (seconds per stage
-of the run, issue 13) is optional; older files load with it empty.
+of the run, issue 13) is optional; older files load with it empty. ``tensors`` (the plan's
+per-tensor specs, issue 9) is optional; older files load with it empty.
 """
 
 from __future__ import annotations
@@ -240,6 +241,9 @@ class Report:
             (``layer2.conv1``; :mod:`onnxq.names`), for the nodes this report names.
         timings: wall-clock seconds per stage of the run (``prepare``, ``calibrate``, ``passes``,
             ``rewrite``, ``tune``, ``validate``, ``latency``), for the stages that ran.
+        tensors: the plan's per-tensor specs (:class:`onnxq.plan.TensorSpec`), what the rewrite did to
+            each tensor it converted: ``{"name", "role", "dtype", "symmetric", "axis", "bits",
+            "block_size", "dynamic"}``.
         schema_version: version of this JSON layout.
     """
 
@@ -264,6 +268,7 @@ class Report:
     passes: list[dict[str, Any]] = field(default_factory=list)
     framework_names: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    tensors: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     # ---------------------------------------------------------------- queries
@@ -346,6 +351,7 @@ class Report:
                 passes=[dict(d) for d in data.get("passes") or []],
                 framework_names={str(k): str(v) for k, v in (data.get("framework_names") or {}).items()},
                 timings={str(k): to_float(v) for k, v in (data.get("timings") or {}).items()},
+                tensors=[dict(d) for d in data.get("tensors") or []],
                 schema_version=SCHEMA_VERSION,
             )
         except (TypeError, ValueError, AttributeError) as exc:
@@ -412,6 +418,8 @@ class Report:
             shown = ", ".join(self.display_name(n) for n in self.float_nodes[:8])
             more = f", ... (+{len(self.float_nodes) - 8})" if len(self.float_nodes) > 8 else ""
             lines.append(f"float nodes ({len(self.float_nodes)}): {shown}{more}")
+        if self.tensors:
+            lines.append(f"specs:    {format_specs(self.tensors)}")
         if self.target is not None:
             verdict = {True: "met", False: "NOT met", None: "not checked"}[self.target_met]
             lines.append(f"target:   {self.target} {verdict}" + (
@@ -443,6 +451,44 @@ def format_timings(timings: dict[str, float]) -> str:
     order = sorted(timings, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES))
     parts = [f"{stage} {timings[stage]:.2f} s" for stage in order]
     return ", ".join(parts) + f" (total {sum(timings.values()):.2f} s)"
+
+
+_ROLES = {"activation": "activations", "weight": "weights", "bias": "biases", "constant": "constants"}
+
+
+def format_specs(tensors: list[dict[str, Any]]) -> str:
+    """``activations uint8 asymmetric per-tensor (82); weights int8 symmetric per-channel axis 0 (65,
+    7-bit: 44)``: the per-tensor specs of a report grouped by role and kind, with counts."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for spec in tensors:
+        groups.setdefault(str(spec.get("role")), {}).setdefault(_spec_kind(spec), []).append(spec)
+    parts = []
+    for role, kinds in groups.items():
+        described = []
+        for kind, specs in kinds.items():
+            full = _WIDTHS.get(str(specs[0].get("dtype")))
+            reduced = sum(1 for s in specs if full is not None and s.get("bits") is not None and s["bits"] < full)
+            counts = f"{len(specs)}, {full - 1}-bit: {reduced}" if reduced and full else f"{len(specs)}"
+            described.append(f"{kind} ({counts})")
+        parts.append(f"{_ROLES.get(role, role)} " + ", ".join(described))
+    return "; ".join(parts)
+
+
+_WIDTHS = {"uint8": 8, "int8": 8, "uint16": 16, "int16": 16, "int32": 32, "int4": 4, "float16": 16}
+
+
+def _spec_kind(spec: dict[str, Any]) -> str:
+    """``int8 symmetric per-channel axis 0``, ``int4 asymmetric blocks of 32 along axis 0``, ``float16``."""
+    words = [str(spec.get("dtype"))]
+    if spec.get("symmetric") is not None:
+        words.append("symmetric" if spec["symmetric"] else "asymmetric")
+    if spec.get("block_size"):
+        words.append(f"blocks of {spec['block_size']} along axis {spec.get('axis')}")
+    elif spec.get("dtype") != "float16":
+        words.append("per-tensor" if spec.get("axis") is None else f"per-channel axis {spec['axis']}")
+    if spec.get("dynamic"):
+        words.append("run-time range")
+    return " ".join(words)
 
 
 def format_number(value: float | None, spec: str) -> str:
