@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .config import CalibrationMethod, Mode, QuantConfig, QuantType
+from .data import DEFAULT_BATCH_SIZE
 from .errors import ConfigError, DataError, ModelError, OnnxqError
 
 logger = logging.getLogger("onnxq")
@@ -120,6 +121,8 @@ MAX_STEPS = 10_000
 MAX_SECONDS = 7 * 24 * 3600.0
 _SAMPLES = _int_in(None, 2**62)
 _BATCH = _int_in(None, MAX_BATCH_SIZE)
+#: QuantConfig's defaults: the one source of the quantize flags' defaults and of their help texts.
+_DEFAULTS = QuantConfig()
 _THREADS = _int_in(1, MAX_THREADS)
 _SECONDS = _float_in(0.0, MAX_SECONDS, low_open=True)
 
@@ -180,12 +183,15 @@ def _groups(parser: argparse.ArgumentParser, command: str) -> dict[str, Any]:
 
 def _add_latency_flags(group: Any) -> None:
     """How latency is measured (onnxq.latency): --latency-runs, --latency-batch, --latency-budget."""
+    from .latency import LatencyOptions
+
     group.add_argument("--latency-runs", type=_latency_runs, metavar="N|auto",
                        help="timed runs per model; auto (default): until the median is stable")
     group.add_argument("--latency-batch", type=_int_in(1, MAX_BATCH_SIZE), metavar="B",
                        help="samples per timed batch (default: the first evaluation batch)")
     group.add_argument("--latency-budget", type=_float_in(0.0, 3600.0, low_open=True), metavar="S",
-                       help="at most S seconds of timed runs when --latency-runs is auto (default 5)")
+                       help=f"at most S seconds of timed runs when --latency-runs is auto "
+                            f"(default {LatencyOptions.budget_s:g})")
 
 
 def _add_timing_flags(group: Any) -> None:
@@ -226,35 +232,41 @@ def _add_quantize_data(g: Any) -> None:
                    "test_data_set folder (keys = input names, first axis = samples)")
     g.add_argument("--eval", metavar="DATA", help="held-out evaluation data (default: the calibration data)")
     g.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N calibration samples")
-    g.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
+    g.add_argument("--batch-size", type=_BATCH, default=_DEFAULTS.batch_size, metavar="B",
+                   help=f"samples per batch (default {_DEFAULTS.batch_size})")
     g.add_argument("--shuffle", action="store_true", help="shuffle calibration samples (seeded) before --samples")
-    g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=None, help="seed for --shuffle (default 0)")
+    g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=None,
+                   help=f"seed for --shuffle (default {_DEFAULTS.seed})")
     g.add_argument("--cache-dir", metavar="DIR", help="reuse calibration ranges cached in DIR "
                    "(keyed by model hash, data hash and settings)")
 
 
 def _add_quantize_method(g: Any) -> None:
     """quantize: mode, hardware preset, types, range estimation, integer I/O."""
-    g.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.STATIC.value,
-                   help="static: int8 activations calibrated on --calib data (default); "
+    g.add_argument("--mode", choices=[m.value for m in Mode], default=_DEFAULTS.mode.value,
+                   help="static: int8 activations calibrated on --calib data; "
                         "dynamic: int8 weights, activations quantized at run time (no data needed); "
                         "float16: weights and activations in float16 (no data needed); "
-                        "weight-only: int4/int8 block-wise MatMul weights (MatMulNBits), float activations")
+                        "weight-only: int4/int8 block-wise MatMul weights (MatMulNBits), float activations "
+                        f"(default {_DEFAULTS.mode.value})")
     g.add_argument("--target-hw", choices=_preset_names(), metavar="NAME",
                    help="hardware preset setting --activation-type, --reduce-range and per-channel weights "
                         f"({', '.join(_preset_names())}; see `onnxq presets`); explicit flags override it")
     g.add_argument("--method", choices=[m.value for m in CalibrationMethod], default=None,
-                   help="range estimator: minmax (default), entropy (KL divergence), percentile, mse, or auto "
+                   help=f"range estimator (default {_DEFAULTS.method.value}): minmax, entropy (KL divergence), "
+                        "percentile, mse, or auto "
                         "(per tensor, the one of these that best preserves the tensor's consumers)")
     g.add_argument("--percentile", type=_finite_float, default=None, metavar="P",
-                   help="percentile of values kept by --method percentile (default 99.999)")
+                   help=f"percentile of values kept by --method percentile (default {_DEFAULTS.percentile})")
     g.add_argument("--bins", type=_int_in(None, MAX_BINS), default=None,
-                   help=f"histogram bins for entropy/percentile/mse (default 2048, at most {MAX_BINS})")
+                   help=f"histogram bins for entropy/percentile/mse (default {_DEFAULTS.num_bins}, "
+                        f"at most {MAX_BINS})")
     # default None on the flags a --target-hw preset sets: only a flag given on the command line overrides it
     g.add_argument("--per-tensor", action="store_false", dest="per_channel", default=None,
                    help="one weight scale per tensor instead of per channel")
     g.add_argument("--activation-type", choices=[t.value for t in QuantType], default=None,
-                   help="uint8 (default, U8S8: fused into integer kernels on x86), int8 (S8S8), or int16/uint16 "
+                   help=f"activation type (default {_DEFAULTS.activation_type.value}): uint8 (U8S8: fused into "
+                        "integer kernels on x86), int8 (S8S8), or int16/uint16 "
                         "(16x8: 16-bit activations, int8 weights, opset 21; more accurate, but ONNX Runtime's "
                         "CPU kernels run 16-bit QDQ in float: accuracy, not speed)")
     g.add_argument("--io-type", choices=["uint8", "int8"], metavar="uint8|int8",
@@ -271,27 +283,31 @@ def _add_quantize_method(g: Any) -> None:
     g.add_argument("--quantize-conv", action="store_true",
                    help="dynamic mode: also quantize Conv (ConvInteger, usually slower than float on CPU)")
     g.add_argument("--optimize", choices=["accuracy", "balanced", "latency"], default=None,
-                   help="static: accuracy (default) keeps the plan; balanced keeps float the nodes whose int8 "
+                   help=f"static (default {_DEFAULTS.optimize}): accuracy keeps the plan; balanced keeps float "
+                        "the nodes whose int8 "
                         "kernel takes over 1.1x the float time, latency those over 0.9x (profiled on a --calib "
                         "batch with --threads; used only when the whole model gets faster)")
 
 
 def _add_quantize_float_modes(g: Any) -> None:
     """quantize: the options of --mode float16 and --mode weight-only."""
-    g.add_argument("--bits", type=int, choices=[4, 8], help="weight-only: bits per weight (default 4)")
+    g.add_argument("--bits", type=int, choices=[4, 8],
+                   help=f"weight-only: bits per weight (default {_DEFAULTS.weight_bits})")
     g.add_argument("--block-size", type=_int_in(None, MAX_BLOCK_SIZE), metavar="N",
-                   help="weight-only: weights per scale along K, a power of two >= 16 (default 128, ORT's default; "
+                   help="weight-only: weights per scale along K, a power of two >= 16 "
+                        f"(default {_DEFAULTS.block_size}, ORT's default; "
                         "smaller is more accurate and larger)")
     g.add_argument("--algorithm", choices=["rtn", "gptq", "hqq"],
-                   help="weight-only: rtn (round to nearest, default), gptq (needs --calib, 4 bits) or "
+                   help=f"weight-only (default {_DEFAULTS.weight_only_algorithm}): rtn (round to nearest), "
+                        "gptq (needs --calib, 4 bits) or "
                         "hqq (no data, 4 bits, ORT's code needs torch)")
     g.add_argument("--symmetric", action="store_true", default=None,
                    help="weight-only: symmetric blocks without zero points (rtn, gptq)")
     g.add_argument("--fp16-block-ops", nargs="+", metavar="OP",
                    help="float16: op types kept in float32, in addition to the default block list")
     g.add_argument("--keep-io-types", action=argparse.BooleanOptionalAction, default=None,
-                   help="float16: keep float32 model inputs/outputs (default) or make them float16 "
-                        "(--no-keep-io-types)")
+                   help="float16: keep float32 model inputs/outputs or make them float16 (--no-keep-io-types); "
+                        f"default --{'' if _DEFAULTS.float16_keep_io_types else 'no-'}keep-io-types")
 
 
 def _add_quantize_selection(g: Any) -> None:
@@ -318,12 +334,14 @@ def _add_quantize_passes(g: Any) -> None:
                    help="static: fold the quantized weights' expected output error, measured on --calib, into the "
                         "biases")
     g.add_argument("--rounding", choices=["nearest", "adaptive"], default=None,
-                   help="static: weight rounding: nearest (default) or adaptive (AdaRound, layer by layer on --calib; "
+                   help=f"static: weight rounding (default {_DEFAULTS.weight_rounding}): nearest or adaptive "
+                        "(AdaRound, layer by layer on --calib; "
                         "takes minutes on a large CNN, see --rounding-seconds)")
     g.add_argument("--rounding-seconds", type=_SECONDS, default=None, metavar="S",
                    help="time budget of --rounding adaptive; layers not reached keep nearest rounding")
     g.add_argument("--smooth-alpha", type=_float_in(0.0, 1.0), default=None, metavar="A",
-                   help="SmoothQuant strength for transformer linear layers (default 0.75): moves activation "
+                   help=f"SmoothQuant strength for transformer linear layers (default {_DEFAULTS.smooth_alpha}): "
+                        "moves activation "
                         "outliers into the weights before calibration, float-equivalent")
     g.add_argument("--no-smooth", action="store_true", help="disable SmoothQuant on transformer graphs")
 
@@ -339,7 +357,7 @@ def _add_quantize_fallback(g: Any) -> None:
                         "fn(outputs: dict[name, array], labels: array | None) -> float, higher is better, "
                         "imported from MODULE (on sys.path or the current folder)")
     g.add_argument("--max-steps", type=_int_in(0, MAX_STEPS), default=None, metavar="N",
-                   help="at most N fallback steps (default 20)")
+                   help=f"at most N fallback steps (default {_DEFAULTS.max_fallback_steps})")
     g.add_argument("--max-tune-seconds", type=_SECONDS, metavar="S", help="stop the fallback after S seconds")
     g.add_argument("--force-quantize", nargs="+", default=[], metavar="NAME_OR_GLOB",
                    help="nodes the fallback never keeps float")
@@ -367,7 +385,8 @@ def _add_eval_data(g: Any, *, what: str) -> None:
     """--data (required), --samples and --batch-size of the commands that run two models."""
     g.add_argument("--data", required=True, metavar="DATA", help=what)
     g.add_argument("--samples", type=_SAMPLES, metavar="N", help="use at most N samples")
-    g.add_argument("--batch-size", type=_BATCH, default=8, metavar="B", help="samples per batch (default 8)")
+    g.add_argument("--batch-size", type=_BATCH, default=DEFAULT_BATCH_SIZE, metavar="B",
+                   help=f"samples per batch (default {DEFAULT_BATCH_SIZE})")
 
 
 def _add_validate(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
