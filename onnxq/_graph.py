@@ -17,7 +17,7 @@ from onnx.external_data_helper import uses_external_data
 from .errors import ModelError
 
 __all__ = ["LARGE_MODEL_BYTES", "LARGE_MODEL_MARGIN_BYTES", "all_tensors", "debug_info_size", "elem_types",
-           "graph_tensors", "initializer_tensors", "opset_version", "proto_size", "serialized_size"]
+           "graph_tensors", "initializer_tensors", "is_repeated", "opset_version", "proto_size", "serialized_size"]
 
 #: Serialized size (bytes) above which a model cannot be one protobuf message: such models are
 #: checked by path and saved with their tensors in an external-data side file.
@@ -157,7 +157,7 @@ def serialized_size(message: object) -> int:
 def _large_size(message: object) -> int:
     total = 0
     for field, value in message.ListFields():  # type: ignore[attr-defined]
-        items = value if _is_repeated(field) else [value]
+        items = value if is_repeated(field) else [value]
         for item in items:
             if field.type == field.TYPE_MESSAGE:
                 total += serialized_size(item) + 6
@@ -168,7 +168,8 @@ def _large_size(message: object) -> int:
     return total
 
 
-def _is_repeated(field: object) -> bool:
+def is_repeated(field: object) -> bool:
+    """Whether a protobuf field descriptor is a repeated field (any protobuf version)."""
     repeated = getattr(field, "is_repeated", None)  # protobuf >= 6; ``label`` before
     if repeated is None:
         return field.label == field.LABEL_REPEATED  # type: ignore[attr-defined]

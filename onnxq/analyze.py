@@ -156,7 +156,7 @@ def rank(layers: list[LayerMetrics]) -> list[LayerMetrics]:
 
 def format_layers(layers: list[LayerMetrics], *, top: int | None = None) -> str:
     """The ranked table the CLI prints: tensor, op, kind, SQNR (own and in the model), cosine."""
-    from .report.schema import _table, format_number
+    from .report.schema import format_number, format_table
 
     shown = layers if top is None else layers[:top]
     header = ("tensor", "op", "kind", "SQNR dB", "cosine", "model SQNR dB", "model cosine", "keep float")
@@ -166,7 +166,7 @@ def format_layers(layers: list[LayerMetrics], *, top: int | None = None) -> str:
     if any(m.framework_name for m in shown):  # the user's layer names, beside the ONNX tensor
         header = ("tensor", "layer", *header[1:])
         rows = [(row[0], m.framework_name or "-", *row[1:]) for row, m in zip(rows, shown)]
-    lines = _table(header, rows)
+    lines = format_table(header, rows)
     if top is not None and len(layers) > top:
         lines.append(f"... {len(layers) - top} more (of {len(layers)})")
     return "\n".join(lines)

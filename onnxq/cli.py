@@ -912,7 +912,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze, format_layers
-    from .report.schema import _jsonable
+    from .report.schema import to_jsonable
 
     _check_model_pair(args.float_model, args.quant_model, args.data, batch_size=args.batch_size,
                       samples=args.samples, quantized=True)
@@ -923,7 +923,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                          "give the float model and its own quantized version")
     shown = layers if args.top is None else layers[:args.top]
     if args.json:
-        print(json.dumps(_jsonable(shown), indent=2, allow_nan=False))
+        print(json.dumps(to_jsonable(shown), indent=2, allow_nan=False))
     else:
         print(format_layers(layers, top=args.top))
     return ExitCode.OK

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import onnx
 from onnx.external_data_helper import set_external_data, uses_external_data
 
-from ._graph import LARGE_MODEL_BYTES, debug_info_size, opset_version, proto_size, serialized_size
+from ._graph import LARGE_MODEL_BYTES, debug_info_size, is_repeated, opset_version, proto_size, serialized_size
 from ._graph import all_tensors as _all_tensors, initializer_tensors as _initializer_tensors
 from ._atomic import output_target
 from .errors import ConfigError, ModelError
@@ -522,7 +522,7 @@ def _hash_message(digest: hashlib._Hash, message: object) -> None:
     digest.update(b"{")
     for field, value in message.ListFields():  # type: ignore[attr-defined]
         digest.update(field.number.to_bytes(4, "little"))
-        items = value if _is_repeated(field) else [value]
+        items = value if is_repeated(field) else [value]
         for item in items:
             if field.type == field.TYPE_MESSAGE:
                 _hash_message(digest, item)
@@ -530,13 +530,6 @@ def _hash_message(digest: hashlib._Hash, message: object) -> None:
                 raw = item if isinstance(item, bytes) else repr(item).encode()
                 digest.update(b"v" + len(raw).to_bytes(8, "little") + raw)
     digest.update(b"}")
-
-
-def _is_repeated(field: object) -> bool:
-    repeated = getattr(field, "is_repeated", None)  # protobuf >= 6; ``label`` before
-    if repeated is None:
-        return field.label == field.LABEL_REPEATED  # type: ignore[attr-defined]
-    return bool(repeated)
 
 
 # ------------------------------------------------------------------------------------ helpers

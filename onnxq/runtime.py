@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ._graph import LARGE_MODEL_BYTES, _is_repeated, serialized_size
+from ._graph import LARGE_MODEL_BYTES, is_repeated, serialized_size
 from .errors import ModelError
 
 
@@ -129,7 +129,7 @@ def _copy_fields(source: object, target: object, *, skip: str) -> None:
     for field, value in source.ListFields():  # type: ignore[attr-defined]
         if field.name == skip:
             continue
-        if _is_repeated(field):
+        if is_repeated(field):
             getattr(target, field.name).extend(value)
         elif field.type == field.TYPE_MESSAGE:
             getattr(target, field.name).CopyFrom(value)

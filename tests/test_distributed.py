@@ -170,9 +170,9 @@ def test_validation_report_equal_with_uneven_shards(client: Any, data: dict[str,
 
 
 def _layers_json(layers: list[Any]) -> str:
-    from onnxq.report.schema import _jsonable
+    from onnxq.report.schema import to_jsonable
 
-    return json.dumps(_jsonable(layers), allow_nan=False)
+    return json.dumps(to_jsonable(layers), allow_nan=False)
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic"])

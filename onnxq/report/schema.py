@@ -657,7 +657,3 @@ def _step_from_dict(data: dict[str, Any]) -> FallbackStep:
         tensor=_optional_str(data.get("tensor")),
         kept=bool(data.get("kept", True)),
     )
-
-
-# The names these helpers had before they were public (still imported by cli.py and analyze.py).
-_jsonable, _to_float, _to_optional_float, _table = to_jsonable, to_float, to_optional_float, format_table
