@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .config import CalibrationMethod, Mode, QuantConfig, QuantType
 from .data import DEFAULT_BATCH_SIZE
-from .errors import ConfigError, DataError, ModelError, OnnxqError
+from .errors import ConfigError, DataError, ModelError, OnnxqError, one_line
 
 logger = logging.getLogger("onnxq")
 
@@ -575,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OnnxqError as exc:
             if args.debug:
                 traceback.print_exc()
-            print(f"onnxq: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"onnxq: error: {one_line(exc)}", file=sys.stderr)
             for node in getattr(exc, "nodes", []):  # StrictModeError: one line per float node
                 print(f"  {node.format()}", file=sys.stderr)
             return ExitCode.USAGE_ERROR
@@ -586,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # a bug: one line unless --debug
             if args.debug:
                 raise
-            print(f"onnxq: internal error: {type(exc).__name__}: {_one_line(exc) if str(exc) else ''} "
+            print(f"onnxq: internal error: {type(exc).__name__}: {one_line(exc) if str(exc) else ''} "
                   "(run with --debug for the traceback)", file=sys.stderr)
             return ExitCode.INTERNAL_ERROR
 
@@ -615,11 +615,6 @@ def _signals_as_exceptions() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines) if lines else type(exc).__name__
 
 
 def _configure_logging(quiet: bool, debug: bool) -> None:
@@ -742,7 +737,7 @@ def _metric_fn(spec: str | None) -> Any:
     try:
         func = getattr(importlib.import_module(module_name), func_name)
     except Exception as exc:  # noqa: BLE001 - ImportError, SyntaxError, or whatever the module raises: its fault
-        raise ConfigError(f"--metric-fn {spec!r}: cannot import it ({type(exc).__name__}: {_one_line(exc)})") from exc
+        raise ConfigError(f"--metric-fn {spec!r}: cannot import it ({type(exc).__name__}: {one_line(exc)})") from exc
     if not callable(func):
         raise ConfigError(f"--metric-fn {spec!r} is not a function")
     return func

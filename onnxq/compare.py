@@ -45,7 +45,7 @@ import numpy as np
 from ._junit import finish_junit as _finish_junit
 from ._junit import junit_timestamp as _junit_timestamp
 from ._junit import xml_text as _xml_text
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, one_line
 from .engine import sample_specs
 from .data import load_data
 from .latency import LatencyOptions
@@ -224,7 +224,7 @@ def junit_error(error: BaseException, path: str | os.PathLike[str] | None = None
                                quant_model=_path_or_none(quant_model), samples=None)
     case = ET.SubElement(suite, "testcase", {"classname": f"onnxq.compare.{metric}", "name": "compare",
                                              "time": f"{seconds:.3f}"})
-    element = ET.SubElement(case, "error", {"message": _xml_text(_one_line(error)), "type": type(error).__name__})
+    element = ET.SubElement(case, "error", {"message": _xml_text(one_line(error)), "type": type(error).__name__})
     element.text = _xml_text(str(error) or type(error).__name__)
     return _finish_junit(root, path)
 
@@ -418,23 +418,18 @@ def read_labels(labels: Any) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError (pickled arrays), BadZipFile, EOFError, ...
-        raise DataError(f"cannot read labels from {path}: {_one_line(exc)}") from exc
+        raise DataError(f"cannot read labels from {path}: {one_line(exc)}") from exc
 
 
 def _checked_labels(labels: Any, where: str) -> np.ndarray:
     try:
         array = np.asarray(labels)
     except Exception as exc:  # noqa: BLE001 - ragged lists and other non-arrays
-        raise DataError(f"{where}: labels must be an array of class indices ({_one_line(exc)})") from exc
+        raise DataError(f"{where}: labels must be an array of class indices ({one_line(exc)})") from exc
     if array.dtype.kind not in "iubf" or array.ndim not in (1, 2):
         raise DataError(f"{where}: labels must be class indices (one per sample) or one-hot rows, "
                         f"got {array.dtype} with shape {list(array.shape)}")
     return array
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines) if lines else type(exc).__name__
 
 
 def _metrics_text(metrics: OutputMetrics | None, report: Report) -> str:

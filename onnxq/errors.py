@@ -10,6 +10,15 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def one_line(exc: BaseException, *, limit: int | None = None) -> str:
+    """Every non-blank line of an exception's message, stripped and joined on one line (its type
+    name when the message is empty), so that the detail after the first line is kept; cut to
+    ``limit`` characters, ending in ``...``, when given."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines) if lines else type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
 class OnnxqError(Exception):
     """Base class of every error onnxq raises on purpose (bad input, impossible request)."""
 

@@ -22,7 +22,7 @@ from onnx.external_data_helper import set_external_data, uses_external_data
 from ._graph import LARGE_MODEL_BYTES, debug_info_size, is_repeated, opset_version, proto_size, serialized_size
 from ._graph import all_tensors as _all_tensors, initializer_tensors as _initializer_tensors
 from ._atomic import output_target
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, one_line
 from .summary import ModelSummary, TensorInfo, summarize  # re-exported; summary.py never imports model.py
 
 __all__ = [
@@ -50,6 +50,9 @@ _EXTERNAL_ALIGNMENT = 4096
 
 #: Messages up to this size are hashed in one serialization; larger ones field by field.
 _HASH_CHUNK_BYTES = 2**30
+
+#: Longest error detail quoted from a library (the checker's messages run to several lines).
+_MESSAGE_CHARS = 400
 
 _PathLike = str | os.PathLike
 
@@ -129,7 +132,8 @@ def _read_structure(source: object) -> tuple[onnx.ModelProto, Path, str]:
     try:
         model = onnx.load_model(os.fspath(path), format="protobuf", load_external_data=False)
     except Exception as exc:  # protobuf DecodeError, OSError, ...
-        raise ModelError(f"cannot read model {label}: not an ONNX file ({_one_line(exc)})") from exc
+        raise ModelError(f"cannot read model {label}: not an ONNX file "
+                         f"({one_line(exc, limit=_MESSAGE_CHARS)})") from exc
     if not model.HasField("graph"):
         reason = "empty file" if path.stat().st_size == 0 else "no graph"
         raise ModelError(f"cannot read model {label}: not an ONNX file ({reason})")
@@ -151,7 +155,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path, label: str) -> None:
         except OSError as exc:
             raise ModelError(
                 f"cannot read model {label}: cannot read external data of tensor "
-                f"'{tensor.name}' ({_one_line(exc)})") from exc
+                f"'{tensor.name}' ({one_line(exc, limit=_MESSAGE_CHARS)})") from exc
         tensor.raw_data = data
         tensor.ClearField("data_location")
         del tensor.external_data[:]
@@ -173,7 +177,7 @@ def _external_ref(tensor: onnx.TensorProto, base: Path, label: str) -> tuple[Pat
         folder = base.resolve()
         file = (base / location).resolve()
     except (OSError, RuntimeError) as exc:  # a symbolic link loop
-        raise ModelError(f"{where}: cannot resolve '{location}' ({_one_line(exc)})") from exc
+        raise ModelError(f"{where}: cannot resolve '{location}' ({one_line(exc, limit=_MESSAGE_CHARS)})") from exc
     if folder not in file.parents:
         raise ModelError(f"{where} points outside the model's folder: '{location}' (refused)")
     if not file.is_file():
@@ -204,7 +208,7 @@ def _check(model: onnx.ModelProto, path: Path | None, label: str) -> None:
     except ModelError:
         raise
     except Exception as exc:  # ValidationError and the C++ checker's other failures
-        raise ModelError(f"model {label} is not valid ONNX: {_one_line(exc)}") from exc
+        raise ModelError(f"model {label} is not valid ONNX: {one_line(exc, limit=_MESSAGE_CHARS)}") from exc
     newest = onnx.defs.onnx_opset_version()
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx") and entry.version > newest:
@@ -248,7 +252,7 @@ def ensure_opset(model: onnx.ModelProto, minimum: int = 13) -> onnx.ModelProto:
     except Exception as exc:
         raise ModelError(
             f"cannot convert the model from opset {current} to opset {minimum}: "
-            f"{_one_line(exc)}") from exc
+            f"{one_line(exc, limit=_MESSAGE_CHARS)}") from exc
 
 
 # --------------------------------------------------------------------------------------- save
@@ -326,7 +330,7 @@ def save_model(model: onnx.ModelProto, path: _PathLike, *,
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"cannot save model to {label}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot save model to {label}: {one_line(exc, limit=_MESSAGE_CHARS)}") from exc
     logger.debug("saved model %s%s", label, f" with external data '{data_name}'" if large else "")
     return Path(path)
 
@@ -495,7 +499,8 @@ def model_size(model_or_path: onnx.ModelProto | _PathLike, *, debug_info: bool =
     try:
         header = onnx.load_model(os.fspath(path), format="protobuf", load_external_data=False)
     except Exception as exc:
-        raise ModelError(f"cannot read model {label}: not an ONNX file ({_one_line(exc)})") from exc
+        raise ModelError(f"cannot read model {label}: not an ONNX file "
+                         f"({one_line(exc, limit=_MESSAGE_CHARS)})") from exc
     files = {_external_ref(t, path.parent, label)[0]
              for t in _all_tensors(header) if uses_external_data(t)}
     debug = 0 if debug_info else debug_info_size(header)
@@ -530,13 +535,3 @@ def _hash_message(digest: hashlib._Hash, message: object) -> None:
                 raw = item if isinstance(item, bytes) else repr(item).encode()
                 digest.update(b"v" + len(raw).to_bytes(8, "little") + raw)
     digest.update(b"}")
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line (the checker's are several)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = " ".join(lines) if lines else type(exc).__name__
-    return text if len(text) <= 400 else text[:397] + "..."

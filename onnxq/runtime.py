@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from ._graph import LARGE_MODEL_BYTES, is_repeated, serialized_size
-from .errors import ModelError
+from .errors import ModelError, one_line
 
 
 def create_session(model: onnx.ModelProto | str | os.PathLike[str], *, threads: int | None = None,
@@ -45,7 +45,7 @@ def create_session(model: onnx.ModelProto | str | os.PathLike[str], *, threads: 
             return _large_session(model, options, providers)
         return ort.InferenceSession(os.fspath(model), options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-        raise ModelError(f"ONNX Runtime cannot load the model: {ort_detail(exc)}") from exc
+        raise ModelError(f"ONNX Runtime cannot load the model: {one_line(exc)}") from exc
 
 
 def session_inputs(model: onnx.ModelProto) -> tuple[bytes, list[str], list[ort.OrtValue]]:
@@ -143,11 +143,4 @@ def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
     try:
         return session.run(output_names, feeds)
     except Exception as exc:
-        raise ModelError(f"ONNX Runtime failed to run the model: {ort_detail(exc)}") from exc
-
-
-def ort_detail(exc: BaseException) -> str:
-    """Every line of ONNX Runtime's message joined on one line, so that the detail after the first
-    line ("index: 0 Got: 3 Expected: 4") is kept."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines) if lines else type(exc).__name__
+        raise ModelError(f"ONNX Runtime failed to run the model: {one_line(exc)}") from exc
