@@ -54,6 +54,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .data import DEFAULT_BATCH_SIZE
 from .engine import Runner, StreamBatch, stream, tapped
 from .errors import DataError, ModelError
 from .names import framework_names
@@ -91,7 +92,7 @@ class _Activation:
 
 def analyze(float_model: onnx.ModelProto | str | os.PathLike[str],
             quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any = None, *,
-            batch_size: int = 8, limit: int | None = None, progress: bool = False,
+            batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None, progress: bool = False,
             client: Any = None) -> list[LayerMetrics]:
     """Measure the error quantization adds at every quantized activation and weight, worst first.
 

@@ -47,7 +47,7 @@ from ._junit import junit_timestamp as _junit_timestamp
 from ._junit import xml_text as _xml_text
 from .errors import ConfigError, DataError, one_line
 from .engine import sample_specs
-from .data import load_data
+from .data import DEFAULT_BATCH_SIZE, load_data
 from .latency import LatencyOptions
 from .metrics import Metric, get_metric
 from .model import load_model, load_model_header
@@ -230,7 +230,8 @@ def junit_error(error: BaseException, path: str | os.PathLike[str] | None = None
 
 
 def compare(float_model: Any, quant_model: Any, data: Any, *, metric: str = "cosine", threshold: float,
-            labels: Any = None, batch_size: int = 8, limit: int | None = None, threads: int | None = None,
+            labels: Any = None, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,
+            threads: int | None = None,
             latency: bool | LatencyOptions = False, progress: bool = False, client: Any = None) -> Comparison:
     """Validate ``quant_model`` against ``float_model`` on ``data`` and check every output.
 

@@ -23,6 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from .calibration.histograms import estimated_sqnr_db, tensor_histograms, tensor_names
+from .data import DEFAULT_BATCH_SIZE
 from .engine import StreamBatch, pair_runners, stream
 from .errors import ConfigError
 from .model import load_model
@@ -67,7 +68,7 @@ class Collected:
 def html_report(float_model: onnx.ModelProto | str | os.PathLike[str],
                 quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any,
                 path: str | os.PathLike[str], *, report: Report | None = None, ranges: Any = None,
-                calibration: Any = None, batch_size: int = 8, max_samples: int = 256, worst: int = 6,
+                calibration: Any = None, batch_size: int = DEFAULT_BATCH_SIZE, max_samples: int = 256, worst: int = 6,
                 max_points: int = 2000, num_bins: int = 2048, progress: bool = False,
                 scatter: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                 collected: Collected | None = None) -> Path:
@@ -124,7 +125,8 @@ def html_report(float_model: onnx.ModelProto | str | os.PathLike[str],
 
 
 def gather_evidence(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Any, *, report: Report,
-                    ranges: Any = None, calibration: Any = None, batch_size: int = 8, max_samples: int = 256,
+                    ranges: Any = None, calibration: Any = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                    max_samples: int = 256,
                     worst: int = 6, max_points: int = 2000, num_bins: int = 2048, progress: bool = False,
                     scatter: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
                     observed: Mapping[str, Any] | None = None) -> Evidence:
@@ -208,7 +210,8 @@ class ScatterSample:
 
 def collect_scatter(float_model: onnx.ModelProto | str | os.PathLike[str],
                     quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
-                    max_points: int = 2000, batch_size: int = 8, limit: int | None = None, seed: int = 0,
+                    max_points: int = 2000, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,
+                    seed: int = 0,
                     progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A uniform random subsample of paired float/quantized output values, streamed (see :class:`ScatterSample`).
 

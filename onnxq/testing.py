@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .data import DEFAULT_BATCH_SIZE
 from .engine import StreamBatch, pair_runners, stream
 from .errors import ConfigError
 from .metrics import METRICS, Metric, get_metric
@@ -37,7 +38,7 @@ __all__ = ["assert_quantized_close"]
 def assert_quantized_close(float_model: onnx.ModelProto | str | os.PathLike[str],
                            quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
                            metric: str = "cosine", threshold: float = 0.99,
-                           outputs: Sequence[str] | None = None, batch_size: int = 8,
+                           outputs: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                            limit: int | None = None) -> dict[str, float]:
     """Assert that every (chosen) output of ``quant_model`` stays close to ``float_model``.
 

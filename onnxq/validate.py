@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .data import DEFAULT_BATCH_SIZE
 from .errors import ConfigError, DataError, ModelError
 from .latency import LatencyOptions, latency_options, measure_latency
 from .report.schema import LatencyMetrics, OutputMetrics, Report
@@ -317,7 +318,8 @@ class PairMetrics:
         return self.notes
 
 
-def evaluation_data(data: Any, model: onnx.ModelProto, *, batch_size: int = 8, limit: int | None = None) -> Any:
+def evaluation_data(data: Any, model: onnx.ModelProto, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                    limit: int | None = None) -> Any:
     """Evaluation batches for ``model``: a ``Dataset`` keeps its batching (``limit`` applied); any
     other object with ``batches()`` is used as is; anything else is loaded keeping every sample
     (a fixed batch size is honoured by the engine, which pads the remainder)."""
@@ -332,7 +334,7 @@ def evaluation_data(data: Any, model: onnx.ModelProto, *, batch_size: int = 8, l
 
 def validate(float_model: onnx.ModelProto | str | os.PathLike[str],
              quant_model: onnx.ModelProto | str | os.PathLike[str], data: Any, *,
-             batch_size: int = 8, limit: int | None = None, latency: bool | LatencyOptions = True,
+             batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None, latency: bool | LatencyOptions = True,
              latency_runs: int | None = None, threads: int | None = None, progress: bool = False,
              consumers: Sequence[Callable[[StreamBatch], None]] = (),
              float_runner: Runner | None = None) -> Report:
