@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import onnx
 
-from .errors import AdapterError, OnnxqError
+from .errors import AdapterError, OnnxqError, first_line
 from .summary import TensorInfo
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def available_adapters() -> list[Adapter]:
             adapter = entry.load()()
         except Exception as exc:  # a broken plug-in must not break the host
             logger.warning("onnxq adapter %r could not be loaded and is skipped: %s", entry.name,
-                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                           first_line(exc))
             continue
         if not isinstance(adapter, Adapter):
             logger.warning("onnxq adapter %r does not satisfy the Adapter protocol; skipped", entry.name)

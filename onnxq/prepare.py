@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from .config import Mode, QuantConfig
 from ._graph import LARGE_MODEL_BYTES, serialized_size
-from .errors import ModelError, QuantizationError
+from .errors import ModelError, QuantizationError, first_line
 from ._quiet import captured_output
 from .model import ensure_opset, load_model
 from .runtime import session_inputs
@@ -134,7 +134,7 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # models > 2 GB or with unknown custom ops
-        logger.warning("ONNX shape inference failed (%s); continuing without it", str(exc).splitlines()[0])
+        logger.warning("ONNX shape inference failed (%s); continuing without it", first_line(exc))
         return model
 
 
@@ -156,13 +156,13 @@ def _basic_optimise(model: onnx.ModelProto) -> onnx.ModelProto:
         try:
             session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ModelError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from exc
+            raise ModelError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from exc
         del session, data, values
         if large:  # in memory, shape inference cannot serialize a > 2 GB model; by path it can
             try:
                 onnx.shape_inference.infer_shapes_path(str(target), str(target))
             except Exception as exc:  # noqa: BLE001 - best effort, as in memory
-                logger.warning("ONNX shape inference failed (%s); continuing without it", str(exc).splitlines()[0])
+                logger.warning("ONNX shape inference failed (%s); continuing without it", first_line(exc))
         return load_model(target, check=False)
 
 

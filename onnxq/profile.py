@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, first_line
 from .latency import LatencyOptions, interleaved_times
 from .plan import QuantPlan
 from .runtime import run
@@ -230,7 +230,7 @@ def _profile(models: list[onnx.ModelProto], feeds: Mapping[str, np.ndarray], thr
                 sessions.append(ort.InferenceSession(model.SerializeToString(), options,
                                                      providers=["CPUExecutionProvider"]))
             except Exception as exc:  # ORT's own exception types
-                raise ModelError(f"ONNX Runtime cannot profile the model: {str(exc).splitlines()[0]}") from exc
+                raise ModelError(f"ONNX Runtime cannot profile the model: {first_line(exc)}") from exc
         batch = dict(feeds)
         for _ in range(runs + 1):
             for session in sessions:
