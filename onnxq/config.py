@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from .data import DEFAULT_BATCH_SIZE
 from .errors import ConfigError
 from .hardware import saturates_u8s8
 from .metrics import parse_target
@@ -152,7 +153,7 @@ class QuantConfig:
     smooth_alpha: float | None = 0.75
     quantize_conv_dynamic: bool = False
     samples: int | None = None
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
     shuffle: bool = False
     io_type: QuantType | None = None
