@@ -44,6 +44,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE_ERROR, f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
 
 
+class _ReportPath(argparse.Action):
+    """``--report FILE`` (JSON or HTML by its suffix); spelled ``--html`` it must name an HTML file."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string == "--html" and Path(str(values)).suffix.lower() not in (".html", ".htm"):
+            parser.error(f"--html expects a file name ending in .html or .htm, got {values!r} "
+                         "(--report FILE.json writes JSON)")
+        setattr(namespace, self.dest, values)
+
+
 def _int_in(low: int | None, high: int) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high] (``low=None``: the upper bound only; QuantConfig
     checks the lower one with its own message)."""
@@ -212,9 +223,10 @@ def _add_quantize(sub: Any, common: argparse.ArgumentParser) -> argparse.Argumen
     g = _groups(q, "quantize")
     g["output"].add_argument("-o", "--output", required=True, metavar="OUT",
                              help="where to write the quantized model")
-    g["output"].add_argument("--report", metavar="FILE.json|FILE.html",
+    g["output"].add_argument("--report", "--html", metavar="FILE.json|FILE.html", action=_ReportPath,
                              help="write the validation report: a self-contained HTML page with plots when the "
-                                  "name ends in .html/.htm (needs matplotlib), JSON otherwise")
+                                  "name ends in .html/.htm (needs matplotlib), JSON otherwise; --html FILE.html "
+                                  "as in `onnxq validate`")
     _add_quantize_data(g["data"])
     _add_quantize_method(g["quantization"])
     _add_quantize_float_modes(g["float16 & weight-only"])

@@ -675,3 +675,19 @@ def test_console_script_debug_shows_traceback(onnxq_script: Path, cnn_files: Cnn
     assert "Traceback (most recent call last)" in result.stderr
     assert "DataError: data path 'missing.npz' does not exist" in result.stderr
     assert_nothing_left(cnn_files.folder, before, out)
+
+
+def test_html_spells_an_html_report_like_validate(run_cli: RunCli, cnn_files: CnnFiles) -> None:
+    """`quantize --html r.html` is `--report r.html` (validate's word); `--html r.json` is refused before any work."""
+    from onnxq.cli import build_parser
+
+    parsed = build_parser().parse_args(["quantize", "m.onnx", "-o", "q.onnx", "--html", "r.html"])
+    assert parsed.report == "r.html"
+    assert build_parser().parse_args(["quantize", "m.onnx", "-o", "q.onnx", "--report", "r.json"]).report == "r.json"
+    out, report = cnn_files.folder / "q_html.onnx", cnn_files.folder / "r_html.json"
+    before = listing(cnn_files.folder)
+    code, _, err = run_cli("quantize", cnn_files.model, "-o", out, "--calib", cnn_files.calib, "--html", report, *FAST)
+    assert code == ExitCode.USAGE_ERROR and len(err.splitlines()) == 1, err
+    assert err.startswith("onnxq quantize: error: --html expects a file name ending in .html or .htm") and \
+        "--report FILE.json writes JSON" in err
+    assert listing(cnn_files.folder) == before
