@@ -1,13 +1,16 @@
 """Adapter conformance: every installed adapter (entry-point group ``onnxq.adapters``) passes the same checks.
 
 An adapter claims its own model files, objects and data and nobody else's, exports a tiny model to a
-valid ONNX model whose outputs match the framework, describes its inputs (where it implements
-``describe_inputs``), refuses bad input with onnxq's one-line error type, and never imports another
-framework.
+valid ONNX model whose outputs match the framework, describes its inputs (``describe_inputs``, which
+lets onnxq check input names before a slow export), refuses bad input with onnxq's one-line error type,
+and never imports another framework.
+
+An installed adapter that does not load, or has no case in :data:`CASES`, fails these checks; only an
+adapter the user disabled (``ONNXQ_DISABLE_ADAPTERS``) is skipped.
 
 The checks need a tiny model per framework: :data:`CASES` maps an adapter's name to a function
 building its :class:`Case`. A third-party adapter is checked by adding its case there (the checks
-that need no model -- the protocol, refusing plain objects and numpy data -- run for it anyway).
+that need no model -- the protocol, refusing plain objects and numpy data -- run without it).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxq.adapters import ENTRY_POINT_GROUP, Adapter, ExportResult, available_adapters, describe_inputs
+from onnxq.adapters import DISABLE_ENV, ENTRY_POINT_GROUP, Adapter, ExportResult, available_adapters, describe_inputs
 from onnxq.errors import OnnxqError
 from onnxq.feeds import load_data
 
@@ -99,6 +102,9 @@ def _keras_case(folder: Path) -> Case:
 
 #: Adapter name -> builds its case in a given folder.
 CASES: dict[str, Callable[[Path], Case]] = {"torch": _torch_case, "keras": _keras_case}
+#: Top-level modules of the frameworks an adapter might import: an adapter may import only its own.
+FRAMEWORK_MODULES = frozenset({"torch", "tensorflow", "keras", "tf_keras", "tf2onnx", "jax", "flax", "paddle",
+                               "mxnet"})
 #: The installed adapters, by entry-point name (loaded only by the fixtures).
 NAMES = sorted({entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)})
 
@@ -122,13 +128,16 @@ def exports(adapters: dict[str, Adapter], cases: dict[str, Case]) -> dict[str, E
 
 def _adapter(adapters: dict[str, Adapter], name: str) -> Adapter:
     if name not in adapters:
-        pytest.skip(f"adapter {name!r} is disabled or could not be loaded")
+        disabled = {part.strip() for part in os.environ.get(DISABLE_ENV, "").split(",")}
+        if disabled & {name, "all", "1"}:
+            pytest.skip(f"adapter {name!r} is disabled by {DISABLE_ENV}")
+        pytest.fail(f"adapter {name!r} is installed but could not be loaded (see the logged warning)")
     return adapters[name]
 
 
 def _case(cases: dict[str, Case], name: str) -> Case:
     if name not in cases:
-        pytest.skip(f"no conformance case for adapter {name!r}: add one to CASES")
+        pytest.fail(f"adapter {name!r} has no conformance case: add one to CASES")
     return cases[name]
 
 
@@ -200,8 +209,7 @@ def test_framework_data_becomes_feeds(adapters: dict[str, Adapter], cases: dict[
 def test_describes_the_inputs_of_its_file(adapters: dict[str, Adapter], cases: dict[str, Case],
                                           exports: dict[str, ExportResult], name: str) -> None:
     adapter, case = _adapter(adapters, name), _case(cases, name)
-    if not hasattr(adapter, "describe_inputs"):
-        pytest.skip(f"adapter {name!r} does not implement describe_inputs")
+    assert hasattr(adapter, "describe_inputs"), f"adapter {name!r} does not implement describe_inputs"
     described = describe_inputs(adapter, adapter.load(case.file))
     assert described is not None, f"{name} cannot describe the inputs of {case.file.name}"
     exported = exports[name].model.graph.input
@@ -242,10 +250,8 @@ print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
 @pytest.mark.parametrize("name", NAMES)
 def test_never_imports_another_framework(adapters: dict[str, Adapter], cases: dict[str, Case], name: str) -> None:
     """In a fresh process that uses this adapter only (load, data, describe, export)."""
-    _case(cases, name)
-    others = {m for other, case in cases.items() if other != name for m in case.modules}
-    if not others:
-        pytest.skip("no other framework's case to check against")
+    own = _case(cases, name).modules
+    others = (FRAMEWORK_MODULES | {m for case in cases.values() for m in case.modules}) - set(own)
     done = subprocess.run([sys.executable, "-c", _ISOLATED.format(tests=str(HERE), name=name)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
