@@ -107,14 +107,15 @@ def describe_inputs(adapter: Adapter, obj: Any, options: dict[str, Any] | None =
         return None
 
 
-def _disabled() -> set[str]:
+def disabled_adapters() -> set[str]:
+    """The adapter names the user switched off in ``ONNXQ_DISABLE_ADAPTERS`` (``all`` or ``1``: every one)."""
     value = os.environ.get(DISABLE_ENV, "")
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
 def available_adapters() -> list[Adapter]:
     """Installed, enabled adapters; a broken one is logged and skipped, never fatal."""
-    disabled = _disabled()
+    disabled = disabled_adapters()
     if "all" in disabled or "1" in disabled:
         return []
     adapters: list[Adapter] = []

@@ -29,7 +29,8 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxq.adapters import DISABLE_ENV, ENTRY_POINT_GROUP, Adapter, ExportResult, available_adapters, describe_inputs
+from onnxq.adapters import (DISABLE_ENV, ENTRY_POINT_GROUP, Adapter, ExportResult, available_adapters, describe_inputs,
+                            disabled_adapters)
 from onnxq.errors import OnnxqError
 from onnxq.feeds import load_data
 
@@ -128,8 +129,7 @@ def exports(adapters: dict[str, Adapter], cases: dict[str, Case]) -> dict[str, E
 
 def _adapter(adapters: dict[str, Adapter], name: str) -> Adapter:
     if name not in adapters:
-        disabled = {part.strip() for part in os.environ.get(DISABLE_ENV, "").split(",")}
-        if disabled & {name, "all", "1"}:
+        if disabled_adapters() & {name, "all", "1"}:
             pytest.skip(f"adapter {name!r} is disabled by {DISABLE_ENV}")
         pytest.fail(f"adapter {name!r} is installed but could not be loaded (see the logged warning)")
     return adapters[name]
