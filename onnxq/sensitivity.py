@@ -401,6 +401,7 @@ def node_sensitivities(reference_model: onnx.ModelProto, emulation: onnx.ModelPr
     """
     runs = runs or GatedRuns(reference_model, emulation, gates, data, samples)
     base = runs.error(())
+    gates = runs.gates
     candidates = sorted((n for n in nodes if gates.get(n) in runs.position), key=lambda n: runs.position[gates[n]])
     if screen and len(candidates) > 4 * SCREEN_MIN_GROUPS:
         candidates = _screened(candidates, lambda group: base - runs.error(group), progress)
@@ -449,11 +450,12 @@ class ErrorSplit:
 SPREAD_SHARE = 0.8
 
 
-def error_split(runs: GatedRuns) -> ErrorSplit:
-    """Two runs of ``runs``: every node gate off, then every activation gate off."""
+def error_split(runs: GatedRuns, base: float | None = None) -> ErrorSplit:
+    """Two runs of ``runs``: every node gate off, then every activation gate off (and a third for the
+    all-int8 error when ``base``, as :func:`node_sensitivities` returns it, is not given)."""
     tensors = [key for key in runs.gates if key.startswith(TENSOR_GATE)]
     nodes = [key for key in runs.gates if not key.startswith(TENSOR_GATE)]
-    return ErrorSplit(runs.error(()), runs.error(nodes), runs.error(tensors), runs.samples)
+    return ErrorSplit(runs.error(()) if base is None else base, runs.error(nodes), runs.error(tensors), runs.samples)
 
 
 #: Screening keeps the groups holding this share of the summed positive group gain ...

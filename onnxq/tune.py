@@ -402,7 +402,7 @@ def sensitivity_ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto,
         else:
             weight = next((i for i in by_name[entry.node].input if i in constants), None) if entry.node in by_name else None
             candidates.append(Candidate(entry.node, [entry.node], weight, f"node {entry.node}: {share}"))
-    split = error_split(runs)
+    split = error_split(runs, base)
     logger.info("fallback ranking: revert-one sensitivity of %d entries on %d samples in %.1f s; %s",
                 len(ranked), samples, time.monotonic() - started, split.describe())
     return candidates, split
