@@ -401,11 +401,15 @@ class TappedModel:
                     observers[name].update(values[name])
             bad = []
             for name, (low_name, high_name, sum_name, size_name) in self.reduced.items():
+                size, dtype = int(values[size_name]), values[low_name].dtype
+                if not size:  # what update() sees of an empty tensor (no extremes to reduce)
+                    observers[name].update(np.empty(0, dtype))
+                    continue
                 low, high, total = float(values[low_name]), float(values[high_name]), float(values[sum_name])
                 # ReduceMin/Max may step over NaN; a finite sum proves there is no NaN or inf
                 if -_FLOAT32_MAX <= low <= high <= _FLOAT32_MAX and math.isfinite(total):
-                    observers[name].update_extremes(low, high, int(values[size_name]))  # type: ignore[attr-defined]
-                elif int(values[size_name]):
+                    observers[name].update_extremes(low, high, size, dtype.str)  # type: ignore[attr-defined]
+                else:
                     bad.append(name)
             if bad:  # NaN / inf somewhere: the exact slow path for this batch
                 again = dict(zip(self._rerun_runner().outputs, self._rerun_runner().run(batch.inputs)))

@@ -54,6 +54,24 @@ def test_non_finite_values_are_skipped_as_with_full_taps() -> None:
     assert reduced[CNN_INPUT].nonfinite == 2
 
 
+def test_in_graph_extremes_equal_full_taps_for_the_histogram_replay() -> None:
+    """Pass 1 of sharded histogram calibration records each batch's extremes in the graph: the same
+    records (low, high, count, non-finite, dtype) as full taps, non-finite values included."""
+    from onnxq.distributed._replay import Extremes
+
+    model = make_cnn_model()
+    data = _batches()
+    data[1][CNN_INPUT][0, 0, 0, 0] = np.nan
+    data[3][CNN_INPUT][2, 0, 1, 1] = -np.inf
+    reduced, _ = observe(model, data, TENSORS, Extremes, reduce=True)
+    full, _ = observe(model, data, TENSORS, Extremes, reduce=False)
+    for name in TENSORS:
+        assert reduced[name].batches == full[name].batches, name
+        assert reduced[name].count == full[name].count
+    assert [b[3] for b in reduced[CNN_INPUT].batches] == [0, 1, 0, 1]
+    assert {b[4] for b in reduced["logits"].batches} == {"<f4"}
+
+
 def test_minmax_calibration_ranges_unchanged() -> None:
     """collect_ranges (in-graph reductions) gives the ranges of full taps + numpy, bit for bit."""
     model = make_cnn_model()

@@ -144,11 +144,12 @@ class MinMaxObserver:
         if batch.values.size:
             self.update_extremes(batch.low, batch.high, batch.values.size)
 
-    def update_extremes(self, low: float, high: float, count: int) -> None:
+    def update_extremes(self, low: float, high: float, count: int, dtype: str = "<f4") -> None:
         """Fold one batch given only its extremes and size (every value finite, within float32's range).
 
         The same as :meth:`update` on that batch: the engine reduces tensors inside the ONNX graph
         (ReduceMin / ReduceMax) and hands over two scalars instead of the whole activation.
+        ``dtype`` (the tensor's numpy dtype string) is not needed here; other observers record it.
         """
         if self.moving_average and self.batches:
             c = self.averaging_constant

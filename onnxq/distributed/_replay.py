@@ -56,6 +56,11 @@ class Extremes:
         self.batches.append((low, high, int(flat.size), nonfinite, flat.dtype.str))
         self.count += int(flat.size)
 
+    def update_extremes(self, low: float, high: float, count: int, dtype: str = "<f4") -> None:
+        """Record one batch reduced inside the graph (every value finite; float32 or float64 ``dtype``)."""
+        self.batches.append((low, high, int(count), 0, dtype))
+        self.count += int(count)
+
     def merge(self, other: Extremes) -> None:
         """Append the batches of the shard that follows."""
         self.batches.extend(other.batches)

@@ -14,7 +14,8 @@ Equality with the single-process ranges -- identical, bit for bit, for every met
 * ``minmax`` with moving average: one pass that records each batch's extremes; the client replays
   the moving average over them in the single-process batch order.
 * ``entropy``, ``percentile``, ``mse``: two passes (:mod:`onnxq.distributed._replay`): the first
-  records each batch's extremes, the client replays how the single-process histogram grid grows,
+  records each batch's extremes (reduced inside the graph, as MinMax calibration does: two scalars
+  per tensor and batch leave ONNX Runtime), the client replays how the single-process histogram grid grows,
   and the second bins each batch on the grid the single process binned it on and maps the counts
   to the final grid by the same integer re-binning. The histogram is the single-process histogram
   bin for bin, so every estimator gives the same range. (Merging independently grown shard
@@ -91,7 +92,7 @@ def collect_ranges(client: Any, model: onnx.ModelProto, data: Dataset, tensors: 
             results = run.map(_observe_shard, lambda: make_observer(config), "calibrating", reduce=True)
             observers = merge_observers(r.observers for r in results)  # in shard order
             return ranges_from_observers(observers, sum(r.samples for r in results), config), timings(results)
-        first = run.map(_observe_shard, Extremes, "calibrating (1/2)")
+        first = run.map(_observe_shard, Extremes, "calibrating (1/2)", reduce=True)  # extremes in the graph
         lengths = {r.index: {t: len(e.batches) for t, e in r.observers.items()} for r in first}
         extremes = merge_observers(r.observers for r in first)  # (merges into the first shard's)
         samples = sum(r.samples for r in first)
@@ -161,8 +162,8 @@ def _observe_shard(shard: Shard, shard_plans: dict[str, Plan] | None, payload: b
     """Worker side: stream one shard through the tapped model, as the single-process run does.
 
     ``factory`` makes each tensor's observer; with ``shard_plans`` (pass 2) it is the
-    :class:`Binner` class and gets each tensor's grids. ``reduce``: MinMax extremes inside the graph,
-    as the single-process MinMax calibration does.
+    :class:`Binner` class and gets each tensor's grids. ``reduce``: each batch's extremes inside the graph
+    (MinMax, and pass 1 of the histogram methods), as the single-process MinMax calibration does.
     """
     start = time.perf_counter()
     made = iter([Binner(shard_plans[t]) for t in tensors]) if shard_plans is not None else None
