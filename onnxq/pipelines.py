@@ -155,12 +155,14 @@ def static(job: Job) -> Built:
     stopwatch.lap("calibrate" if job.ranges is None else None)
     plan = refine_plan(plan, model, ranges)
     recipe = Recipe(model, ranges, config, qat=job.qat)
+    built: onnx.ModelProto | None = None
     if job.calibration is not None and not job.qat:
-        recipe = _correct_biases(recipe, plan, job, passes)
-        recipe = _round_weights(recipe, plan, job, passes)
+        recipe, built = _correct_biases(recipe, plan, job, passes)
+        if job.config.weight_rounding == "adaptive":
+            recipe, built = _round_weights(recipe, plan, job, passes), None
         stopwatch.lap("passes")
-    quantized = recipe.build(plan)
-    stopwatch.lap("rewrite")
+    quantized = built if built is not None else recipe.build(plan)
+    stopwatch.lap("rewrite" if built is None else None)  # else: the bias-correction pass rewrote it
     return Built(plan, quantized, ranges, recipe, passes, stopwatch.timings)
 
 
@@ -308,19 +310,33 @@ def _equalize(model: onnx.ModelProto, job: Job, passes: list[PassRecord]) -> onn
     return model
 
 
-def _correct_biases(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassRecord]) -> Recipe:
-    """Fold the quantized weights' expected output error into the float biases."""
+def _correct_biases(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassRecord]
+                    ) -> tuple[Recipe, onnx.ModelProto | None]:
+    """Fold the quantized weights' expected output error into the float biases.
+
+    Returns the recipe of the corrected model and, when the pass's last rewrite (the one it verified)
+    is the graph ``recipe.build(plan)`` would make, that graph: the pipeline does not build it twice.
+    """
     asked = job.config.bias_correction
     if asked is False or (asked is None and is_transformer(recipe.model)):
-        return recipe
+        return recipe, None
     if asked is None and job.config.weight_rounding == "adaptive":
-        return recipe  # adaptive rounding already removes the error; on top of it the correction costs accuracy
+        return recipe, None  # adaptive rounding already removes the error; on top of it the correction costs accuracy
     from .passes.bias_correction import correct_biases
 
-    model, record = _timed(lambda: correct_biases(recipe.model, job.calibration, _builder(recipe, plan),
-                                                  progress=job.progress))
+    build, last = _builder(recipe, plan), {}
+
+    def remembered(model: onnx.ModelProto) -> onnx.ModelProto:
+        last["model"], last["quantized"] = model, build(model)
+        return last["quantized"]
+
+    model, record = _timed(lambda: correct_biases(recipe.model, job.calibration, remembered, progress=job.progress))
     passes.append(record)
-    return replace(recipe, model=model, unbiased=recipe.model)
+    corrected = replace(recipe, model=model, unbiased=recipe.model)
+    # the same graph when the pass last rewrote this very model and no corrected node is kept float
+    # (Recipe.build gives a float node its own bias back; a corrected node is always quantized here)
+    same = last.get("model") is model and set(record.changed) <= set(plan.nodes_to_quantize)
+    return corrected, last["quantized"] if same else None
 
 
 def _round_weights(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassRecord]) -> Recipe:

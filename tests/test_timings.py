@@ -61,3 +61,26 @@ def test_a_target_run_validates_the_final_model_once(monkeypatch: pytest.MonkeyP
     assert result.report.target_met is True and len(calls) == 1
     assert result.report.samples == 32 and result.report.latency is not None
     assert "tune" in result.report.timings and "latency" in result.report.timings
+
+
+def test_bias_correction_rewrite_is_not_built_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bias-correction pass rewrites the corrected model to verify it; that graph is the final one,
+    so the pipeline reuses it (2 rewrites in all, not 3), byte for byte what a third build gives."""
+    import onnxq.pipelines as pipelines
+
+    calls = []
+    real_rewrite, real_correct = pipelines.rewrite.quantize_static, pipelines._correct_biases
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real_rewrite(*args, **kwargs)
+
+    monkeypatch.setattr(pipelines.rewrite, "quantize_static", counting)
+    model, data = make_cnn_model(), {CNN_INPUT: make_images(32)}
+    reused = quantize(model, data, latency=False)
+    assert [p["name"] for p in reused.report.passes] == ["bias_correction"] and reused.report.passes[0]["changed"]
+    assert len(calls) == 2 and "rewrite" not in reused.report.timings
+    monkeypatch.setattr(pipelines, "_correct_biases", lambda *a, **k: (real_correct(*a, **k)[0], None))
+    rebuilt = quantize(model, data, latency=False)
+    assert len(calls) == 5 and "rewrite" in rebuilt.report.timings
+    assert rebuilt.model.SerializeToString() == reused.model.SerializeToString()
