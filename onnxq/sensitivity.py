@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ from .validate import is_class_scores
 logger = logging.getLogger(__name__)
 
 __all__ = ["TENSOR_GATE", "ErrorSplit", "GatedRuns", "Sensitivity", "emulation_model", "error_split",
-           "node_sensitivities", "output_error"]
+           "gated_error", "node_sensitivities", "output_error"]
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _GATE = "onnxq_gate::"
@@ -375,11 +375,26 @@ class GatedRuns:
 
     def error(self, off: Iterable[str] = ()) -> float:
         """The output error with the gates of ``off`` (keys of ``gates``) off and every other on."""
-        switch = {g: np.array(True) for g in self.gates.values()}
-        for key in off:
-            switch[self.gates[key]] = np.array(False)
-        outputs = [run(self.session, {**feeds, **switch})[:len(self.reference[0])] for feeds in self.batches]
-        return output_error(self.reference, outputs)
+        return gated_error(self.session, self.batches, self.reference, self.gates, off)
+
+    def errors(self, offs: Sequence[Sequence[str]], *, desc: str = "sensitivity", progress: bool = False
+               ) -> list[float]:
+        """:meth:`error` of each gate set of ``offs``, in order (one run each; a cluster's
+        ``GatedRuns`` runs them on its workers, :mod:`onnxq.distributed.gated`)."""
+        return [self.error(off) for off in progress_bar(offs, desc=desc, enabled=progress, unit="run")]
+
+    def close(self) -> None:
+        """Release what the runs hold elsewhere (nothing in-process; a cluster's shipped data)."""
+
+
+def gated_error(session: Any, batches: Sequence[dict[str, np.ndarray]], reference: list[list[np.ndarray]],
+                gates: dict[str, str], off: Iterable[str]) -> float:
+    """:func:`output_error` of the emulation ``session`` on ``batches`` with the gates of ``off`` off."""
+    switch = {g: np.array(True) for g in gates.values()}
+    for key in off:
+        switch[gates[key]] = np.array(False)
+    outputs = [run(session, {**feeds, **switch})[:len(reference[0])] for feeds in batches]
+    return output_error(reference, outputs)
 
 
 def node_sensitivities(reference_model: onnx.ModelProto, emulation: onnx.ModelProto, gates: dict[str, str],
@@ -404,11 +419,11 @@ def node_sensitivities(reference_model: onnx.ModelProto, emulation: onnx.ModelPr
     gates = runs.gates
     candidates = sorted((n for n in nodes if gates.get(n) in runs.position), key=lambda n: runs.position[gates[n]])
     if screen and len(candidates) > 4 * SCREEN_MIN_GROUPS:
-        candidates = _screened(candidates, lambda group: base - runs.error(group), progress)
-    results = []
-    for node in progress_bar(candidates, desc="sensitivity", enabled=progress, unit="node"):
-        value = runs.error((node,))
-        results.append(Sensitivity(node, runs.ops.get(node, "activation"), value, base - value))
+        candidates = _screened(candidates, lambda groups: [base - e for e in runs.errors(
+            groups, desc="sensitivity groups", progress=progress)])
+    values = runs.errors([(node,) for node in candidates], progress=progress)
+    results = [Sensitivity(node, runs.ops.get(node, "activation"), value, base - value)
+               for node, value in zip(candidates, values)]
     results.sort(key=lambda s: s.gain, reverse=True)
     return base, results
 
@@ -464,12 +479,12 @@ SCREEN_SHARE = 0.8
 SCREEN_MIN_GROUPS = 3
 
 
-def _screened(candidates: list[str], gain: Any, progress: bool) -> list[str]:
-    """The candidates of the groups that matter (see :func:`node_sensitivities`)."""
+def _screened(candidates: list[str], gains_of: Callable[[list[list[str]]], list[float]]) -> list[str]:
+    """The candidates of the groups that matter (see :func:`node_sensitivities`); ``gains_of``: the
+    gain of each group, in order."""
     size = max(2, int(math.ceil(math.sqrt(len(candidates)))))
     groups = [candidates[k:k + size] for k in range(0, len(candidates), size)]
-    gains = [gain(group) for group in progress_bar(groups, desc="sensitivity groups", enabled=progress,
-                                                   unit="group")]
+    gains = gains_of(groups)
     order = sorted(range(len(groups)), key=lambda k: gains[k], reverse=True)
     total = sum(g for g in gains if g > 0)
     kept: list[int] = []

@@ -185,7 +185,7 @@ def tune(float_model: onnx.ModelProto, prepared: onnx.ModelProto, plan: QuantPla
         return TuneResult(quantized, plan, target, True, steps, report=report)
     best = _Best(value, tie, quantized, plan, report, 0)
     candidates, layers, split = _ranking(float_model, prepared, meter.view(quantized), data, config,
-                                         unbiased=unbiased, progress=progress)
+                                         unbiased=unbiased, progress=progress, executor=executor)
     ranking = (f"fallback ranking: {'per-layer error (analyze)' if layers else 'revert-one sensitivity'} of "
                f"{len(candidates)} candidate(s)")
     by_name = {n.name: n for n in prepared.graph.node}
@@ -344,8 +344,8 @@ def _better(target: Target, value: float, than: float) -> bool:
 
 
 def _ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto, quantized: onnx.ModelProto, data: Any,
-             config: QuantConfig, *, unbiased: onnx.ModelProto | None,
-             progress: bool) -> tuple[list[Candidate], list[LayerMetrics], ErrorSplit | None]:
+             config: QuantConfig, *, unbiased: onnx.ModelProto | None, progress: bool,
+             executor: Any = None) -> tuple[list[Candidate], list[LayerMetrics], ErrorSplit | None]:
     """The fallback's candidates, best first (see the module docstring), the analysis if it ran, and
     where the error lives (revert-one ranking only)."""
     from .analyze import analyze
@@ -355,7 +355,7 @@ def _ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto, quantized:
     if emulated:
         try:
             candidates, split = sensitivity_ranking(float_model, prepared, quantized, data, unbiased=unbiased,
-                                                    progress=progress)
+                                                    progress=progress, executor=executor)
             return candidates, [], split
         except Exception as exc:  # noqa: BLE001 -- the analysis below still gives an order
             logger.warning("revert-one ranking failed (%s: %s); ranking by per-layer error instead",
@@ -369,10 +369,11 @@ def _ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto, quantized:
 
 def sensitivity_ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto, quantized: onnx.ModelProto,
                         data: Any, *, unbiased: onnx.ModelProto | None = None, samples: int | None = None,
-                        progress: bool = False) -> tuple[list[Candidate], ErrorSplit]:
+                        progress: bool = False, executor: Any = None) -> tuple[list[Candidate], ErrorSplit]:
     """Revert-one candidates of a static QDQ model: those that help at the outputs, largest gain
     first, then those that seemed to hurt on the few samples (least first); and where the error
-    lives (every weight / every shared activation float, measured on the same samples)."""
+    lives (every weight / every shared activation float, measured on the same samples). With a
+    Dask ``executor``, the runs of many candidates go to its workers (the same ranking)."""
 
     started = time.monotonic()
     if samples is None:
@@ -386,9 +387,13 @@ def sensitivity_ranking(float_model: onnx.ModelProto, prepared: onnx.ModelProto,
     for node in prepared.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.name)
-    runs = GatedRuns(float_model, emulation, gates, data, samples)
-    base, ranked = node_sensitivities(float_model, emulation, gates, data, list(gates), screen=True, progress=progress,
-                                      runs=runs)
+    runs = (executor.gated_runs(float_model, emulation, gates, data, samples) if executor is not None
+            else GatedRuns(float_model, emulation, gates, data, samples))
+    try:
+        base, ranked = node_sensitivities(float_model, emulation, gates, data, list(gates), screen=True,
+                                          progress=progress, runs=runs)
+    finally:
+        runs.close()
     candidates = []
     # what helps first; then what the few samples could not tell apart from noise (a step that does
     # not help on the evaluation data is undone); never what switches nothing

@@ -150,6 +150,41 @@ def test_fallback_tuning_on_cluster_equals_in_process(client: Any, data: dict[st
     assert sharded.model.SerializeToString() == local.model.SerializeToString()
 
 
+def test_revert_one_ranking_on_cluster_equals_in_process(client: Any) -> None:
+    """The fallback's ranking runs its gate settings on the workers: the same errors, in the same order,
+    and the same ranking."""
+    from builders import cnn_data, tiny_cnn
+
+    import onnxq.pipelines as pipelines
+    from onnxq.data import load_data
+    from onnxq.distributed.gated import ClusterGatedRuns
+    from onnxq.prepare import prepare
+    from onnxq.sensitivity import GatedRuns, emulation_model, node_sensitivities
+
+    config = QuantConfig()
+    model = prepare(tiny_cnn(), config)
+    data = load_data(cnn_data(32), model, batch_size=8)
+    built = pipelines.static(pipelines.Job(model, config, data))
+    emulation, gates = emulation_model(built.recipe.model, built.model, unbiased=built.recipe.unbiased,
+                                       tensor_gates=True)
+    local = GatedRuns(model, emulation, gates, data, 16)
+    remote = ClusterGatedRuns(client, model, emulation, gates, data, 16)
+    try:
+        settings = [[key] for key in gates] + [list(gates)]
+        assert remote.errors(settings) == local.errors(settings)
+
+        def gated_sessions() -> list[str]:
+            from onnxq.distributed import shards
+
+            return [key for key in shards._CACHE if ":gated:" in key]
+
+        assert any(client.run(gated_sessions).values())  # the workers ran the emulation graph
+        assert (node_sensitivities(model, emulation, gates, data, list(gates), runs=remote)
+                == node_sensitivities(model, emulation, gates, data, list(gates), runs=local))
+    finally:
+        remote.close()
+
+
 def test_validation_report_equal_with_uneven_shards(client: Any, data: dict[str, Path]) -> None:
     """Three shards of batches of 7 over 150 labelled samples: the report of one process, exactly."""
     from onnxq.distributed.validate import validate_on_cluster

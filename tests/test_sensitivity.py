@@ -142,10 +142,10 @@ def test_screening_measures_only_the_groups_that_matter() -> None:
     gains = {f"n{k}": (5.0 if k == 13 else 0.01) for k in range(100)}
     measured: list[list[str]] = []
 
-    def gain(group: list[str]) -> float:
-        measured.append(list(group))
-        return sum(gains[n] for n in group)
+    def gains_of(groups: list[list[str]]) -> list[float]:
+        measured.extend(list(group) for group in groups)
+        return [sum(gains[n] for n in group) for group in groups]
 
-    kept = sensitivity._screened(list(gains), gain, progress=False)
+    kept = sensitivity._screened(list(gains), gains_of)
     assert len(measured) == 10  # groups of sqrt(100) = 10 neighbours, one run each
     assert "n13" in kept and len(kept) == 30  # the 3 groups kept at least; n13's holds 5.09 of 5.90

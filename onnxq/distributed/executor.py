@@ -1,8 +1,9 @@
 """The Dask executor that ``onnxq.quantize(..., client=...)`` hands to the pipelines.
 
 The pipelines call :meth:`DaskExecutor.collect_ranges` instead of in-process calibration and
-:meth:`DaskExecutor.validate` instead of in-process validation; everything else (preparation,
-passes, rewrite) stays on the client. The executor knows the raw data sources so that a data path
+:meth:`DaskExecutor.validate` instead of in-process validation, and the fallback ranks its
+candidates with :meth:`DaskExecutor.gated_runs`; everything else (preparation, passes, rewrite)
+stays on the client. The executor knows the raw data sources so that a data path
 is read by the workers themselves instead of being shipped from the client.
 """
 
@@ -20,7 +21,9 @@ from ..config import QuantConfig
 from ..data import Dataset
 from ..report.schema import Report
 from ._run import ShardTiming
+from ..sensitivity import GatedRuns
 from .calibrate import collect_ranges
+from .gated import ClusterGatedRuns
 from .cluster import require_dask
 from .validate import validate_on_cluster
 
@@ -57,6 +60,11 @@ class DaskExecutor:
                                          shards=self.shards, progress=progress)
         self.timings += [("calibration", t) for t in timings]
         return ranges
+
+    def gated_runs(self, reference_model: onnx.ModelProto, emulation: onnx.ModelProto, gates: dict[str, str],
+                   data: Dataset, samples: int) -> GatedRuns:
+        """The fallback ranking's runs of the emulation graph, many gate settings at once on the workers."""
+        return ClusterGatedRuns(self.client, reference_model, emulation, gates, data, samples)
 
     def validate(self, float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Dataset, *,
                  latency: Any = True, threads: int | None = None, progress: bool = False) -> Report:
