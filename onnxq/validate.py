@@ -295,7 +295,7 @@ class PairMetrics:
                 continue
             if batch.index == 0 and not _is_numeric(ref, cand):
                 self.skipped.add(name)
-                self.notes.append(f"output {name!r} is not numeric ({np.asarray(ref).dtype}); not compared")
+                self.notes.append(non_numeric_note(name, np.asarray(ref).dtype))
                 logger.warning("output %r is not numeric; not compared", name)
                 continue
             self.outputs[name].update(ref, cand)
@@ -312,10 +312,18 @@ class PairMetrics:
     def finish(self) -> list[str]:
         """The notes of the run (non-numeric outputs, labels without class scores)."""
         if self.labels_seen and self.accuracy_output is None:
-            self.notes.append("labels were given but no output looks like class scores [N, C]; "
-                              "accuracy not computed")
+            self.notes.append(NO_SCORES_NOTE)
             logger.warning("labels given but no output is class scores; accuracy not computed")
         return self.notes
+
+
+#: The report's note when the data has labels but no output is class scores.
+NO_SCORES_NOTE = "labels were given but no output looks like class scores [N, C]; accuracy not computed"
+
+
+def non_numeric_note(name: str, dtype: Any) -> str:
+    """The report's note for an output that is not numeric (not compared)."""
+    return f"output {name!r} is not numeric ({dtype}); not compared"
 
 
 def evaluation_data(data: Any, model: onnx.ModelProto, *, batch_size: int = DEFAULT_BATCH_SIZE,

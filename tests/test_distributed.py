@@ -185,6 +185,29 @@ def test_revert_one_ranking_on_cluster_equals_in_process(client: Any) -> None:
         remote.close()
 
 
+def test_validation_notes_equal_without_client_sessions(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without latency the client runs nothing (no session per fallback candidate), and the report --
+    notes of a non-numeric output and of labels without class scores included -- is the in-process one."""
+    from onnx import TensorProto, helper
+
+    from onnxq.distributed import validate as sharded
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 2]),
+               helper.make_tensor_value_info("s", TensorProto.STRING, ["N", 3, 2])]
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"]),
+                               helper.make_node("Cast", ["x"], ["s"], to=TensorProto.STRING)], "g", [x], outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = {"x": np.random.default_rng(0).normal(size=(40, 3, 2)).astype(np.float32),
+            "labels": np.arange(40) % 3}
+    local = onnxq.validate(model, model, data, latency=False, batch_size=8)
+    monkeypatch.setattr(sharded, "validate", lambda *a, **k: pytest.fail("the client ran the models"))
+    report, _ = sharded.validate_on_cluster(client, model, model, onnxq.data.load_data(data, model, batch_size=8),
+                                            latency=False)
+    assert len(local.notes) == 2 and _strip(report) == _strip(local)
+
+
 def test_validation_report_equal_with_uneven_shards(client: Any, data: dict[str, Path]) -> None:
     """Three shards of batches of 7 over 150 labelled samples: the report of one process, exactly."""
     from onnxq.distributed.validate import validate_on_cluster

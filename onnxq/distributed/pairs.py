@@ -72,13 +72,14 @@ def map_pair(client: Any, models: tuple[onnx.ModelProto, onnx.ModelProto],
         ``per_batch``'s results of every batch in the single-process batch order, and each shard's timing.
     """
     payload = (serialise(models[0]), serialise(models[1]))
-    key = model_key(payload[0] + payload[1]) + f":{list(outputs[0])}:{list(outputs[1])}"
+    names = (list(outputs[0]), list(outputs[1]))
+    # one key per model: a worker keeps the float model's session across the fallback's candidates
+    keys = tuple(f"{model_key(p)}:{n}" for p, n in zip(payload, names))
     scattered = ship(client, payload)
     workers = workers_of(client)
-    names = (list(outputs[0]), list(outputs[1]))
     try:
         items = ((shard,) for shard in plan_shards(data, shards or workers, source=source))
-        results = map_shards(client, _run_shard, items, scattered, key, sample_specs(models[0]), names, per_batch,
+        results = map_shards(client, _run_shard, items, scattered, keys, sample_specs(models[0]), names, per_batch,
                              context, in_flight=2 * workers, progress=progress, desc=desc)
     finally:
         client.cancel(scattered)
@@ -86,14 +87,18 @@ def map_pair(client: Any, models: tuple[onnx.ModelProto, onnx.ModelProto],
     return [b for r in results for b in r.batches], timings(results)
 
 
-def _run_shard(shard: Shard, payload: tuple[bytes, bytes], key: str, specs: list[InputSpec],
+def _run_shard(shard: Shard, payload: tuple[bytes, bytes], keys: tuple[str, str], specs: list[InputSpec],
                outputs: tuple[list[str], list[str]], per_batch: Callable[[StreamBatch, Any], Any],
                context: Any) -> ShardResults:
     """Worker side: run the pair over one shard; ``per_batch``'s result for each batch."""
     start = time.perf_counter()
     threads = worker_threads()  # ORT threads = the worker's task threads: no oversubscription
-    runners = worker_cached(key, lambda: [Runner.create(tapped(parse_model(p), names), names, threads=threads)
-                                          for p, names in zip(payload, outputs)])
+
+    def runner(index: int) -> Runner:
+        return worker_cached(f"{keys[index]}:{threads}", lambda: Runner.create(
+            tapped(parse_model(payload[index]), outputs[index]), outputs[index], threads=threads))
+
+    runners = [runner(0), runner(1)]
     batches: list[Any] = []
     stats = stream(runners, Batches(shard.batches(specs)), lambda batch: batches.append(per_batch(batch, context)))
     return ShardResults(shard.index, batches, stats.samples, time.perf_counter() - start, worker_name())

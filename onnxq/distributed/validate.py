@@ -6,14 +6,16 @@ the engine's loop (:func:`onnxq.distributed.pairs.map_pair`) and returns, per ba
 that batch alone (:class:`~onnxq.validate.OutputAccumulator`, :class:`~onnxq.validate.AccuracyAccumulator`).
 The client folds them batch by batch in global order, adding each batch's sums exactly as the
 single-process loop adds them, so the report -- sums, counts, minima, top-k agreement, accuracy --
-is identical to the single-process report, not just close. Latency and sizes are measured on the
-client, on the first batch (:func:`onnxq.validate.validate` on that batch).
+is identical to the single-process report, not just close. Latency is measured on the client, on
+the first batch (:func:`onnxq.validate.validate` on that batch); without latency (a fallback step)
+the client runs nothing and creates no session.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,9 +24,11 @@ import onnx
 from ..engine import StreamBatch
 from ..errors import DataError, ModelError
 from ..data import Dataset
-from ..model import load_model
+from ..latency import latency_options
+from ..model import load_model, model_size
 from ..report.schema import Report
-from ..validate import AccuracyAccumulator, OutputAccumulator, check_same_io, is_class_scores, validate
+from ..validate import (NO_SCORES_NOTE, AccuracyAccumulator, OutputAccumulator, check_same_io, is_class_scores,
+                        non_numeric_note, validate)
 from ._run import ShardTiming
 from .pairs import Batches, map_pair
 
@@ -51,6 +55,7 @@ class BatchMetrics:
     scores: list[str]
     accuracy: dict[str, tuple[AccuracyAccumulator, AccuracyAccumulator] | str] | None
     samples: int
+    dtypes: dict[str, str] = field(default_factory=dict)  # of the outputs that are not numeric
 
 
 def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Dataset, *,
@@ -80,9 +85,25 @@ def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: 
         raise DataError("the evaluation data holds no batch")
     batches, shard_timings = map_pair(client, (float_proto, quant_proto), (names, names), data, _batch_metrics,
                                       names, source=source, shards=shards, progress=progress, desc="validation")
-    report = validate(float_proto, quant_proto, Batches([first]), latency=latency, threads=threads)
+    if latency_options(latency) is not None:  # the client's sessions time the pair on the first batch
+        report = validate(float_proto, quant_proto, Batches([first]), latency=latency, threads=threads)
+    else:  # nothing to run here (a fallback step validates many models: no client sessions for each)
+        report = _sized(float_proto, quant_proto, batches[0], names)
     _fold(report, batches, names)
     return report, shard_timings
+
+
+def _sized(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, first: BatchMetrics,
+           names: list[str]) -> Report:
+    """The report :func:`onnxq.validate.validate` gives on the first batch without latency, made from
+    that batch's metrics (its sizes and notes; :func:`_fold` fills in the rest)."""
+    float_bytes, quant_bytes = model_size(float_model, debug_info=False), model_size(quant_model, debug_info=False)
+    notes = [non_numeric_note(n, first.dtypes[n]) for n in names if first.outputs[n] is None]
+    if first.accuracy is not None and not any(n in first.scores for n in names if first.outputs[n] is not None):
+        notes.append(NO_SCORES_NOTE)
+    return Report(outputs=[], samples=0, float_size_bytes=int(float_bytes), quant_size_bytes=int(quant_bytes),
+                  size_ratio=float_bytes / quant_bytes if quant_bytes else math.inf, latency=None, notes=notes,
+                  timings={})
 
 
 def _fold(report: Report, batches: list[BatchMetrics], names: list[str]) -> None:
@@ -129,10 +150,12 @@ def _batch_metrics(batch: StreamBatch, names: list[str]) -> BatchMetrics:
     """Worker side: the metrics of one batch alone."""
     float_out, quant_out = batch.outputs
     outputs: dict[str, OutputAccumulator | None] = {}
+    dtypes: dict[str, str] = {}
     for name in names:
         ref, cand = float_out[name], quant_out[name]
         if not all(np.asarray(a).dtype.kind in _NUMERIC_KINDS for a in (ref, cand)):
             outputs[name] = None
+            dtypes[name] = str(np.asarray(ref).dtype)
             continue
         outputs[name] = OutputAccumulator(name)
         outputs[name].update(ref, cand)  # type: ignore[union-attr]
@@ -151,5 +174,5 @@ def _batch_metrics(batch: StreamBatch, names: list[str]) -> BatchMetrics:
                 accuracy[name] = str(exc)
                 continue
             accuracy[name] = pair
-    return BatchMetrics(outputs, scores, accuracy, batch.samples)
+    return BatchMetrics(outputs, scores, accuracy, batch.samples, dtypes)
 
