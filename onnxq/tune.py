@@ -261,7 +261,7 @@ class _Meter:
 
         if self.executor is not None:
             report = self.executor.validate(self.float_model, self.view(model), self.data, latency=False,
-                                            progress=False)
+                                            progress=False, replay=True)  # float outputs kept on the workers
         else:
             if self.float_runner is None:
                 from .engine import ReplayRunner

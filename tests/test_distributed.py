@@ -140,7 +140,8 @@ def test_quantize_on_cluster_equals_in_process(client: Any, data: dict[str, Path
 
 
 def test_fallback_tuning_on_cluster_equals_in_process(client: Any, data: dict[str, Path]) -> None:
-    """Each fallback candidate is validated on the cluster: the same steps, report and model."""
+    """Each fallback candidate is validated on the cluster (the workers replay the float outputs):
+    the same steps, report and model."""
     config = QuantConfig(method="entropy", target="sqnr>=45")
     local = onnxq.quantize(data["model"], data["calib"], config=config, evaluation=data["eval"], latency=False)
     sharded = onnxq.quantize(data["model"], data["calib"], config=config, evaluation=data["eval"], latency=False,
@@ -148,6 +149,14 @@ def test_fallback_tuning_on_cluster_equals_in_process(client: Any, data: dict[st
     assert len(local.report.fallback) >= 2  # at least one node kept float
     assert _strip(sharded.report) == _strip(local.report)
     assert sharded.model.SerializeToString() == local.model.SerializeToString()
+
+    def replayed_batches() -> int:  # the float outputs the workers kept for the next candidate
+        from onnxq.distributed import shards
+        from onnxq.engine import ReplayRunner
+
+        return sum(len(v.seen) for v in shards._CACHE.values() if isinstance(v, ReplayRunner))
+
+    assert sum(client.run(replayed_batches).values()) > 0
 
 
 def test_revert_one_ranking_on_cluster_equals_in_process(client: Any) -> None:

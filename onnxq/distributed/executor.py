@@ -67,10 +67,12 @@ class DaskExecutor:
         return ClusterGatedRuns(self.client, reference_model, emulation, gates, data, samples)
 
     def validate(self, float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Dataset, *,
-                 latency: Any = True, threads: int | None = None, progress: bool = False) -> Report:
-        """Sharded :func:`onnxq.validate.validate` (same report; latency measured on the client)."""
+                 latency: Any = True, threads: int | None = None, progress: bool = False,
+                 replay: bool = False) -> Report:
+        """Sharded :func:`onnxq.validate.validate` (same report; latency measured on the client);
+        ``replay``: the workers keep the float outputs for the next validation on the same data."""
         report, timings = validate_on_cluster(self.client, float_model, quant_model, data, source=self.evaluation,
                                               shards=self.shards, latency=latency, threads=threads,
-                                              progress=progress)
+                                              progress=progress, replay=replay)
         self.timings += [("validation", t) for t in timings]
         return report

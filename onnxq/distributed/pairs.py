@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..engine import Runner, StreamBatch, sample_specs, stream, tapped
+from ..engine import ReplayRunner, Runner, StreamBatch, sample_specs, stream, tapped
 from ..data import InputSpec
 from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, worker_threads, workers_of
 from .shards import Shard, model_key, parse_model, plan_shards, serialise, worker_cached
@@ -51,7 +51,7 @@ class Batches:
 def map_pair(client: Any, models: tuple[onnx.ModelProto, onnx.ModelProto],
              outputs: tuple[Sequence[str], Sequence[str]], data: Any,
              per_batch: Callable[[StreamBatch, Any], Any], context: Any, *, source: Any = None,
-             shards: int | None = None, progress: bool = False, desc: str = "shards"
+             shards: int | None = None, progress: bool = False, desc: str = "shards", replay: bool = False
              ) -> tuple[list[Any], list[ShardTiming]]:
     """Run the pair over ``data`` on ``client``'s workers; ``per_batch(batch, context)`` of every batch.
 
@@ -67,6 +67,10 @@ def map_pair(client: Any, models: tuple[onnx.ModelProto, onnx.ModelProto],
         shards: number of shards (default: one per worker).
         progress: a progress bar over the shards.
         desc: the progress bar's and the debug log's label.
+        replay: a worker keeps the float model's outputs per batch and replays them when the same
+            batch comes again with another quantized model (:class:`onnxq.engine.ReplayRunner`: the
+            fallback validates one candidate per step on the same data). Holds those outputs in the
+            workers' memory: for graph outputs, not for tapped activations.
 
     Returns:
         ``per_batch``'s results of every batch in the single-process batch order, and each shard's timing.
@@ -80,7 +84,7 @@ def map_pair(client: Any, models: tuple[onnx.ModelProto, onnx.ModelProto],
     try:
         items = ((shard,) for shard in plan_shards(data, shards or workers, source=source))
         results = map_shards(client, _run_shard, items, scattered, keys, sample_specs(models[0]), names, per_batch,
-                             context, in_flight=2 * workers, progress=progress, desc=desc)
+                             context, replay, in_flight=2 * workers, progress=progress, desc=desc)
     finally:
         client.cancel(scattered)
     log_timings(desc, results)
@@ -89,13 +93,14 @@ def map_pair(client: Any, models: tuple[onnx.ModelProto, onnx.ModelProto],
 
 def _run_shard(shard: Shard, payload: tuple[bytes, bytes], keys: tuple[str, str], specs: list[InputSpec],
                outputs: tuple[list[str], list[str]], per_batch: Callable[[StreamBatch, Any], Any],
-               context: Any) -> ShardResults:
+               context: Any, replay: bool) -> ShardResults:
     """Worker side: run the pair over one shard; ``per_batch``'s result for each batch."""
     start = time.perf_counter()
     threads = worker_threads()  # ORT threads = the worker's task threads: no oversubscription
 
     def runner(index: int) -> Runner:
-        return worker_cached(f"{keys[index]}:{threads}", lambda: Runner.create(
+        kind = ReplayRunner if replay and index == 0 else Runner
+        return worker_cached(f"{keys[index]}:{threads}:{kind.__name__}", lambda: kind.create(
             tapped(parse_model(payload[index]), outputs[index]), outputs[index], threads=threads))
 
     runners = [runner(0), runner(1)]

@@ -60,7 +60,8 @@ class BatchMetrics:
 
 def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: onnx.ModelProto, data: Dataset, *,
                         source: Any = None, shards: int | None = None, latency: Any = True,
-                        threads: int | None = None, progress: bool = False) -> tuple[Report, list[ShardTiming]]:
+                        threads: int | None = None, progress: bool = False,
+                        replay: bool = False) -> tuple[Report, list[ShardTiming]]:
     """:func:`onnxq.validate.validate` with the evaluation batches spread over ``client``'s workers.
 
     Args:
@@ -73,6 +74,8 @@ def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: 
         latency: as for ``validate`` (measured on the client, on the first batch).
         threads: ORT threads for the latency measurement.
         progress: a progress bar over the shards.
+        replay: the workers replay the float model's outputs of batches they ran before
+            (:func:`onnxq.distributed.pairs.map_pair`): for many validations on the same data.
 
     Returns:
         The report (equal to the single-process one, latency aside) and each shard's timing.
@@ -84,7 +87,8 @@ def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: 
     if first is None:
         raise DataError("the evaluation data holds no batch")
     batches, shard_timings = map_pair(client, (float_proto, quant_proto), (names, names), data, _batch_metrics,
-                                      names, source=source, shards=shards, progress=progress, desc="validation")
+                                      names, source=source, shards=shards, progress=progress, desc="validation",
+                                      replay=replay)
     if latency_options(latency) is not None:  # the client's sessions time the pair on the first batch
         report = validate(float_proto, quant_proto, Batches([first]), latency=latency, threads=threads)
     else:  # nothing to run here (a fallback step validates many models: no client sessions for each)
