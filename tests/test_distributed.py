@@ -377,6 +377,30 @@ def test_scheduler_without_workers_is_a_config_error() -> None:
             connect(empty.scheduler_address, timeout=5)
 
 
+def test_shards_are_placed_anywhere_while_the_scheduler_lists_no_worker(client: Any) -> None:
+    """A moment with no worker listed (workers reconnecting under load) submits without placement
+    instead of failing on Dask's allow_other_workers check (seen once in a long fallback run)."""
+    from onnxq.distributed._run import map_shards
+
+    class NoneListed:
+        loop = client.loop
+
+        def scheduler_info(self, n_workers: int = 5) -> dict[str, Any]:
+            return {"workers": {}}
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            assert "workers" not in kwargs and "allow_other_workers" not in kwargs
+            return client.submit(*args, **kwargs)
+
+    def indexed(index: int) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(index=index)
+
+    results = map_shards(NoneListed(), indexed, ((k,) for k in range(3)), in_flight=2)
+    assert [r.index for r in results] == [0, 1, 2]
+
+
 def test_a_shard_that_keeps_killing_workers_is_a_model_error() -> None:
     """Dask gives up after allowed-failures deaths (KilledWorker): one line, not a traceback."""
     from onnxq.distributed._run import _result

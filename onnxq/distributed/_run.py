@@ -64,8 +64,8 @@ def map_shards(client: Any, task: Callable[..., Any], items: Iterable[tuple[Any,
         nonlocal submitted
         where = addresses[submitted % len(addresses)]
         submitted += 1
-        return client.submit(task, *item, *args, pure=False, workers=[where] if where else None,
-                             allow_other_workers=True)
+        placed = {"workers": [where], "allow_other_workers": True} if where else {}  # none connected: any
+        return client.submit(task, *item, *args, pure=False, **placed)
 
     iterator = iter(items)
     results: dict[int, Any] = {}
