@@ -565,8 +565,8 @@ def targets(case: dict[str, Any] | None) -> list[dict[str, Any]]:
         if frac is not None:
             base = (models[name].get("float") or {}).get("latency_ms", {}).get("32")
             out.append(_target(name_t, req, frac, frac <= FLOAT_FRACTION_TARGET,
-                               f"{ours['latency_ms']['32']:.2f} ms vs float {base:.2f} ms; ORT's int8 x"
-                               f"{(ours.get('vs_ort') or {}).get('32', float('nan')):.3f} of onnxq's",
+                               f"{ours['latency_ms']['32']:.2f} ms vs float {base:.2f} ms; onnxq's int8 x"
+                               f"{(ours.get('vs_ort') or {}).get('32', float('nan')):.3f} of ORT's int8",
                                f"{frac:.3f}"))
         else:
             out.append(_target(name_t, req, None, None, (models.get(name) or {}).get("error") or why))
@@ -737,7 +737,9 @@ def render(case: dict[str, Any]) -> list[str]:
         timed = [v for v in sub.get("variants", []) if v.get("tool") == "onnxq" and v.get("status") == "ok"]
         if timed:
             out.append("Whole `onnxq quantize` run (wall time around the CLI's `main`, the process's import time "
-                       "excluded) and the report's per-stage `timings`:\n")
+                       "excluded) and the report's per-stage `timings`"
+                       + ("" if "rewrite" in stages else " (no `rewrite` stage: the bias-correction pass's last "
+                          "rewrite, the graph it verified, is the final graph, counted in `passes`)") + ":\n")
             out.append(_table(["run", "wall", *stages, "sum of stages"], [
                 [f"`--optimize {v['optimize']}`" + ("" if (v.get("report_latency") or v["optimize"] == "accuracy")
                                                      else " (`--no-latency`)"),
