@@ -217,6 +217,28 @@ def test_validation_notes_equal_without_client_sessions(client: Any, monkeypatch
     assert len(local.notes) == 2 and _strip(report) == _strip(local)
 
 
+def test_fixed_batch_model_shards_start_where_the_single_process_runs_start(client: Any, tmp_path: Path) -> None:
+    """A model that takes batches of exactly 8, data in batches of 5: the engine re-cuts the stream
+    into runs of 8; each shard starts on such a run, so the sums (and the report) are bit-identical."""
+    from test_engine import _fixed_batch_model
+
+    from onnxq.data import load_data
+    from onnxq.distributed.validate import validate_on_cluster
+    from onnxq.engine import sample_specs
+
+    model = _fixed_batch_model(8)
+    quantized = onnxq.quantize(model, {CNN_INPUT: make_images(40, seed=1)}, latency=False).model
+    path = tmp_path / "eval.npz"
+    np.savez(path, **{CNN_INPUT: make_images(61, seed=3)}, labels=make_labels(61, seed=4))
+    data = load_data(path, sample_specs(model), batch_size=5)
+    local = onnxq.validate(model, quantized, data, latency=False)
+    for source in (None, path):  # shipped batches, and the path the workers read themselves
+        sharded, timings = validate_on_cluster(client, model, quantized, data, source=source, latency=False,
+                                               shards=3)
+        assert len(timings) >= 2 and all(t.samples % 8 == 0 for t in timings[:-1])
+        assert _strip(sharded) == _strip(local) and sharded.samples == 61
+
+
 def test_validation_report_equal_with_uneven_shards(client: Any, data: dict[str, Path]) -> None:
     """Three shards of batches of 7 over 150 labelled samples: the report of one process, exactly."""
     from onnxq.distributed.validate import validate_on_cluster

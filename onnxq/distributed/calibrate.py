@@ -40,7 +40,7 @@ from ..calibration.ranges import Ranges
 from ..calibration.runner import collect_ranges as collect_in_process
 from ..calibration.runner import ranges_from_observers
 from ..config import CalibrationMethod, QuantConfig
-from ..engine import Observer, TappedModel, merge_observers
+from ..engine import Observer, TappedModel, fixed_batch_size, merge_observers
 from ..data import Dataset, InputSpec, input_specs
 from ._replay import Binner, Extremes, Plan, histogram, minmax, replay
 from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, worker_threads, workers_of
@@ -122,11 +122,12 @@ class _Run:
         self.key = model_key(payload)
         self.model = ship(client, payload)
         self.specs = input_specs(model)
+        self.fixed = fixed_batch_size(model)
         self.in_flight = 2 * workers_of(client)
 
     def plan(self) -> Any:
         return plan_shards(self.data, self.shards, source=self.source, shuffle=self.config.shuffle,
-                           seed=self.config.seed)
+                           seed=self.config.seed, fixed=self.fixed)
 
     def map(self, task: Any, factory: Any, desc: str, extra: Any = None, *, reduce: bool = False
             ) -> list[ShardObservers]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..engine import ReplayRunner, Runner, StreamBatch, sample_specs, stream, tapped
+from ..engine import ReplayRunner, Runner, StreamBatch, fixed_batch_size, sample_specs, stream, tapped
 from ..data import InputSpec
 from ._run import ShardTiming, log_timings, map_shards, ship, timings, worker_name, worker_threads, workers_of
 from .shards import Shard, model_key, parse_model, plan_shards, serialise, worker_cached
@@ -82,7 +82,8 @@ def map_pair(client: Any, models: tuple[onnx.ModelProto, onnx.ModelProto],
     scattered = ship(client, payload)
     workers = workers_of(client)
     try:
-        items = ((shard,) for shard in plan_shards(data, shards or workers, source=source))
+        items = ((shard,) for shard in plan_shards(data, shards or workers, source=source,
+                                                   fixed=fixed_batch_size(models[0]) or fixed_batch_size(models[1])))
         results = map_shards(client, _run_shard, items, scattered, keys, sample_specs(models[0]), names, per_batch,
                              context, replay, in_flight=2 * workers, progress=progress, desc=desc)
     finally:

@@ -88,16 +88,24 @@ Shard = PathShard | BatchShard
 
 
 def plan_shards(data: Dataset, shards: int, *, source: Any = None, shuffle: bool = False,
-                seed: int = 0) -> Iterator[Shard]:
+                seed: int = 0, fixed: int | None = None) -> Iterator[Shard]:
     """Cut ``data`` into about ``shards`` runs of consecutive batches.
 
     :class:`PathShard` when ``source`` is the path ``data`` was loaded from (with ``shuffle`` and
     ``seed`` as given to ``load_data``), so that the workers read it; otherwise batches read here and
     shipped (:class:`BatchShard`), generated lazily as the caller asks for them.
+
+    ``fixed``: the model's fixed batch size, if any. The engine re-cuts the stream into runs of
+    exactly that many samples; a shard then starts where a run of the single-process stream starts
+    (its batches hold a multiple of ``fixed`` samples), so the workers see the very runs one process
+    would, and sums over them add up in the same order.
     """
     batch = data.batch_size
     total = data.num_batches
     per_shard = max(1, math.ceil(total / shards)) if total else 16
+    if fixed and batch:
+        step = fixed // math.gcd(fixed, batch)  # batches per shard that hold whole runs of ``fixed``
+        per_shard = math.ceil(per_shard / step) * step
     if isinstance(source, (str, os.PathLike)) and total is not None and data.num_samples is not None:
         path = os.fspath(Path(source).resolve())
         for index, first in enumerate(range(0, total, per_shard)):
