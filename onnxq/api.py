@@ -75,6 +75,7 @@ def calibrate(model: Any, calibration: Any, *, config: QuantConfig | None = None
         export_options: adapter export options.
         client: calibrate on a Dask cluster (as for :func:`quantize`); the same ranges.
     """
+    client = client if client is not None or config is None else config.executor
     if isinstance(client, str):  # a cluster for this call only
         return _on_cluster(client, calibrate, model, calibration, config=config, progress=progress,
                            cache_dir=cache_dir, example_inputs=example_inputs, export_options=export_options)
@@ -139,10 +140,12 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
         client: run calibration and validation on a Dask cluster (``pip install 'onnxq[dask]'``): a
             ``distributed.Client``, or ``"tcp://HOST:PORT"`` / ``"local:N"`` for a cluster opened and
             closed for this call. Same ranges and report as in-process (see onnxq.distributed).
+            ``None``: ``config.executor`` (itself ``None`` by default: in-process).
 
     Returns:
         QuantResult with the quantized model, the plan and the validation report.
     """
+    client = client if client is not None or config is None else config.executor
     if isinstance(client, str):  # a cluster for this call only
         return _on_cluster(client, quantize, model, calibration, config=config, evaluation=evaluation,
                            ranges=ranges, progress=progress, cache_dir=cache_dir, latency=latency, threads=threads,

@@ -133,6 +133,11 @@ class QuantConfig:
             float the nodes whose int8 kernel is over 10 % slower than float) or ``"latency"``
             (also those where int8 saves under 10 %), profiled on a calibration batch
             (:mod:`onnxq.profile`); the rebuilt model is used only when it is faster.
+        executor: run calibration, validation and the fallback's ranking on a Dask cluster:
+            ``"local:N"`` (N single-threaded worker processes started for the run and closed after)
+            or a scheduler address ``"tcp://HOST:PORT"``; needs ``pip install 'onnxq[dask]'``. The
+            same ranges, reports and model as in-process. ``None`` (default): in-process, and
+            Dask is never imported. ``quantize(..., client=...)`` takes precedence.
     """
 
     mode: Mode = Mode.STATIC
@@ -175,6 +180,7 @@ class QuantConfig:
     weight_rounding: str = "nearest"
     rounding_seconds: float | None = None
     optimize: str = "accuracy"
+    executor: str | None = None
 
     def __post_init__(self) -> None:
         coerce = {"mode": Mode, "method": CalibrationMethod, "activation_type": QuantType,
@@ -215,6 +221,8 @@ class QuantConfig:
         self._check_float_modes()
         self._check_fallback()
         self._check_passes()
+        if self.executor is not None and (not isinstance(self.executor, str) or not self.executor.strip()):
+            raise ConfigError(f"executor must be 'local:N' or a Dask scheduler address, got {self.executor!r}")
 
     def _check_passes(self) -> None:
         """Accuracy-recovery passes (issue 10): static mode only, valid values."""

@@ -159,6 +159,20 @@ def test_fallback_tuning_on_cluster_equals_in_process(client: Any, data: dict[st
     assert sum(client.run(replayed_batches).values()) > 0
 
 
+def test_config_executor_runs_on_its_own_cluster(data: dict[str, Path]) -> None:
+    """``QuantConfig(executor="local:2")`` is ``client="local:2"``: a cluster for the run, the same model;
+    a malformed spec is a one-line ConfigError (a non-string at once, a bad string before any work)."""
+    config = QuantConfig(method="entropy")
+    local = onnxq.quantize(data["model"], data["calib"], config=config, latency=False)
+    sharded = onnxq.quantize(data["model"], data["calib"], config=config.replace(executor="local:2"), latency=False)
+    assert sharded.model.SerializeToString() == local.model.SerializeToString()
+    assert sharded.ranges.to_dict() == local.ranges.to_dict()
+    with pytest.raises(onnxq.ConfigError, match="executor must be 'local:N' or a Dask scheduler address"):
+        QuantConfig(executor=2)
+    with pytest.raises(onnxq.ConfigError, match="--dask expects tcp://HOST:PORT"):
+        onnxq.calibrate(data["model"], data["calib"], config=QuantConfig(executor="local:two"))
+
+
 def test_revert_one_ranking_on_cluster_equals_in_process(client: Any) -> None:
     """The fallback's ranking runs its gate settings on the workers: the same errors, in the same order,
     and the same ranking."""
