@@ -139,8 +139,7 @@ def quantize(model: Any, calibration: Any = None, *, config: QuantConfig | None 
             the run's own passes: ``QuantResult.evidence`` (see :func:`onnxq.evidence.html_report`).
         client: run calibration and validation on a Dask cluster (``pip install 'onnxq[dask]'``): a
             ``distributed.Client``, or ``"tcp://HOST:PORT"`` / ``"local:N"`` for a cluster opened and
-            closed for this call. Same ranges and report as in-process (see onnxq.distributed).
-            ``None``: ``config.executor`` (itself ``None`` by default: in-process).
+            closed for this call (default: ``config.executor``). Same results as in-process.
 
     Returns:
         QuantResult with the quantized model, the plan and the validation report.

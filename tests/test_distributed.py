@@ -501,6 +501,14 @@ def test_batch_on_cluster_matches_in_process(client: Any, zoo: Path, tmp_path: P
     assert all(o.worker.startswith("tcp://127.0.0.1") for o in remote)
 
 
+def test_batch_item_with_its_own_executor_is_refused(zoo: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"models": [{"model": str(next(zoo.glob("*.onnx"))),
+                                                "options": {"executor": "local:2"}}]}))
+    with pytest.raises(onnxq.ConfigError, match="sets option 'executor'.*onnxq batch --dask"):
+        read_items(manifest, tmp_path / "out")
+
+
 def test_batch_junit_failure_and_error_cases(tmp_path: Path) -> None:
     """A missed target is a <failure>, an exception an <error>; counts on the suite."""
     from onnxq.distributed.batch import FAILED, BatchOutcome, to_junit

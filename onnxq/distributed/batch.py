@@ -87,7 +87,8 @@ def read_items(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
         options: ``QuantConfig`` fields for every model (a manifest's own options win).
 
     Raises:
-        ConfigError: the source is missing, empty, unreadable, or names a model twice.
+        ConfigError: the source is missing, empty, unreadable, names a model twice, or gives a model
+            its own Dask ``executor``.
     """
     path = Path(source)
     if path.is_dir():
@@ -100,6 +101,10 @@ def read_items(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
         raise ConfigError(f"batch input '{source}' does not exist")
     if not items:
         raise ConfigError(f"batch input '{source}' lists no model")
+    clustered = next((item.name for item in items if "executor" in item.options), None)
+    if clustered is not None:  # a cluster per model, inside a batch that may itself run on one
+        raise ConfigError(f"batch input '{source}': model {clustered!r} sets option 'executor'; a batch runs each "
+                          "model as one task: put the whole batch on a cluster with onnxq batch --dask")
     seen: dict[str, str] = {}
     for item in items:
         for key in (item.name, os.path.abspath(item.output)):
