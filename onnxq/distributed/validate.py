@@ -6,15 +6,16 @@ the engine's loop (:func:`onnxq.distributed.pairs.map_pair`) and returns, per ba
 that batch alone (:class:`~onnxq.validate.OutputAccumulator`, :class:`~onnxq.validate.AccuracyAccumulator`).
 The client folds them batch by batch in global order, adding each batch's sums exactly as the
 single-process loop adds them, so the report -- sums, counts, minima, top-k agreement, accuracy --
-is identical to the single-process report, not just close. Latency is measured on the client, on
-the first batch (:func:`onnxq.validate.validate` on that batch); without latency (a fallback step)
-the client runs nothing and creates no session.
+is identical to the single-process report, not just close. The client runs nothing for the metrics;
+latency, when asked, is measured on the client on the first batch (:func:`onnxq.validate.with_latency`:
+two sessions, no validation pass).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from ..latency import latency_options
 from ..model import load_model, model_size
 from ..report.schema import Report
 from ..validate import (NO_SCORES_NOTE, AccuracyAccumulator, OutputAccumulator, check_same_io, is_class_scores,
-                        non_numeric_note, validate)
+                        non_numeric_note, with_latency)
 from ._run import ShardTiming
 from .pairs import Batches, map_pair
 
@@ -86,14 +87,20 @@ def validate_on_cluster(client: Any, float_model: onnx.ModelProto, quant_model: 
     first = next(iter(data.batches()), None)
     if first is None:
         raise DataError("the evaluation data holds no batch")
+    start = time.perf_counter()
     batches, shard_timings = map_pair(client, (float_proto, quant_proto), (names, names), data, _batch_metrics,
                                       names, source=source, shards=shards, progress=progress, desc="validation",
                                       replay=replay)
-    if latency_options(latency) is not None:  # the client's sessions time the pair on the first batch
-        report = validate(float_proto, quant_proto, Batches([first]), latency=latency, threads=threads)
-    else:  # nothing to run here (a fallback step validates many models: no client sessions for each)
-        report = _sized(float_proto, quant_proto, batches[0], names)
+    report = _sized(float_proto, quant_proto, batches[0], names)  # the client runs nothing for the metrics
     _fold(report, batches, names)
+    seconds = time.perf_counter() - start
+    if latency_options(latency) is not None:  # the client's two sessions time the pair on the first batch
+        report = with_latency(report, float_proto, quant_proto, Batches([first]), latency=latency, threads=threads)
+    report.timings = {"validate": seconds, **report.timings}
+    if report.outputs:
+        worst = report.worst("cosine")
+        logger.info("validated %d samples on %d shard(s); worst output %r: cosine %.6f, SQNR %.2f dB",
+                    report.samples, len(shard_timings), worst.name, worst.cosine, worst.sqnr_db)
     return report, shard_timings
 
 
