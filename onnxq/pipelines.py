@@ -158,8 +158,8 @@ def static(job: Job) -> Built:
     built: onnx.ModelProto | None = None
     if job.calibration is not None and not job.qat:
         recipe, built = _correct_biases(recipe, plan, job, passes)
-        if job.config.weight_rounding == "adaptive":
-            recipe, built = _round_weights(recipe, plan, job, passes), None
+        if config.weight_rounding == "adaptive":  # new integer weights: the final graph is built below
+            recipe, built = _round_weights(recipe, plan, built, job, passes), None
         stopwatch.lap("passes")
     quantized = built if built is not None else recipe.build(plan)
     stopwatch.lap("rewrite" if built is None else None)  # else: the bias-correction pass rewrote it
@@ -339,14 +339,14 @@ def _correct_biases(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[Pass
     return corrected, last["quantized"] if same else None
 
 
-def _round_weights(recipe: Recipe, plan: QuantPlan, job: Job, passes: list[PassRecord]) -> Recipe:
-    """Adaptive rounding: integer weights chosen on the calibration data, kept for every rebuild."""
-    if job.config.weight_rounding != "adaptive":
-        return recipe
+def _round_weights(recipe: Recipe, plan: QuantPlan, nearest: onnx.ModelProto | None, job: Job,
+                   passes: list[PassRecord]) -> Recipe:
+    """Adaptive rounding: integer weights chosen on the calibration data, kept for every rebuild.
+    ``nearest``: ``recipe.build(plan)`` if already built (by bias correction), else built here."""
     from .passes.adaround import adaround
     from .rewrite.weights import read_quantized_weights
 
-    nearest = recipe.build(plan)
+    nearest = nearest if nearest is not None else recipe.build(plan)
     reference = recipe.unbiased if recipe.unbiased is not None else recipe.model  # the true float model
     rounded, record = _timed(lambda: adaround(reference, nearest, job.calibration,
                                               time_budget_s=job.config.rounding_seconds, progress=job.progress))
